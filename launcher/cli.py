@@ -1,0 +1,131 @@
+"""The `ftl` command line: a thin Typer app; each verb calls one function of the packages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+try:  # recent typer vendors click; older typer uses click itself
+    from typer._click import exceptions as cli_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as cli_errors
+
+from launcher.errors import FtlError
+
+app = typer.Typer(
+    name="ftl",
+    help="Fine-tuning launcher: validate a recipe, see what it costs, run it on one device or many.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.lr=3e-5 data.max_train_rows=500.")
+]
+
+
+@app.command()
+def check(
+    recipe: RecipeArg, overrides: OverridesArg = None, quiet: bool = typer.Option(False, "--quiet", "-q")
+):
+    """Validate a recipe, its data and model; print the resolved recipe and the freezing table."""
+    from launcher.check import check_recipe
+    from launcher.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    check_recipe(loaded, print_recipe=not quiet)
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run directory's last checkpoint.")
+    ] = False,
+):
+    """Fine-tune: train, evaluate and write the run directory."""
+    from launcher.recipe import load_recipe
+    from launcher.train.run import run_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    run_recipe(loaded, output or Path("runs") / loaded.recipe.name, resume=resume)
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="Labelled file to evaluate on.", show_default=False)
+    ],
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+):
+    """Evaluate a finished run on another file; prints JSON metrics."""
+    from launcher.train.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_dir, data, batch_size=batch_size)
+    sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command()
+def schema():
+    """Print the recipe JSON Schema (for editor completion and validation)."""
+    from launcher.recipe.schema import Recipe
+
+    document = Recipe.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "ftl recipe"
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault(
+        "TQDM_DISABLE", "1"
+    )  # library progress bars (e.g. GGUF de-quantization); ftl shows its own
+    # Optional-kernel notices that libraries log while being imported (before ftl configures logging).
+    for noisy in ("bitsandbytes", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        app(args=argv, prog_name="ftl", standalone_mode=False)
+    except FtlError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except cli_errors.NoArgsIsHelpError:
+        return 0
+    except cli_errors.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "ftl"
+        _fail(f"{exc.format_message()} (see '{command} --help')")
+        return 2
+    except typer.Abort:
+        _fail("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    return 0
+
+
+def _fail(message: str) -> None:
+    from rich.markup import escape
+
+    from launcher.console import console
+
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

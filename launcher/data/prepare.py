@@ -1,0 +1,175 @@
+"""Recipe data -> tokenised train/validation splits, cached by content so a re-run prepares in well under 1 s.
+
+Order: load sources -> task.fit (label names) -> normalise rows -> carve validation (when none is given)
+-> seeded subsets (max_*_rows) -> tokenise -> cache. The cache key covers the file contents, every
+setting that changes the result and the tokenizer's vocabulary, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import __version__
+from launcher.data.sources import RawData, load_source
+from launcher.data.splits import carve_validation, subsample
+from launcher.recipe.loader import LoadedRecipe
+from launcher.tasks.base import Task
+
+CACHE_ENV = "FTL_CACHE"
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset, tokenised
+    validation: Any
+    validation_rows: Any  # the normalised validation rows (text and label ids) for prediction files
+    fingerprint: str  # of the sources and every setting: identifies this exact data
+    sources: dict[str, str]
+    stats: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    from_cache: bool = False
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ftl")).expanduser()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # call-time settings that the tokenizer remembers between calls
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    identity = f"{type(tokenizer).__name__}|{text}|{tokenizer.pad_token}|{tokenizer.eos_token}|{tokenizer.padding_side}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> PreparedData:
+    import datasets
+
+    started = time.perf_counter()
+    recipe = loaded.recipe
+    data = recipe.data
+    dirs = loaded.search_dirs
+    train_raw = load_source(data.train, dirs, "data.train")
+    val_raw = load_source(data.validation, dirs, "data.validation") if data.validation else None
+    split = data.validation_split
+    method = task.split_method if split.method == "auto" else split.method
+    key_material = {
+        "format": _CACHE_FORMAT,
+        "ftl": __version__,
+        "task": task.cache_identity(),
+        "train": train_raw.fingerprint,
+        "validation": val_raw.fingerprint if val_raw else {"method": method, **split.model_dump()},
+        "max_train_rows": data.max_train_rows,
+        "max_eval_rows": data.max_eval_rows,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    fingerprint = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
+    sources = {
+        "train": train_raw.description,
+        "validation": val_raw.description if val_raw else f"{method} split of train",
+    }
+    cache_dir = cache_root() / "data" / fingerprint
+
+    if data.cache and (cache_dir / "meta.json").exists():
+        try:
+            splits = datasets.load_from_disk(str(cache_dir / "splits"))
+            meta = json.loads((cache_dir / "meta.json").read_text())
+            task.restore(meta["task_state"])
+            return PreparedData(
+                splits["train"],
+                splits["validation"],
+                splits["validation_rows"],
+                fingerprint,
+                sources,
+                meta["stats"],
+                time.perf_counter() - started,
+                True,
+            )
+        except (OSError, KeyError, ValueError):
+            log(f"[yellow]cache at {cache_dir} is unreadable; rebuilding it[/]")
+
+    datasets.disable_caching()  # ftl caches the final result itself
+    task.fit(train_raw)
+    train_rows = task.encode_raw(train_raw)
+    stratify = task.stratify_column() if method == "stratified" else None
+    if val_raw is not None:
+        val_rows = task.encode_raw(val_raw)
+    else:
+        train_rows, val_rows = carve_validation(
+            train_rows,
+            method=method,
+            fraction=split.fraction,
+            seed=split.seed,
+            stratify_column=stratify,
+            what="data.validation_split",
+        )
+    subset_stratify = task.stratify_column()
+    train_rows = subsample(
+        train_rows,
+        data.max_train_rows,
+        seed=split.seed,
+        stratify_column=subset_stratify,
+        what="data.max_train_rows",
+    )
+    val_rows = subsample(
+        val_rows,
+        data.max_eval_rows,
+        seed=split.seed,
+        stratify_column=subset_stratify,
+        what="data.max_eval_rows",
+    )
+    train = task.tokenize(train_rows, tokenizer, "train")
+    validation = task.tokenize(val_rows, tokenizer, "validation")
+    stats = {
+        "train": task.dataset_stats(train, tokenizer),
+        "validation": task.dataset_stats(validation, tokenizer),
+        "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
+    }
+    if data.cache:
+        _store(
+            cache_dir,
+            datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
+            {"task_state": task.state(), "stats": stats, "key": key_material},
+        )
+    return PreparedData(
+        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
+    )
+
+
+def prepare_eval_file(raw: RawData, task: Task, tokenizer):
+    """Normalise and tokenise one extra file with an already fitted task (for `ftl eval`)."""
+    import datasets
+
+    datasets.disable_caching()
+    rows = task.encode_raw(raw)
+    return rows, task.tokenize(rows, tokenizer, "eval")
+
+
+def _store(cache_dir: Path, splits, meta: dict[str, Any]) -> None:
+    """Write atomically: a half-written cache must never be read."""
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir.parent))
+    try:
+        splits.save_to_disk(str(staging / "splits"))
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        if cache_dir.exists():
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        os.replace(staging, cache_dir)
+    except OSError:
+        shutil.rmtree(
+            staging, ignore_errors=True
+        )  # caching is an optimisation; a full disk must not fail the run

@@ -1,0 +1,177 @@
+"""Load one `DataSource` (local file, glob, directory, or hub id) into a `datasets.Dataset`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import FtlError
+from launcher.locations import find_local, looked_in
+from launcher.recipe.schema import DataSource
+
+EXTENSION_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".parquet": "parquet",
+    ".conll": "conll",
+}
+# Lines before the first data row, for pointing at file:line (csv/tsv have a header line).
+_HEADER_LINES = {"csv": 1, "tsv": 1, "jsonl": 0}
+
+
+@dataclass
+class RawData:
+    """Where one split's rows come from, fingerprinted before reading (so caches can skip the read)."""
+
+    description: str  # '/abs/sst2/train.tsv' or 'hub:stanfordnlp/sst2[train]'
+    fingerprint: str
+    format: str
+    files: list[Path]
+    source: DataSource
+    what: str
+    _dataset: object = None  # datasets.Dataset, read on first use
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            self._dataset = _read(self.files, self.format, self.source, self.what)
+            if len(self._dataset) == 0:
+                raise FtlError(f"{self.what}: {self.description} holds no rows")
+        return self._dataset
+
+    def row_location(self, index: int) -> str:
+        """file:line of a row when the file has one row per line, else 'row N'."""
+        offset = _HEADER_LINES.get(self.format)
+        if offset is not None and len(self.files) == 1:
+            return f"{self.files[0]}:{index + 1 + offset}"
+        return f"{self.description} row {index + 1}"
+
+
+def load_source(source: DataSource, recipe_dirs: list[Path], what: str) -> RawData:
+    """Local path first, then the hub; an FtlError names the key and where ftl looked."""
+    local = find_local(source.path, recipe_dirs) if source.path else None
+    if local is not None:
+        return _local(local, source, what)
+    if source.hub:
+        return _load_hub(source, what, missing_path=source.path, recipe_dirs=recipe_dirs)
+    raise FtlError(
+        f"{what}.path: '{source.path}' not found (looked in {looked_in(recipe_dirs)}); "
+        f"set FTL_DATA_HOME to the folder that holds it, or give {what}.hub for a hub dataset"
+    )
+
+
+def load_file(path: Path, what: str, source: DataSource | None = None) -> RawData:
+    """An explicit file given on the command line (e.g. `ftl eval --data`)."""
+    if not path.exists():
+        raise FtlError(f"{what}: {path} not found")
+    return _local(path, source or DataSource(path=str(path)), what)
+
+
+def _local(path: Path, source: DataSource, what: str) -> RawData:
+    files = _files_of(path)
+    if not files:
+        raise FtlError(f"{what}: no data files in {path}")
+    fmt = _format_of(files, source, what)
+    for file in files:
+        if file.stat().st_size == 0:
+            raise FtlError(f"{what}: {file} is empty")
+    shown = str(path) if len(files) == 1 else f"{path} ({len(files)} files)"
+    return RawData(shown, fingerprint_files(files, fmt, source), fmt, files, source, what)
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSION_FORMATS and p.is_file())
+    elif any(ch in path.name for ch in "*?["):
+        files = sorted(p for p in path.parent.glob(path.name) if p.is_file())
+    else:
+        files = [path]
+    return files
+
+
+def _format_of(files: list[Path], source: DataSource, what: str) -> str:
+    if source.format != "auto":
+        return source.format
+    formats = {EXTENSION_FORMATS.get(f.suffix.lower()) for f in files}
+    if None in formats:
+        unknown = next(f for f in files if f.suffix.lower() not in EXTENSION_FORMATS)
+        raise FtlError(
+            f"{what}: cannot tell the format of {unknown} from its extension; set {what}.format to one of "
+            f"{', '.join(sorted(set(EXTENSION_FORMATS.values())))}"
+        )
+    if len(formats) > 1:
+        raise FtlError(
+            f"{what}: files of mixed formats ({', '.join(sorted(formats))}); give one format per split"
+        )
+    return formats.pop()
+
+
+def _read(files: list[Path], fmt: str, source: DataSource, what: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    names = [str(f) for f in files]
+    try:
+        if fmt == "conll":
+            from launcher.data.conll import read_conll
+
+            return read_conll(files)
+        if fmt in ("csv", "tsv"):
+            kwargs = {"delimiter": "\t", "quoting": 3} if fmt == "tsv" else {}
+            return datasets.load_dataset("csv", data_files=names, split="train", **kwargs)
+        if fmt in ("json", "jsonl"):
+            return datasets.load_dataset("json", data_files=names, split="train")
+        if fmt == "parquet":
+            return datasets.load_dataset("parquet", data_files=names, split="train")
+        if fmt == "text":
+            return datasets.load_dataset(
+                "text", data_files=names, split="train", sample_by=source.text_sample_by
+            )
+    except FtlError:
+        raise
+    except Exception as exc:  # parsers raise many types; the user needs the file and the first line of why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "corresponds to no data" in reason:
+            raise FtlError(f"{what}: {', '.join(names)} holds no rows (only a header?)") from None
+        raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
+    raise FtlError(f"{what}: unsupported format {fmt}")
+
+
+def _load_hub(source: DataSource, what: str, missing_path: str | None, recipe_dirs: list[Path]) -> RawData:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        dataset = datasets.load_dataset(source.hub, source.hub_config, split=source.split)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        local = (
+            f"'{missing_path}' not found locally (looked in {looked_in(recipe_dirs)}; set FTL_DATA_HOME) and "
+            if missing_path
+            else ""
+        )
+        raise FtlError(f"{what}: {local}hub dataset '{source.hub}' could not be loaded: {reason}") from None
+    if len(dataset) == 0:
+        raise FtlError(f"{what}: hub dataset '{source.hub}' split '{source.split}' has no rows")
+    return RawData(
+        f"hub:{source.hub}[{source.split}]", f"hub:{dataset._fingerprint}", "hub", [], source, what, dataset
+    )
+
+
+def fingerprint_files(files: list[Path], fmt: str, source: DataSource) -> str:
+    """Content hash of the files plus how they are read (so a changed file or reader invalidates caches)."""
+    digest = hashlib.sha256(f"{fmt}|{source.text_sample_by}".encode())
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,36 @@
+"""The one exception type for mistakes a user can make (bad recipe, data, arguments).
+
+The CLI prints its message as a single line and exits with code 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FtlError(Exception):
+    """A user-caused error: one line that names what and where, and what would fix it."""
+
+    exit_code = 2
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
+    """Return ' (did you mean 'x'?)' when a close match exists, else ''."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=n, cutoff=cutoff)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        if str(word).lower() in lowered:
+            close = [lowered[str(word).lower()]]
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+
+
+def one_of(choices: Iterable[str], limit: int = 12) -> str:
+    """'a, b, c' (truncated) for error messages listing valid values."""
+    items = [str(c) for c in choices]
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")

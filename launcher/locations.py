@@ -1,0 +1,92 @@
+"""Where recipe paths point: local files near the recipe or in the data homes, installed packages, or the hub.
+
+One recipe must run offline here and from the hub elsewhere without edits, so every location is tried
+local-first:
+
+* data paths: next to the recipe, the working directory, each directory in `$FTL_DATA_HOME`
+  (separated by `os.pathsep`), then the default data homes `<project>/data` and `<project>/../shared/data`
+  (project = the recipe's parent folder, and the working directory);
+* model locations: `package:NAME[/sub/path]` (a model shipped in an installed Python package), a local
+  directory or `.gguf` file, else a hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from launcher.errors import FtlError
+
+DATA_HOME_ENV = "FTL_DATA_HOME"
+
+
+def data_homes(recipe_dirs: list[Path]) -> list[Path]:
+    """Directories searched, in order, for a relative data path."""
+    homes: list[Path] = []
+    homes.extend(recipe_dirs)
+    homes.append(Path.cwd())
+    for entry in os.environ.get(DATA_HOME_ENV, "").split(os.pathsep):
+        if entry.strip():
+            homes.append(Path(entry).expanduser())
+    for base in [*(d.parent for d in recipe_dirs), Path.cwd()]:
+        homes.extend([base / "data", base.parent / "shared" / "data"])
+    unique: list[Path] = []
+    for home in homes:
+        resolved = home.resolve()
+        if resolved not in unique:
+            unique.append(resolved)
+    return unique
+
+
+def find_local(path: str, recipe_dirs: list[Path]) -> Path | None:
+    """The first existing match for `path` (absolute, or relative to a data home), else None."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate if candidate.exists() or _has_glob(path) and _glob_any(candidate) else None
+    for home in data_homes(recipe_dirs):
+        full = home / candidate
+        if full.exists() or (_has_glob(path) and _glob_any(full)):
+            return full
+    return None
+
+
+def looked_in(recipe_dirs: list[Path]) -> str:
+    shown = [str(home) for home in data_homes(recipe_dirs)]
+    return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
+
+
+def package_dir(spec: str) -> Path | None:
+    """`package:NAME[/sub]` -> the directory or file inside the installed package, without importing it."""
+    name, _, sub = spec.removeprefix("package:").partition("/")
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        return None
+    root = Path(next(iter(found.submodule_search_locations)))
+    return root / sub if sub else root
+
+
+def looks_local(location: str) -> bool:
+    """Paths that can only be local (never a hub id)."""
+    return (
+        location.startswith(("/", "./", "../", "~"))
+        or location.endswith(".gguf")
+        or os.sep + os.sep in location
+    )
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FtlError(f"{what}: {path} not found")
+    return path
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def _glob_any(path: Path) -> bool:
+    return any(path.parent.glob(path.name)) if path.parent.exists() else False

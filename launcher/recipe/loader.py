@@ -1,0 +1,201 @@
+"""Recipe files -> a validated `Recipe`: `extends:` chains, KEY=VALUE overrides, located errors, rules."""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from launcher.errors import FtlError, did_you_mean, one_of
+from launcher.recipe import rules
+from launcher.recipe.keypaths import check_key_path, display_path, model_at
+from launcher.recipe.schema import Recipe
+from launcher.recipe.tasks import TASK_TYPES
+from launcher.recipe.yaml_source import KeyPath, Origin, merge, merge_origins, read_yaml
+
+_OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)=(?P<value>.*)$", re.S)
+_MAX_EXTENDS_DEPTH = 16
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe plus where it came from (for relative paths and error messages)."""
+
+    recipe: Recipe
+    path: Path
+    origins: dict[KeyPath, Origin] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def search_dirs(self) -> list[Path]:
+        """Directories of the recipe and of every file it extends (for relative data/model paths)."""
+        dirs: list[Path] = []
+        for origin in [Origin(str(self.path)), *self.origins.values()]:
+            if origin.line is None and origin.file != str(self.path):
+                continue
+            directory = Path(origin.file).resolve().parent
+            if directory not in dirs:
+                dirs.append(directory)
+        return dirs
+
+    def where(self, *path: Any) -> str:
+        return where(self.origins, tuple(path), self.path)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read, merge, override, validate and rule-check a recipe. Raises FtlError on any user mistake."""
+    path = Path(path)
+    data, origins = _read_with_extends(path, chain=())
+    data.pop("extends", None)
+    origins = {k: v for k, v in origins.items() if k[:1] != ("extends",)}
+    for override in overrides:
+        _apply_override(data, origins, override)
+    recipe = validate(data, origins, path)
+    for key_path, message in rules.violations(recipe):
+        raise FtlError(f"{where(origins, key_path, path)}: {'.'.join(map(str, key_path))}: {message}")
+    return LoadedRecipe(recipe=recipe, path=path, origins=origins, overrides=list(overrides))
+
+
+def validate(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> Recipe:
+    """Validate raw data against the schema; the first problem becomes a one-line FtlError."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        message = _describe(errors[0], data, origins, path)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise FtlError(message) from None
+
+
+def where(origins: dict[KeyPath, Origin], key_path: KeyPath, path: Path) -> str:
+    """The origin of key_path or of its closest ancestor that has one."""
+    for depth in range(len(key_path), 0, -1):
+        origin = origins.get(tuple(key_path[:depth]))
+        if origin is not None:
+            return str(origin)
+    return str(path)
+
+
+def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise FtlError(f"{path}: extends forms a cycle ({cycle}); remove one of the extends")
+    if len(chain) > _MAX_EXTENDS_DEPTH:
+        raise FtlError(f"{path}: extends is nested more than {_MAX_EXTENDS_DEPTH} levels deep")
+    data, origins = read_yaml(path)
+    bases = data.get("extends")
+    if bases is None:
+        return data, origins
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise FtlError(f"{origins[('extends',)]}: extends must be a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    merged_origins: dict[KeyPath, Origin] = {}
+    for index, base in enumerate(bases):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            line = origins.get(("extends", index), origins[("extends",)])
+            raise FtlError(f"{line}: extends: base recipe '{base}' not found (looked at {base_path})")
+        base_data, base_origins = _read_with_extends(base_path, (*chain, resolved))
+        base_data.pop("extends", None)
+        merged_origins = merge_origins(merged_origins, base_origins, base_data)
+        merged = merge(merged, base_data)
+    child = {k: v for k, v in data.items() if k != "extends"}
+    return merge(merged, child), merge_origins(merged_origins, origins, child)
+
+
+def _apply_override(data: dict[str, Any], origins: dict[KeyPath, Origin], override: str) -> None:
+    match = _OVERRIDE.match(override)
+    if not match:
+        raise FtlError(
+            f"override '{override}': expected KEY=VALUE with a dotted key, e.g. train.lr=3e-5 or data.max_train_rows=500"
+        )
+    key_path = tuple(match["key"].split("."))
+    what = f"override '{override}'"
+    check_key_path(Recipe, key_path, data, what)
+    value = _typed_value(match["value"], key_path, data, what)
+    target = data
+    for depth, key in enumerate(key_path[:-1]):
+        child = target.get(key)
+        if child is None:
+            child = target[key] = {}
+        elif not isinstance(child, dict):
+            prefix = ".".join(key_path[: depth + 1])
+            raise FtlError(f"{what}: {prefix} is a single value, not a section; set {prefix}=VALUE instead")
+        target = child
+    target[key_path[-1]] = value
+    origin = Origin(f"command-line {what}")
+    for existing in [p for p in origins if p[: len(key_path)] == key_path]:
+        del origins[existing]
+    origins[key_path] = origin
+
+
+def _typed_value(raw: str, key_path: tuple[str, ...], data: dict[str, Any], what: str) -> Any:
+    """Parse VALUE as YAML, but keep it a string where the schema wants a string."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise FtlError(
+            f"{what}: '{raw}' is not a valid value (quote it, or use YAML syntax like [a, b])"
+        ) from None
+    parent = model_at(Recipe, key_path[:-1], data)
+    field_info = getattr(parent, "model_fields", {}).get(key_path[-1])
+    if (
+        field_info is not None
+        and isinstance(value, (int, float, bool))
+        and _accepts_only_str(field_info.annotation)
+    ):
+        return raw
+    return value
+
+
+def _accepts_only_str(annotation: Any) -> bool:
+    args = typing.get_args(annotation) or (annotation,)
+    kinds = {a for a in args if a is not type(None)}
+    return kinds == {str}
+
+
+def _describe(error: dict[str, Any], data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> str:
+    loc = display_path(tuple(error["loc"]))
+    kind = error["type"]
+    dotted = ".".join(map(str, loc))
+    at = where(origins, loc, path)
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        parent = model_at(Recipe, loc[:-1], data)
+        valid = list(getattr(parent, "model_fields", {}))
+        section = ".".join(map(str, loc[:-1])) or "the recipe"
+        return (
+            f"{at}: unknown key '{loc[-1]}' in {section}{did_you_mean(str(loc[-1]), valid)}; "
+            f"valid keys: {one_of(valid)}"
+        )
+    if kind == "missing":
+        return f"{at}: missing required key '{dotted}'"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = value.get("type") if isinstance(value, dict) else None
+        at = where(origins, (*loc, "type"), path)
+        if tag is None:
+            return f"{at}: {dotted or 'task'}.type is required; one of {one_of(TASK_TYPES)}"
+        return f"{at}: unknown task type '{tag}'{did_you_mean(str(tag), TASK_TYPES)}; valid: {one_of(TASK_TYPES)}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = re.findall(r"'([^']*)'", expected)
+        return f"{at}: {dotted}: '{value}' is not allowed{did_you_mean(str(value), choices)}; use one of {expected}"
+    if kind == "model_type" or kind == "dict_type":
+        return f"{at}: {dotted or 'the recipe'} must be a mapping of keys, got {_short(value)}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = "" if kind == "value_error" else f" (got {_short(value)})"
+    return f"{at}: {dotted}: {message}{got}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

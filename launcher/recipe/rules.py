@@ -1,0 +1,140 @@
+"""Settings that are valid one by one but not together: the whole catalogue, grouped by concern.
+
+Each rule returns the key it blames and why, or None. `violations` runs them all on a validated recipe;
+the loader turns the first one into a one-line error pointing at the key's file and line.
+Rules that depend on the machine (is there a GPU?) live in `launcher.train.device`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from launcher.errors import did_you_mean, one_of
+from launcher.recipe.schema import Recipe
+
+Violation = tuple[tuple[Any, ...], str]
+Rule = Callable[[Recipe], Violation | None]
+RULES: list[Rule] = []
+
+
+def rule(function: Rule) -> Rule:
+    RULES.append(function)
+    return function
+
+
+def violations(recipe: Recipe) -> Iterator[Violation]:
+    for check in RULES:
+        found = check(recipe)
+        if found is not None:
+            yield found
+
+
+# --- evaluation and model selection -------------------------------------------------------------
+
+
+@rule
+def eval_metric_is_produced_by_the_task(recipe: Recipe) -> Violation | None:
+    metric = recipe.eval.metric
+    if metric is None:
+        return None
+    valid = recipe.task.metrics
+    name = metric.removeprefix("eval_")
+    if name not in valid:
+        return ("eval", "metric"), (
+            f"task {recipe.task.type} does not produce '{metric}'{did_you_mean(name, valid)}; "
+            f"it reports {one_of(valid)}"
+        )
+    return None
+
+
+@rule
+def early_stopping_needs_best_model_selection(recipe: Recipe) -> Violation | None:
+    if recipe.train.early_stopping is not None and not recipe.eval.select_best:
+        return (
+            "train",
+            "early_stopping",
+        ), "early stopping needs eval.select_best: true (it tracks the best evaluation)"
+    return None
+
+
+@rule
+def checkpoints_follow_evaluations_when_selecting_best(recipe: Recipe) -> Violation | None:
+    every = recipe.train.checkpoint_every_steps
+    if every is None or not recipe.eval.select_best:
+        return None
+    eval_every = recipe.eval.every_steps
+    if eval_every is None:
+        return ("train", "checkpoint_every_steps"), (
+            "with eval.select_best the best weights must be on disk when an evaluation happens: set "
+            "eval.every_steps too (checkpoint_every_steps a multiple of it), or leave checkpoint_every_steps unset"
+        )
+    if every % eval_every:
+        return ("train", "checkpoint_every_steps"), (
+            f"{every} is not a multiple of eval.every_steps={eval_every}; with eval.select_best every checkpoint "
+            "must coincide with an evaluation"
+        )
+    return None
+
+
+# --- optimisation ----------------------------------------------------------------------------------
+
+
+@rule
+def one_way_to_give_warmup(recipe: Recipe) -> Violation | None:
+    if recipe.train.warmup_steps is not None and recipe.train.warmup_ratio > 0:
+        return ("train", "warmup_steps"), "set either warmup_steps or warmup_ratio, not both"
+    return None
+
+
+@rule
+def fp16_needs_a_gpu(recipe: Recipe) -> Violation | None:
+    if recipe.train.precision == "fp16" and recipe.train.device == "cpu":
+        return ("train", "precision"), "fp16 with loss scaling needs a CUDA GPU; on CPU use bf16 or fp32"
+    return None
+
+
+# --- freezing --------------------------------------------------------------------------------------
+
+
+@rule
+def head_only_stands_alone(recipe: Recipe) -> Violation | None:
+    freeze = recipe.freeze
+    if freeze.head_only and (freeze.embeddings or freeze.bottom_layers or freeze.layers or freeze.patterns):
+        return (
+            "freeze",
+            "head_only",
+        ), "head_only already freezes the whole backbone; remove the other freeze keys"
+    return None
+
+
+# --- task and data ---------------------------------------------------------------------------------
+
+
+@rule
+def label_names_are_unique(recipe: Recipe) -> Violation | None:
+    labels = getattr(recipe.task, "labels", None)
+    if labels and len(set(labels)) != len(labels):
+        duplicates = sorted({name for name in labels if labels.count(name) > 1})
+        return ("task", "labels"), f"label names must be unique; repeated: {', '.join(duplicates)}"
+    return None
+
+
+@rule
+def stratified_split_needs_labels(recipe: Recipe) -> Violation | None:
+    if recipe.data.validation_split.method == "stratified" and recipe.task.type != "sequence_classification":
+        return ("data", "validation_split", "method"), (
+            f"stratified splits need class labels; task {recipe.task.type} has none: use random or tail"
+        )
+    return None
+
+
+@rule
+def text_pair_differs_from_text(recipe: Recipe) -> Violation | None:
+    task = recipe.task
+    if getattr(task, "text_pair_column", None) and task.text_pair_column == task.text_column:
+        return (
+            "task",
+            "text_pair_column",
+        ), "is the same column as text_column; give the second text's column"
+    return None

@@ -1,0 +1,232 @@
+"""The recipe: one pydantic model per section, strict everywhere (`extra="forbid"`).
+
+Defaults live here and only here; every other part of ftl reads a validated `Recipe`.
+Cross-section rules (settings that are valid alone but not together) live in `rules.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from launcher.recipe.section import Section
+from launcher.recipe.tasks import TaskSection
+
+
+class ModelSection(Section):
+    """Which pretrained model to start from, and where to find it."""
+
+    name_or_path: str | None = Field(
+        None,
+        description="A hub id (org/name), a local directory, a .gguf file, or package:NAME[/sub/path] for a "
+        "model shipped inside an installed Python package.",
+    )
+    local_copies: list[str] = Field(
+        default_factory=list,
+        description="Local copies of the same model (directories, .gguf files, package:NAME), tried in order "
+        "before name_or_path. Lets one recipe run offline here and from the hub elsewhere.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside the model directory or package.")
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Build a randomly initialised model from this config instead (model_type plus its "
+        "settings, e.g. {model_type: bert, hidden_size: 64}). Needs a tokenizer.",
+    )
+    tokenizer: str | None = Field(
+        None, description="Where to load the tokenizer from, when not the model's own."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a hub model. Off by default."
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> ModelSection:
+        if not self.name_or_path and not self.local_copies and not self.config:
+            raise ValueError(
+                "give name_or_path (a hub id, directory or package:NAME), local_copies, or config"
+            )
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("config needs a model_type (e.g. bert, gpt2, llama)")
+        return self
+
+
+class DataSource(Section):
+    """One split's data: a local file first, else a hub dataset."""
+
+    path: str | None = Field(
+        None,
+        description="A file (csv, tsv, json, jsonl, txt, parquet), a glob, or a directory. Relative paths are "
+        "looked up next to the recipe, then in each directory of $FTL_DATA_HOME, then in the default data homes.",
+    )
+    hub: str | None = Field(
+        None, description="A `datasets.load_dataset` id, used when `path` is absent or not found."
+    )
+    hub_config: str | None = Field(None, description="Configuration name of the hub dataset.")
+    split: str = Field("train", description="Split of the hub dataset to read.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "text", "parquet", "conll"] = Field(
+        "auto", description="File format; 'auto' uses the file extension."
+    )
+    text_sample_by: Literal["line", "paragraph", "document"] = Field(
+        "paragraph",
+        description="For text files: one example per line, per blank-line paragraph, or per file.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_location(self) -> DataSource:
+        if not self.path and not self.hub:
+            raise ValueError("give a path (a local file) or hub (a dataset id), or both")
+        return self
+
+
+class ValidationSplit(Section):
+    """How to carve a validation split out of train when no validation data is given."""
+
+    fraction: float = Field(0.1, gt=0, lt=1, description="Share of the training rows held out.")
+    seed: int = Field(42, description="Seed of the split (independent of the training seed).")
+    method: Literal["auto", "stratified", "random", "tail"] = Field(
+        "auto",
+        description="stratified keeps label ratios (classification); random shuffles; tail holds out the last "
+        "rows in file order (e.g. the last chapters of a book). auto: stratified for classification, else tail.",
+    )
+
+
+def _source_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class DataSection(Section):
+    """Training and evaluation data."""
+
+    train: DataSource
+    validation: DataSource | None = Field(None, description="Validation data; carved from train when absent.")
+    validation_split: ValidationSplit = Field(default_factory=ValidationSplit)
+    max_train_rows: int | None = Field(
+        None, gt=0, description="Use a seeded random subset of train (quick runs)."
+    )
+    max_eval_rows: int | None = Field(None, gt=0, description="Use a seeded random subset of validation.")
+    cache: bool = Field(True, description="Cache tokenised data under $FTL_CACHE (default ~/.cache/ftl).")
+
+    _shorthand = field_validator("train", "validation", mode="before")(_source_shorthand)
+
+
+class FreezeSection(Section):
+    """Which parameters stay fixed. Everything not frozen here is trained."""
+
+    embeddings: bool = Field(False, description="Freeze the input embeddings (and position/type embeddings).")
+    bottom_layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
+    layers: list[int | str] = Field(
+        default_factory=list,
+        description="Freeze these layers: indexes (negative counts from the top) or ranges like '0-3'.",
+    )
+    patterns: list[str] = Field(
+        default_factory=list, description="Freeze parameters whose name matches a regex."
+    )
+    head_only: bool = Field(False, description="Train only the task head; freeze the whole backbone.")
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a valid regular expression ({exc})") from None
+        return patterns
+
+
+class EarlyStopping(Section):
+    patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement.")
+    min_delta: float = Field(
+        0.0, ge=0, description="Smallest change of the metric that counts as improvement."
+    )
+
+
+class TrainSection(Section):
+    """The optimisation loop (one process; the distributed section scales it out)."""
+
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training data (ignored when max_steps is set)."
+    )
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Examples per forward pass (micro batch) per device.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro batches accumulated per optimizer step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW decoupled weight decay (not on biases and norms)."
+    )
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1, beta2.")
+    adam_eps: float = Field(1e-8, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of the total steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup in steps (overrides warmup_ratio).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null disables.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16 needs a CPU or an Ampere+ GPU; fp16 (with loss scaling) needs a CUDA GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding); classification only."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="Save a checkpoint every N steps; default: at every evaluation."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints (plus the best one).")
+    early_stopping: EarlyStopping | None = Field(None, description="Stop when eval.metric stops improving.")
+    log_every_steps: int = Field(10, gt=0, description="Log loss and learning rate every N steps.")
+    dataloader_workers: int = Field(0, ge=0, description="Worker processes per data loader.")
+
+
+class EvalSection(Section):
+    every_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default once per epoch.")
+    metric: str | None = Field(
+        None,
+        description="Metric for best-model selection and early stopping; default: the task's main metric.",
+    )
+    select_best: bool = Field(True, description="At the end, keep the weights of the best evaluation.")
+    before_training: bool = Field(False, description="Also evaluate the untouched model before training.")
+    batch_size: int = Field(64, gt=0, description="Examples per evaluation batch.")
+    save_predictions: bool = Field(
+        True, description="Write predictions (misclassified examples) to the run dir."
+    )
+
+
+class LogSection(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <run>/tensorboard.")
+    progress: bool = Field(True, description="Show a progress bar on an interactive terminal.")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Recipe(Section):
+    """A complete fine-tuning recipe."""
+
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name (letters, digits, . _ -)."
+    )
+    description: str = ""
+    extends: str | list[str] | None = Field(
+        None, description="Base recipe file(s) this one is merged onto (resolved when loading)."
+    )
+    seed: int = Field(42, description="Seed for model initialisation, data order and dropout.")
+    model: ModelSection
+    task: TaskSection
+    data: DataSection
+    freeze: FreezeSection = Field(default_factory=FreezeSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    log: LogSection = Field(default_factory=LogSection)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Recipe.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+}

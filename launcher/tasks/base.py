@@ -1,0 +1,110 @@
+"""What a task must provide so that the Run, evaluation and the data pipeline can stay task-agnostic.
+
+A new task is one module in this package with a `Task` subclass, registered in `registry.py`, plus its
+recipe section in `launcher/recipe/tasks.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from launcher.data.sources import RawData
+from launcher.errors import FtlError, did_you_mean, one_of
+
+
+class Task(ABC):
+    """Behaviour of one task type, configured by its recipe section."""
+
+    #: HF auto class name in `transformers`, e.g. "AutoModelForSequenceClassification".
+    auto_model: str
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    # ---- data -----------------------------------------------------------------------------------
+    @property
+    def split_method(self) -> str:
+        """The validation-split method used for 'auto'."""
+        return "tail"
+
+    def stratify_column(self) -> str | None:
+        """Column whose values a stratified split keeps in proportion (None: not supported)."""
+        return None
+
+    def required_columns(self) -> list[str]:
+        return []
+
+    def check_columns(self, raw: RawData) -> None:
+        columns = raw.dataset.column_names
+        for key, column in self.column_keys().items():
+            if column is not None and column not in columns:
+                raise FtlError(
+                    f"{raw.what} ({raw.description}): no column '{column}' (task.{key}){did_you_mean(column, columns)}; "
+                    f"columns are: {one_of(columns)}"
+                )
+
+    def column_keys(self) -> dict[str, str | None]:
+        """task.<key> -> column name, for the columns this task reads."""
+        return {}
+
+    def fit(self, train: RawData) -> None:  # noqa: B027 - optional hook
+        """Learn what the task needs from the training rows (e.g. label names) before encoding."""
+
+    def encode_raw(self, raw: RawData):
+        """Validate and normalise the raw rows (e.g. label names -> ids); returns a Dataset."""
+        self.check_columns(raw)
+        return raw.dataset
+
+    @abstractmethod
+    def tokenize(self, dataset, tokenizer, split: str):
+        """Turn normalised rows into model inputs."""
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything besides the data and tokenizer that changes the tokenised result."""
+        return self.config.model_dump(mode="json")
+
+    # ---- model ----------------------------------------------------------------------------------
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_model)
+
+    def config_overrides(self) -> dict[str, Any]:
+        """Settings passed to the model config (e.g. num_labels)."""
+        return {}
+
+    # ---- training and evaluation -----------------------------------------------------------------
+    @abstractmethod
+    def collator(self, tokenizer):
+        """Batch builder (dynamic padding)."""
+
+    def compute_metrics(self):
+        """Callable(EvalPrediction) -> dict for the HF Trainer, or None."""
+        return None
+
+    def preprocess_logits_for_metrics(self):
+        return None
+
+    def label_names(self) -> list[str] | None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """What must be stored with a trained model to evaluate it later (e.g. label names)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Inverse of `state`."""
+
+    def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Path | None:
+        """Write predictions of the evaluation split; return the file written."""
+        return None
+
+    def dataset_stats(self, dataset, tokenizer) -> dict[str, Any]:
+        """Token counts of a tokenised split (reported in the log and manifest)."""
+        if "attention_mask" in dataset.column_names:
+            lengths = [sum(mask) for mask in dataset["attention_mask"]]
+        else:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+        return {"rows": len(dataset), "tokens": int(sum(lengths))}

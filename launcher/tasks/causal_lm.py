@@ -1,0 +1,109 @@
+"""Causal language modelling: documents packed into full blocks, token-level perplexity."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from launcher.data.collate import BlockCollator, PaddingCollator
+from launcher.data.sources import RawData
+from launcher.errors import FtlError
+from launcher.tasks.base import Task
+
+IGNORE_INDEX = -100
+_PACK_BATCH_ROWS = 2000  # rows concatenated per packing batch; each batch wastes < one block
+
+
+class CausalLM(Task):
+    auto_model = "AutoModelForCausalLM"
+
+    def column_keys(self) -> dict[str, str | None]:
+        return {"text_column": self.config.text_column}
+
+    def encode_raw(self, raw: RawData):
+        self.check_columns(raw)
+        column = self.config.text_column
+        dataset = raw.dataset.select_columns([column])
+        texts = dataset[column]
+        keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
+        if not keep:
+            raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{column}'")
+        return dataset.select(keep) if len(keep) != len(texts) else dataset
+
+    def tokenize(self, dataset, tokenizer, split: str):
+        column, block = self.config.text_column, self.config.max_length
+        eos = tokenizer.eos_token_id
+
+        if not self.config.packing:
+
+            def encode(batch: dict[str, list]) -> dict[str, list]:
+                encoded = tokenizer([str(t) for t in batch[column]], truncation=True, max_length=block)
+                encoded["labels"] = [list(ids) for ids in encoded["input_ids"]]
+                encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+                return encoded
+
+            return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+        def pack(batch: dict[str, list]) -> dict[str, list]:
+            stream: list[int] = []
+            separate_with_eos = self.config.add_eos and eos is not None
+            texts = [str(t) if separate_with_eos else str(t) + "\n\n" for t in batch[column]]
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                stream.extend(ids)
+                if separate_with_eos:
+                    stream.append(eos)
+            usable = (len(stream) // block) * block
+            blocks = [stream[i : i + block] for i in range(0, usable, block)]
+            return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+        packed = dataset.map(
+            pack, batched=True, batch_size=_PACK_BATCH_ROWS, remove_columns=dataset.column_names
+        )
+        if len(packed) == 0:
+            raise FtlError(
+                f"{split} data has fewer than task.max_length={block} tokens, so no full block can be packed; "
+                "lower task.max_length or add text"
+            )
+        return packed
+
+    def collator(self, tokenizer):
+        if self.config.packing:
+            return BlockCollator()
+        return PaddingCollator(tokenizer, label_pad_id=IGNORE_INDEX)
+
+    def preprocess_logits_for_metrics(self):
+        def token_nll(logits, labels):
+            """Per-token negative log-likelihood (B, T), aligned so nll[:, t] predicts labels[:, t + 1]."""
+            import torch
+            import torch.nn.functional as F
+
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            shifted_logits = logits[:, :-1, :].float()
+            targets = labels[:, 1:]
+            nll = F.cross_entropy(
+                shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+                targets.reshape(-1).clamp(min=0),
+                reduction="none",
+            ).view(targets.shape)
+            return torch.cat([nll, nll.new_zeros(nll.shape[0], 1)], dim=1)
+
+        return token_nll
+
+    def compute_metrics(self):
+        def metrics(prediction) -> dict[str, float]:
+            import numpy as np
+
+            nll = np.asarray(prediction.predictions, dtype=np.float64)[:, :-1]
+            labels = np.asarray(prediction.label_ids)[:, 1:]
+            mask = labels != IGNORE_INDEX
+            mean = float(nll[mask].sum() / max(int(mask.sum()), 1))
+            return {"perplexity": math.exp(min(mean, 50.0)), "token_nll": mean}
+
+        return metrics
+
+    def dataset_stats(self, dataset, tokenizer) -> dict[str, Any]:
+        stats = super().dataset_stats(dataset, tokenizer)
+        if self.config.packing:
+            stats["non_pad_fraction"] = 1.0
+        return stats

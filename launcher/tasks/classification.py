@@ -1,0 +1,196 @@
+"""Sequence classification: label names <-> ids, dynamic padding, accuracy / macro-F1, misclassified rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from launcher.data.collate import PaddingCollator
+from launcher.data.sources import RawData
+from launcher.errors import FtlError, did_you_mean, one_of
+from launcher.tasks.base import Task
+
+
+class SequenceClassification(Task):
+    auto_model = "AutoModelForSequenceClassification"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._names: list[str] | None = list(config.labels) if config.labels else None
+        self._int_labels_are_ids = bool(config.labels)
+
+    @property
+    def split_method(self) -> str:
+        return "stratified"
+
+    def stratify_column(self) -> str | None:
+        return "labels"
+
+    def column_keys(self) -> dict[str, str | None]:
+        return {
+            "text_column": self.config.text_column,
+            "text_pair_column": self.config.text_pair_column,
+            "label_column": self.config.label_column,
+        }
+
+    # ---- labels ---------------------------------------------------------------------------------
+    def fit(self, train: RawData) -> None:
+        self.check_columns(train)
+        if self._names is not None:
+            return
+        values = train.dataset[self.config.label_column]
+        missing = next((i for i, v in enumerate(values) if v is None or v == ""), None)
+        if missing is not None:
+            raise FtlError(
+                f"{train.row_location(missing)}: empty label in column '{self.config.label_column}'"
+            )
+        if all(isinstance(v, (int, bool)) for v in values):
+            distinct = sorted({int(v) for v in values})
+            self._int_labels_are_ids = distinct == list(range(len(distinct)))
+            self._names = [str(v) for v in distinct]
+        else:
+            self._names = sorted({str(v) for v in values})
+        if len(self._names) < 2:
+            raise FtlError(
+                f"{train.what} ({train.description}): column '{self.config.label_column}' has a single label "
+                f"({self._names[0]}); classification needs at least two"
+            )
+
+    def label_names(self) -> list[str] | None:
+        return self._names
+
+    def state(self) -> dict[str, Any]:
+        return {"label_names": self._names, "int_labels_are_ids": self._int_labels_are_ids}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._names = state["label_names"]
+        self._int_labels_are_ids = state["int_labels_are_ids"]
+
+    def encode_raw(self, raw: RawData):
+        self.check_columns(raw)
+        assert self._names is not None, "fit() before encode_raw()"
+        dataset = raw.dataset
+        index = {name: i for i, name in enumerate(self._names)}
+        ids: list[int] = []
+        for row, value in enumerate(dataset[self.config.label_column]):
+            label_id = self._label_id(value, index)
+            if label_id is None:
+                shown = "an empty label" if value is None or value == "" else f"unknown label '{value}'"
+                raise FtlError(
+                    f"{raw.row_location(row)}: {shown} in column '{self.config.label_column}'"
+                    f"{did_you_mean(str(value), self._names)}; known labels: {one_of(self._names)} "
+                    "(set task.labels to list them all)"
+                )
+            ids.append(label_id)
+        keep = [self.config.text_column] + (
+            [self.config.text_pair_column] if self.config.text_pair_column else []
+        )
+        dataset = dataset.select_columns(keep).add_column("labels", ids)
+        texts = dataset[self.config.text_column]
+        empty = [i for i, text in enumerate(texts) if text is None or not str(text).strip()]
+        if len(empty) == len(texts):
+            raise FtlError(
+                f"{raw.what} ({raw.description}): every row has an empty '{self.config.text_column}'"
+            )
+        if empty:
+            dropped = set(empty)
+            dataset = dataset.select([i for i in range(len(texts)) if i not in dropped])
+        return dataset
+
+    def _label_id(self, value: Any, index: dict[str, int]) -> int | None:
+        if value is None or value == "":
+            return None
+        if isinstance(value, (int, bool)) and not isinstance(value, str):
+            if self._int_labels_are_ids:
+                return int(value) if 0 <= int(value) < len(self._names) else None
+            return index.get(str(int(value)))
+        text = str(value).strip()
+        if text in index:
+            return index[text]
+        if self._int_labels_are_ids and text.lstrip("-").isdigit():
+            number = int(text)
+            return number if 0 <= number < len(self._names) else None
+        return None
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, dataset, tokenizer, split: str):
+        text, pair = self.config.text_column, self.config.text_pair_column
+        max_length = self.config.max_length
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            first = [str(t) for t in batch[text]]
+            second = [str(t) for t in batch[pair]] if pair else None
+            encoded = tokenizer(first, second, truncation=True, max_length=max_length)
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+
+        return dataset.map(
+            encode,
+            batched=True,
+            batch_size=2000,
+            remove_columns=[c for c in dataset.column_names if c != "labels"],
+        )
+
+    def config_overrides(self) -> dict[str, Any]:
+        names = self._names or []
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+
+    def collator(self, tokenizer):
+        return PaddingCollator(tokenizer)
+
+    # ---- metrics --------------------------------------------------------------------------------
+    def compute_metrics(self):
+        def metrics(prediction) -> dict[str, float]:
+            import numpy as np
+            from sklearn.metrics import accuracy_score, f1_score
+
+            logits = (
+                prediction.predictions[0]
+                if isinstance(prediction.predictions, tuple)
+                else prediction.predictions
+            )
+            predicted = np.asarray(logits).argmax(-1)
+            labels = np.asarray(prediction.label_ids)
+            return {
+                "accuracy": float(accuracy_score(labels, predicted)),
+                "f1_macro": float(
+                    f1_score(
+                        labels, predicted, average="macro", labels=range(len(self._names)), zero_division=0
+                    )
+                ),
+            }
+
+        return metrics
+
+    def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Path | None:
+        import numpy as np
+
+        output = trainer.predict(dataset, metric_key_prefix="predict")
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        logits = np.asarray(logits, dtype=np.float64)
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities = shifted / shifted.sum(-1, keepdims=True)
+        predicted = probabilities.argmax(-1)
+        path = directory / "misclassified.jsonl"
+        texts = raw_rows[self.config.text_column]
+        pairs = raw_rows[self.config.text_pair_column] if self.config.text_pair_column else None
+        labels = raw_rows["labels"]
+        wrong = [i for i in range(len(labels)) if predicted[i] != labels[i]]
+        wrong.sort(key=lambda i: -probabilities[i, predicted[i]])
+        with path.open("w", encoding="utf-8") as handle:
+            for i in wrong:
+                row = {"row": i, "text": texts[i]}
+                if pairs is not None:
+                    row["text_pair"] = pairs[i]
+                row.update(
+                    label=self._names[labels[i]],
+                    predicted=self._names[int(predicted[i])],
+                    confidence=round(float(probabilities[i, predicted[i]]), 4),
+                )
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return path

@@ -1,0 +1,78 @@
+"""Recipe -> HF `TrainingArguments`: the one place where recipe names meet Trainer names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.recipe.schema import Recipe
+from launcher.train.device import DevicePlan
+
+
+def best_metric(recipe: Recipe) -> tuple[str, bool]:
+    """(metric name without prefix, greater_is_better) for model selection and early stopping."""
+    task = recipe.task
+    name = (recipe.eval.metric or task.main_metric).removeprefix("eval_")
+    return name, task.metrics[name] == "max"
+
+
+def training_arguments(recipe: Recipe, checkpoints: Path, device: DevicePlan, *, has_eval: bool = True):
+    from transformers import TrainingArguments
+
+    train, evaluation = recipe.train, recipe.eval
+    eval_strategy = "steps" if evaluation.every_steps else "epoch"
+    if train.checkpoint_every_steps:
+        save_strategy, save_steps = "steps", train.checkpoint_every_steps
+    else:
+        save_strategy, save_steps = eval_strategy, evaluation.every_steps or 500
+    metric, greater = best_metric(recipe)
+    warmup = train.warmup_steps if train.warmup_steps is not None else train.warmup_ratio
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=evaluation.batch_size,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        learning_rate=train.lr,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_betas[0],
+        adam_beta2=train.adam_betas[1],
+        adam_epsilon=train.adam_eps,
+        optim="adamw_torch",
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=warmup,
+        max_grad_norm=train.max_grad_norm if train.max_grad_norm is not None else 0.0,
+        bf16=device.precision == "bf16",
+        fp16=device.precision == "fp16",
+        use_cpu=device.use_cpu,
+        activation_checkpointing=train.gradient_checkpointing,
+        train_sampling_strategy="group_by_length"
+        if train.group_by_length and _groupable(recipe)
+        else "random",
+        eval_strategy=eval_strategy if has_eval else "no",
+        eval_steps=evaluation.every_steps,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=train.keep_checkpoints,
+        load_best_model_at_end=evaluation.select_best and has_eval,
+        metric_for_best_model=f"eval_{metric}",
+        greater_is_better=greater,
+        logging_strategy="steps",
+        logging_steps=train.log_every_steps,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=train.dataloader_workers,
+        dataloader_pin_memory=device.device == "cuda",
+        include_num_input_tokens_seen="non_padding",
+        save_only_model=False,
+        restore_callback_states_from_checkpoint=True,
+    )
+
+
+def _groupable(recipe: Recipe) -> bool:
+    """Length grouping only helps when rows have different lengths (not for packed LM blocks)."""
+    return not getattr(recipe.task, "packing", False)

@@ -1,0 +1,107 @@
+"""Trainer callbacks: a rich progress bar (or plain log lines off a terminal) with throughput."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
+
+from launcher.console import console
+from launcher.train.outcome import is_outcome
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e4:
+            return f"{value:.4f}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+class ProgressCallback(TrainerCallback):
+    """Progress bar with loss and tokens/s on a terminal; one line per logging step otherwise."""
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self.progress = None
+        self.task_id = None
+        self._last = (0.0, 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.num_input_tokens_seen or 0)
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=console,
+                transient=False,
+            )
+            self.progress.start()
+            self.task_id = self.progress.add_task(
+                "train", total=state.max_steps, completed=state.global_step, status=""
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
+        if "loss" in logs:
+            elapsed = now - self._last[0]
+            if elapsed > 0 and tokens > self._last[1]:
+                logs["tokens_per_s"] = (tokens - self._last[1]) / elapsed
+            self._last = (now, tokens)
+            status = f"loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}"
+            if "tokens_per_s" in logs:
+                status += f"  {logs['tokens_per_s']:,.0f} tok/s"
+            if self.progress is not None:
+                self.progress.update(self.task_id, status=status)
+            else:
+                console.print(f"step {state.global_step}/{state.max_steps}  {status}")
+        elif any(key.startswith("eval_") for key in logs):
+            shown = "  ".join(
+                f"{k.removeprefix('eval_')} {_fmt(v)}"
+                for k, v in logs.items()
+                if k.startswith("eval_") and is_outcome(k) and not (isinstance(v, float) and math.isnan(v))
+            )
+            console.print(f"[cyan]eval[/] step {state.global_step}: {shown}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class TensorBoardLogger(TensorBoardCallback):
+    """HF's TensorBoard callback pinned to <run>/tensorboard, kept open for the final evaluation."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__()
+        self.logging_dir = log_dir
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tb_writer is not None:
+            self.tb_writer.flush()
+
+    def close(self) -> None:
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+
+
+def replace_default_printers(trainer) -> None:
+    """Drop HF's dict-printing and tqdm callbacks: ProgressCallback above reports instead."""
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgress)

@@ -1,0 +1,63 @@
+"""`ftl eval`: score a finished run's model on another file with the run's own task settings."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from launcher.data.prepare import prepare_eval_file
+from launcher.data.sources import load_file
+from launcher.errors import FtlError
+from launcher.model.load import quiet_transformers
+from launcher.recipe.schema import DataSource
+from launcher.tasks.registry import task_for
+from launcher.train.callbacks import replace_default_printers
+from launcher.train.device import plan_device
+from launcher.train.outcome import outcomes
+from launcher.train.rundir import TASK_STATE_FILE, RunDir
+
+
+def evaluate_run(run: Path, data_file: Path, *, batch_size: int | None = None) -> dict[str, Any]:
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    rundir = RunDir.existing(run)
+    recipe = rundir.read_recipe()
+    quiet_transformers(recipe.log.level)
+    task = task_for(recipe.task)
+    state_file = rundir.model / TASK_STATE_FILE
+    if state_file.exists():
+        task.restore(json.loads(state_file.read_text()))
+    train_source = recipe.data.train
+    source = DataSource(path=str(data_file), text_sample_by=train_source.text_sample_by)
+    raw = load_file(data_file, "--data", source)
+    tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
+    model = task.model_class().from_pretrained(str(rundir.model))
+    rows, dataset = prepare_eval_file(raw, task, tokenizer)
+    if len(dataset) == 0:
+        raise FtlError(f"--data: {data_file} gives no evaluation examples for task {recipe.task.type}")
+    device = plan_device(recipe.train.model_copy(update={"precision": "fp32"}))
+    with tempfile.TemporaryDirectory(prefix="ftl-eval-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size or recipe.eval.batch_size,
+            use_cpu=device.use_cpu,
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=task.collator(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=task.compute_metrics(),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
+        )
+        replace_default_printers(trainer)  # stdout carries only the JSON result
+        metrics = trainer.evaluate(eval_dataset=dataset)
+    result = outcomes(metrics)
+    result["examples"] = len(rows)
+    result["data"] = str(data_file)
+    return result

@@ -1,0 +1,197 @@
+"""The run directory: self-describing, written atomically, never silently overwritten.
+
+<run>/recipe.resolved.yaml   the validated recipe with every default filled in
+<run>/manifest.json          versions, git sha, seed, data fingerprint, host, command, timings
+<run>/metrics.json           final evaluation metrics (eval_accuracy, eval_perplexity, ...)
+<run>/tensorboard/           event files
+<run>/checkpoints/           checkpoint-N folders (resumable)
+<run>/model/                 save_pretrained model + tokenizer + ftl_task.json
+<run>/misclassified.jsonl    classification: validation rows the model gets wrong
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher.errors import FtlError
+from launcher.recipe.schema import Recipe
+
+_PACKAGES = (
+    "ftl",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "tokenizers",
+    "deepspeed",
+    "ray",
+    "peft",
+    "bitsandbytes",
+    "pydantic",
+    "numpy",
+)
+TASK_STATE_FILE = "ftl_task.json"
+
+
+@dataclass
+class RunDir:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.root / "recipe.resolved.yaml"
+
+    @classmethod
+    def open_for_run(cls, root: Path, *, resume: bool) -> RunDir:
+        """A new or empty directory, or (with resume) one that holds this run's checkpoints."""
+        run = cls(root)
+        if root.exists() and not root.is_dir():
+            raise FtlError(f"--output: {root} is a file; give a directory for the run")
+        occupied = root.exists() and any(root.iterdir())
+        if resume:
+            if not occupied or not run.recipe_file.exists():
+                raise FtlError(f"--resume: {root} holds no run to resume; start it without --resume")
+        elif occupied:
+            raise FtlError(
+                f"--output: {root} already holds files; pass --resume to continue that run, or choose another --output"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def existing(cls, root: Path) -> RunDir:
+        run = cls(root)
+        if not run.recipe_file.exists():
+            raise FtlError(
+                f"{root}: not a run directory (no recipe.resolved.yaml); give the --output of an ftl run"
+            )
+        if not (run.model / "config.json").exists():
+            raise FtlError(
+                f"{root}: the run has no final model yet (model/ is missing); finish or resume the run"
+            )
+        return run
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (its trainer_state.json is written last)."""
+        if not self.checkpoints.exists():
+            return None
+        complete = [
+            p
+            for p in self.checkpoints.glob("checkpoint-*")
+            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").exists()
+        ]
+        return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+    # ---- files ----------------------------------------------------------------------------------
+    def write_recipe(self, recipe: Recipe) -> None:
+        data = recipe.model_dump(mode="json", exclude={"extends"})
+        atomic_write(self.recipe_file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+    def read_recipe(self) -> Recipe:
+        from launcher.recipe.loader import load_recipe
+
+        return load_recipe(self.recipe_file).recipe
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.root / name
+        atomic_write(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        return path
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a kill never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def manifest(
+    recipe: Recipe, *, data_fingerprint: str, sources: dict[str, str], device: str, extra: dict
+) -> dict:
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "name": recipe.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "cwd": str(Path.cwd()),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_sha": git_sha(),
+        "seed": recipe.seed,
+        "device": device,
+        "data_fingerprint": data_fingerprint,
+        "data_sources": sources,
+        **extra,
+    }
+
+
+def git_sha() -> str | None:
+    """The commit of the ftl source tree (None when not a git checkout)."""
+    source = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    if not sha:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout.strip()
+    return sha + ("-dirty" if dirty else "")

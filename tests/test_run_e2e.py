@@ -1,0 +1,127 @@
+"""End-to-end runs on tiny models: the run directory, `ftl eval`, and exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launcher.cli import main
+from tests.conftest import REPO, edit_recipe, env_without_hub, sentiment_rows, write_tsv
+
+pytestmark = pytest.mark.slow
+
+
+def _run(argv: list[str]) -> None:
+    assert main(argv) == 0
+
+
+def test_classification_run_writes_a_complete_run_directory(tmp_path, classification_recipe, capsys):
+    write_tsv(tmp_path / "val.tsv", sentiment_rows(60, seed=9))
+    edit_recipe(classification_recipe, data={"train": "train.tsv", "validation": "val.tsv"})
+    out = tmp_path / "run"
+    _run(["run", str(classification_recipe), "train.keep_checkpoints=1", "--output", str(out)])
+    for name in (
+        "recipe.resolved.yaml",
+        "manifest.json",
+        "metrics.json",
+        "misclassified.jsonl",
+        "model/config.json",
+        "model/tokenizer.json",
+        "model/ftl_task.json",
+    ):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] >= 0.9, metrics  # the synthetic task is learnable
+    assert {"eval_f1_macro", "eval_loss", "train_steps"} <= set(metrics)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["session"]["train_loss"] > 0
+        and manifest["seed"] == 7
+        and manifest["data_fingerprint"]
+        and "transformers" in manifest["versions"]
+    )
+    assert manifest["command"][0] and manifest["host"]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert 1 <= len(checkpoints) <= 2  # the newest plus (when different) the best
+    for row in map(json.loads, (out / "misclassified.jsonl").read_text().splitlines()):
+        assert row["label"] != row["predicted"]
+
+    capsys.readouterr()
+    _run(["eval", str(out), "--data", str(tmp_path / "val.tsv")])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+    assert evaluated["examples"] == 60
+
+
+def test_causal_lm_reports_perplexity_before_and_after(tmp_path, lm_recipe):
+    out = tmp_path / "lm"
+    _run(["run", str(lm_recipe), "--output", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_perplexity"] < metrics["before"]["eval_perplexity"]
+    assert metrics["perplexity_relative_change"] < 0
+    assert metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_token_nll"], rel=1e-6)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, classification_recipe):
+    write_tsv(tmp_path / "train.tsv", sentiment_rows(400, seed=2))
+    settings = [
+        "train.max_steps=40",
+        "train.batch_size=8",
+        "train.checkpoint_every_steps=4",
+        "eval.every_steps=4",
+        "train.keep_checkpoints=2",
+    ]
+    command = [sys.executable, "-m", "launcher.cli", "run", str(classification_recipe), *settings]
+    env = env_without_hub()
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(
+        [*command, "--output", str(whole)], check=True, env=env, cwd=REPO, timeout=600, capture_output=True
+    )
+
+    process = subprocess.Popen(
+        [*command, "--output", str(killed)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while (
+        time.time() < deadline
+        and not (killed / "checkpoints" / "checkpoint-12" / "trainer_state.json").exists()
+    ):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    subprocess.run(
+        [*command, "--output", str(killed), "--resume"],
+        check=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+    )
+
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["resumed_from"] is not None
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads(
+        (whole / "metrics.json").read_text()
+    )
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
