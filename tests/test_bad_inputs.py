@@ -219,3 +219,21 @@ def test_a_real_process_prints_no_traceback(tmp_path):
 def test_eval_batch_size_must_be_positive(capsys, tmp_path, bad):
     message = fails(capsys, ["eval", str(tmp_path), "--data", "x.tsv", "--batch-size", bad])
     assert "--batch-size" in message
+
+
+def test_hub_fallback_failure_names_both_places(capsys, classification_recipe):
+    edit_recipe(
+        classification_recipe, data={"train": {"path": "missing.tsv", "hub": "nobody/no-such-dataset"}}
+    )
+    message = fails(capsys, ["check", str(classification_recipe)])
+    assert "'missing.tsv' not found locally" in message
+    assert "hub dataset 'nobody/no-such-dataset' could not be loaded" in message
+
+
+def test_unreachable_hub_model_is_one_line(capsys, classification_recipe):
+    edit_recipe(
+        classification_recipe,
+        model={"name_or_path": "nobody/no-such-model", "config": None, "tokenizer": None},
+    )
+    message = fails(capsys, ["check", str(classification_recipe)])
+    assert "cannot load the tokenizer from nobody/no-such-model" in message and "offline?" in message

@@ -62,13 +62,57 @@ def test_classification_run_writes_a_complete_run_directory(tmp_path, classifica
     assert evaluated["examples"] == 60
 
 
-def test_causal_lm_reports_perplexity_before_and_after(tmp_path, lm_recipe):
+def test_causal_lm_reports_perplexity_before_and_after(tmp_path, lm_recipe, capsys):
     out = tmp_path / "lm"
     _run(["run", str(lm_recipe), "--output", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_perplexity"] < metrics["before"]["eval_perplexity"]
     assert metrics["perplexity_relative_change"] < 0
     assert metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_token_nll"], rel=1e-6)
+    capsys.readouterr()
+    _run(["eval", str(out), "--data", str(out / "validation.jsonl")])  # the held-out tail, re-evaluated
+    assert json.loads(capsys.readouterr().out)["eval_perplexity"] == pytest.approx(
+        metrics["eval_perplexity"], rel=1e-5
+    )
+
+
+def test_carved_validation_is_saved_and_re_evaluates_to_the_same_accuracy(
+    tmp_path, classification_recipe, capsys
+):
+    out = tmp_path / "run"
+    _run(["run", str(classification_recipe), "train.epochs=1", "--output", str(out)])
+    rows = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and {r["label"] for r in rows} == {"negative", "positive"}
+    capsys.readouterr()
+    _run(["eval", str(out), "--data", str(out / "validation.jsonl")])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["eval_accuracy"] == json.loads((out / "metrics.json").read_text())["eval_accuracy"]
+
+
+def test_early_stopping_ends_training_before_the_last_epoch(tmp_path, classification_recipe):
+    out = tmp_path / "early"
+    _run(
+        [
+            "run",
+            str(classification_recipe),
+            "train.epochs=20",
+            "eval.every_steps=2",
+            "eval.metric=loss",
+            "train.early_stopping={patience: 1, min_delta: 100}",
+            "--output",
+            str(out),
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 4  # first evaluation sets the best, the second fails to improve by 100
+
+
+def test_bf16_trains_on_cpu(tmp_path, classification_recipe):
+    out = tmp_path / "bf16"
+    _run(
+        ["run", str(classification_recipe), "train.precision=bf16", "train.max_steps=4", "--output", str(out)]
+    )
+    assert json.loads((out / "manifest.json").read_text())["device"].endswith("bf16")
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

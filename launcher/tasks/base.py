@@ -97,6 +97,10 @@ class Task(ABC):
     def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Inverse of `state`."""
 
+    def export_rows(self, rows) -> list[dict[str, Any]]:
+        """Normalised rows back in the recipe's own columns, so `ftl eval --data` can read them again."""
+        return rows.to_list()
+
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Path | None:
         """Write predictions of the evaluation split; return the file written."""
         return None

@@ -113,6 +113,14 @@ class SequenceClassification(Task):
             return number if 0 <= number < len(self._names) else None
         return None
 
+    def export_rows(self, rows) -> list[dict[str, Any]]:
+        names = self._names or []
+        exported = []
+        for row in rows.to_list():
+            label = row.pop("labels")
+            exported.append({**row, self.config.label_column: names[label]})
+        return exported
+
     # ---- tokens ---------------------------------------------------------------------------------
     def tokenize(self, dataset, tokenizer, split: str):
         text, pair = self.config.text_column, self.config.text_pair_column

@@ -25,7 +25,7 @@ from launcher.train.arguments import training_arguments
 from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, replace_default_printers
 from launcher.train.device import plan_device
 from launcher.train.outcome import outcomes
-from launcher.train.rundir import TASK_STATE_FILE, RunDir, manifest
+from launcher.train.rundir import TASK_STATE_FILE, RunDir, atomic_write, manifest
 
 
 def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
     (rundir.model / TASK_STATE_FILE).write_text(
         json.dumps({"task": recipe.task.type, **task.state()}, indent=1)
     )
+    _write_jsonl(rundir.root / "validation.jsonl", task.export_rows(data.validation_rows))
     predictions = None
     if recipe.eval.save_predictions:
         predictions = task.write_predictions(trainer, data.validation, data.validation_rows, rundir.root)
@@ -141,6 +142,11 @@ def _build_trainer(loaded, task, model, tokenizer, data: PreparedData, rundir: R
     )
     replace_default_printers(trainer)
     return trainer
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The exact validation rows of this run (carved or given), for `ftl eval RUN --data RUN/validation.jsonl`."""
+    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _resume_point(rundir: RunDir) -> Path | None:
