@@ -67,7 +67,7 @@ def run_ftl(train: Path, val: Path, steps: int, scratch: Path) -> dict:
             "weight_decay": 0.0,
             "max_grad_norm": 1.0,
         },
-        "eval": {"save_predictions": False},
+        "eval": {"save_predictions": False, "metric": "loss"},
         "log": {"progress": False, "tensorboard": False},
     }
     path = scratch / "bench.yaml"
@@ -145,6 +145,17 @@ def run_plain_hf(train: Path, val: Path, steps: int, scratch: Path, *, classic: 
     return {"seconds": output.metrics["train_runtime"], "tokens": trainer.state.num_input_tokens_seen}
 
 
+def accuracy_and_f1(prediction) -> dict[str, float]:
+    """What a user selecting models would compute too (ftl computes these at every evaluation)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = prediction.predictions.argmax(-1)
+    return {
+        "accuracy": accuracy_score(prediction.label_ids, predicted),
+        "f1_macro": f1_score(prediction.label_ids, predicted, average="macro"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=48)
@@ -157,16 +168,28 @@ def main() -> None:
     quiet_transformers()
     scratch = Path(tempfile.mkdtemp(prefix="ftl-bench-"))
     train, val = write_subset(scratch, args.rows)
+    warmups = {
+        "ftl": lambda: run_ftl(train, val, 4, scratch),
+        "hf_trainer_same_settings": lambda: run_plain_hf(train, val, 4, scratch, classic=False),
+        "hf_classic_max_length_128": lambda: run_plain_hf(train, val, 4, scratch, classic=True),
+    }
     contenders = {
         "ftl": lambda: run_ftl(train, val, args.steps, scratch),
         "hf_trainer_same_settings": lambda: run_plain_hf(train, val, args.steps, scratch, classic=False),
         "hf_classic_max_length_128": lambda: run_plain_hf(train, val, args.steps, scratch, classic=True),
     }
     samples: dict[str, list[dict]] = {name: [] for name in contenders}
+    names = list(contenders)
+    print("warm-up (discarded): one short run of each contender", flush=True)
+    for name in names:
+        warmups[name]()
     for repeat in range(args.repeats):
-        for name, contender in contenders.items():
+        order = (
+            names[repeat % len(names) :] + names[: repeat % len(names)]
+        )  # rotate: no contender always first
+        for name in order:
             started = time.perf_counter()
-            result = contender()
+            result = contenders[name]()
             result["tokens_per_s"] = result["tokens"] / result["seconds"]
             samples[name].append(result)
             print(
@@ -192,7 +215,7 @@ def main() -> None:
     lines = [
         "# Throughput: SST-2 + MiniLM-L6, side by side in one run",
         "",
-        f"{args.steps} steps × batch {BATCH}, {args.repeats} interleaved repeats, medians; {report['machine']}, {report['date']}.",
+        f"{args.steps} steps × batch {BATCH}, a discarded warm-up, then {args.repeats} repeats in rotating order, medians; {report['machine']}, {report['date']}.",
         "",
         "| contender | non-pad tokens/s |",
         "| --- | ---: |",
