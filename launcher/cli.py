@@ -55,12 +55,16 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run directory's last checkpoint.")
     ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to run on (same as distributed.address=...).")
+    ] = None,
 ):
     """Fine-tune: train, evaluate and write the run directory."""
     from launcher.recipe import load_recipe
     from launcher.train.run import run_recipe
 
-    loaded = load_recipe(recipe, overrides or [])
+    extra = [f"distributed.address={address}"] if address else []
+    loaded = load_recipe(recipe, [*(overrides or []), *extra])
     run_recipe(loaded, output or Path("runs") / loaded.recipe.name, resume=resume)
 
 

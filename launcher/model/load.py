@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from launcher.errors import FtlError
@@ -156,9 +155,3 @@ def _hub_errors(location: ModelLocation, what: str):
                 " (offline? add a local copy under model.local_copies, or set HF_HUB_OFFLINE=0 with network)"
             )
         raise FtlError(f"model: cannot load the {what} from {location}: {reason}{hint}") from None
-
-
-def save_pretrained(model, tokenizer, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))

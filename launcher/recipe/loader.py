@@ -30,10 +30,13 @@ class LoadedRecipe:
     path: Path
     origins: dict[KeyPath, Origin] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    dirs: list[Path] | None = None  # fixed search directories (a recipe shipped to a worker has no origins)
 
     @property
     def search_dirs(self) -> list[Path]:
         """Directories of the recipe and of every file it extends (for relative data/model paths)."""
+        if self.dirs is not None:
+            return list(self.dirs)
         dirs: list[Path] = []
         for origin in [Origin(str(self.path)), *self.origins.values()]:
             if origin.line is None and origin.file != str(self.path):

@@ -138,3 +138,129 @@ def text_pair_differs_from_text(recipe: Recipe) -> Violation | None:
             "text_pair_column",
         ), "is the same column as text_column; give the second text's column"
     return None
+
+
+# --- distributed training and DeepSpeed --------------------------------------------------------------
+
+# DeepSpeed keys that ftl derives from the recipe; `distributed.deepspeed` may not set them.
+DERIVED_DEEPSPEED_KEYS = {
+    "train_batch_size": "distributed.global_batch_size",
+    "train_micro_batch_size_per_gpu": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps or distributed.global_batch_size",
+    "gradient_clipping": "train.max_grad_norm",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "optimizer": "train.lr, train.weight_decay, train.adam_betas",
+    "scheduler": "train.scheduler",
+}
+
+
+@rule
+def offload_needs_zero(recipe: Recipe) -> Violation | None:
+    d = recipe.distributed
+    if d.offload_optimizer != "none" and (d.zero_stage is None or d.zero_stage < 1):
+        return (
+            "distributed",
+            "offload_optimizer",
+        ), "optimizer offload needs distributed.zero_stage 1, 2 or 3"
+    if d.offload_params != "none" and d.zero_stage != 3:
+        return ("distributed", "offload_params"), "parameter offload needs distributed.zero_stage: 3"
+    return None
+
+
+@rule
+def nvme_offload_needs_a_path(recipe: Recipe) -> Violation | None:
+    d = recipe.distributed
+    if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
+        return (
+            "distributed",
+            "nvme_path",
+        ), "NVMe offload needs a directory on a fast local disk in nvme_path"
+    return None
+
+
+@rule
+def global_batch_divides_evenly(recipe: Recipe) -> Violation | None:
+    d, train = recipe.distributed, recipe.train
+    if d.global_batch_size is None:
+        return None
+    per_step = train.batch_size * d.workers
+    if d.global_batch_size % per_step:
+        return ("distributed", "global_batch_size"), (
+            f"{d.global_batch_size} is not a multiple of train.batch_size x workers = {per_step}; "
+            f"try {max(per_step, round(d.global_batch_size / per_step) * per_step)}"
+        )
+    if train.grad_accum_steps != 1 and train.grad_accum_steps != d.global_batch_size // per_step:
+        return ("train", "grad_accum_steps"), (
+            f"conflicts with distributed.global_batch_size (which implies {d.global_batch_size // per_step}); set one"
+        )
+    return None
+
+
+@rule
+def whole_gpus_per_worker(recipe: Recipe) -> Violation | None:
+    gpus = recipe.distributed.gpus_per_worker
+    if gpus > 1 and gpus != int(gpus):
+        return (
+            "distributed",
+            "gpus_per_worker",
+        ), f"{gpus} GPUs cannot be shared by one worker; use a whole number"
+    return None
+
+
+@rule
+def deepspeed_extras_do_not_override_the_recipe(recipe: Recipe) -> Violation | None:
+    extras = recipe.distributed.deepspeed
+    if extras and recipe.distributed.zero_stage is None:
+        return ("distributed", "deepspeed"), "DeepSpeed keys need DeepSpeed: set distributed.zero_stage (0-3)"
+    for key in extras:
+        if key in DERIVED_DEEPSPEED_KEYS:
+            return (
+                "distributed",
+                "deepspeed",
+                key,
+            ), f"is derived from {DERIVED_DEEPSPEED_KEYS[key]}; set it there"
+    stage = extras.get("zero_optimization", {})
+    if isinstance(stage, dict) and "stage" in stage:
+        return (
+            "distributed",
+            "deepspeed",
+            "zero_optimization",
+            "stage",
+        ), "set distributed.zero_stage instead"
+    return None
+
+
+# --- quantization and adapters -----------------------------------------------------------------------
+
+
+@rule
+def quantized_weights_need_adapters(recipe: Recipe) -> Violation | None:
+    if recipe.quantization is not None and recipe.lora is None:
+        return ("quantization",), (
+            "quantized weights cannot be fine-tuned directly (full fine-tuning of 4/8-bit weights is not supported); "
+            "add a lora: section (QLoRA) or remove quantization"
+        )
+    return None
+
+
+@rule
+def four_bit_is_not_sharded_by_zero3(recipe: Recipe) -> Violation | None:
+    q = recipe.quantization
+    if q is not None and recipe.distributed.zero_stage == 3:
+        return ("distributed", "zero_stage"), (
+            f"ZeRO-3 cannot partition bitsandbytes {q.bits}-bit weights; use zero_stage 0-2 with quantization"
+        )
+    return None
+
+
+@rule
+def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
+    freeze = recipe.freeze
+    if recipe.lora is not None and (
+        freeze.embeddings or freeze.bottom_layers or freeze.layers or freeze.patterns or freeze.head_only
+    ):
+        return (
+            "freeze",
+        ), "with lora the base model is frozen and only adapters train; remove the freeze settings"
+    return None

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
 from launcher.recipe.section import Section
 from launcher.recipe.tasks import TaskSection
 
@@ -223,6 +224,9 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     log: LogSection = Field(default_factory=LogSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    quantization: QuantizationSection | None = Field(None, description="Load the base model in 4 or 8 bits.")
+    lora: LoraSection | None = Field(None, description="Train low-rank adapters instead of the full weights.")
 
 
 SECTIONS: dict[str, type[Section]] = {

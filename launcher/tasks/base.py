@@ -19,6 +19,9 @@ class Task(ABC):
 
     #: HF auto class name in `transformers`, e.g. "AutoModelForSequenceClassification".
     auto_model: str
+    #: The model's loss divides by the number of items HF passes in (token-level LM losses). Only then may the
+    #: Trainer weight the loss by tokens across workers; per-example mean losses must not be rescaled.
+    loss_counts_items: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

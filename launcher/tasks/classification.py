@@ -178,7 +178,9 @@ class SequenceClassification(Task):
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Path | None:
         import numpy as np
 
-        output = trainer.predict(dataset, metric_key_prefix="predict")
+        output = trainer.predict(dataset, metric_key_prefix="predict")  # collective: every worker predicts
+        if not trainer.is_world_process_zero():
+            return None
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
         logits = np.asarray(logits, dtype=np.float64)
         shifted = np.exp(logits - logits.max(-1, keepdims=True))

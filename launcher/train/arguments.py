@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.recipe.schema import Recipe
+from launcher.train.batching import batch_plan
 from launcher.train.device import DevicePlan
 
 
@@ -15,7 +16,14 @@ def best_metric(recipe: Recipe) -> tuple[str, bool]:
     return name, task.metrics[name] == "max"
 
 
-def training_arguments(recipe: Recipe, checkpoints: Path, device: DevicePlan, *, has_eval: bool = True):
+def training_arguments(
+    recipe: Recipe,
+    checkpoints: Path,
+    device: DevicePlan,
+    *,
+    has_eval: bool = True,
+    loss_counts_items: bool = False,
+):
     from transformers import TrainingArguments
 
     train, evaluation = recipe.train, recipe.eval
@@ -26,6 +34,11 @@ def training_arguments(recipe: Recipe, checkpoints: Path, device: DevicePlan, *,
         save_strategy, save_steps = eval_strategy, evaluation.every_steps or 500
     metric, greater = best_metric(recipe)
     warmup = train.warmup_steps if train.warmup_steps is not None else train.warmup_ratio
+    deepspeed = None
+    if recipe.distributed.uses_deepspeed:
+        from launcher.distributed.deepspeed_config import deepspeed_config
+
+        deepspeed = deepspeed_config(recipe, device=device.device)
     return TrainingArguments(
         output_dir=str(checkpoints),
         seed=recipe.seed,
@@ -34,7 +47,7 @@ def training_arguments(recipe: Recipe, checkpoints: Path, device: DevicePlan, *,
         max_steps=train.max_steps or -1,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=evaluation.batch_size,
-        gradient_accumulation_steps=train.grad_accum_steps,
+        gradient_accumulation_steps=batch_plan(recipe).accumulation,
         learning_rate=train.lr,
         weight_decay=train.weight_decay,
         adam_beta1=train.adam_betas[0],
@@ -70,6 +83,11 @@ def training_arguments(recipe: Recipe, checkpoints: Path, device: DevicePlan, *,
         include_num_input_tokens_seen="non_padding",
         save_only_model=False,
         restore_callback_states_from_checkpoint=True,
+        deepspeed=deepspeed,
+        # Token-weighted averaging across workers is right only for losses that divide by the item count;
+        # for per-example mean losses HF would otherwise multiply the loss (and gradients) by the world size.
+        average_tokens_across_devices=loss_counts_items,
+        ddp_backend="nccl" if device.device == "cuda" else "gloo",
     )
 
 

@@ -31,7 +31,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), state.num_input_tokens_seen or 0)
-        if self.interactive:
+        if self.interactive and state.is_world_process_zero:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
@@ -53,6 +53,8 @@ class ProgressCallback(TrainerCallback):
             self.progress.update(self.task_id, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         logs = dict(logs or {})
         now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
         if "loss" in logs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.errors import FtlError
+from launcher.recipe.scaling import DistributedSection
 from launcher.recipe.schema import TrainSection
 
 
@@ -19,14 +20,30 @@ class DevicePlan:
         return self.device == "cpu"
 
 
-def plan_device(train: TrainSection) -> DevicePlan:
+def plan_device(train: TrainSection, distributed: DistributedSection | None = None) -> DevicePlan:
+    """The device of this process. Ray Train workers follow distributed.gpus_per_worker (0: CPU and gloo)."""
     import torch
 
     cuda = torch.cuda.is_available()
+    if distributed is not None and (distributed.uses_ray or distributed.uses_deepspeed):
+        if train.device == "cuda" and distributed.gpus_per_worker == 0:
+            raise FtlError("train.device: cuda with Ray workers needs distributed.gpus_per_worker >= 1")
+        wants_gpu = distributed.gpus_per_worker > 0
+        if wants_gpu and not cuda:
+            raise FtlError(
+                "distributed.gpus_per_worker: this process sees no CUDA GPU; use gpus_per_worker: 0 to train on CPU"
+            )
+        device = "cuda" if wants_gpu else "cpu"
+        return _checked(device, train.precision)
     if train.device == "cuda" and not cuda:
         raise FtlError("train.device: cuda was asked for but no CUDA GPU is visible; use device: auto or cpu")
     device = "cuda" if (train.device == "cuda" or (train.device == "auto" and cuda)) else "cpu"
-    precision = train.precision
+    return _checked(device, train.precision)
+
+
+def _checked(device: str, precision: str) -> DevicePlan:
+    import torch
+
     if precision == "fp16" and device != "cuda":
         raise FtlError(
             "train.precision: fp16 (with loss scaling) needs a CUDA GPU; this run is on CPU: use bf16 or fp32"

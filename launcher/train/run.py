@@ -7,7 +7,6 @@ Read top to bottom: plan the device -> tokenizer -> data -> model and freezing -
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from launcher.console import console, log
 from launcher.data.prepare import PreparedData, prepare_data
 from launcher.errors import FtlError
 from launcher.model.freeze import apply_freezing, block_counts
-from launcher.model.load import load_model, load_tokenizer, quiet_transformers, save_pretrained
+from launcher.model.load import load_model, load_tokenizer, quiet_transformers
 from launcher.model.locate import locate_model
 from launcher.recipe.loader import LoadedRecipe
 from launcher.report import freeze_table, human
@@ -25,47 +24,67 @@ from launcher.train.arguments import training_arguments
 from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, replace_default_printers
 from launcher.train.device import plan_device
 from launcher.train.outcome import outcomes
+from launcher.train.resume import check_same_recipe, resume_point
 from launcher.train.rundir import TASK_STATE_FILE, RunDir, atomic_write, manifest
 
 
 def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train a recipe into `output`; returns the final metrics (also in <output>/metrics.json)."""
-    started = time.perf_counter()
-    recipe = loaded.recipe
+    """Train a recipe into `output`: in this process, or on Ray Train workers when the recipe scales out."""
     rundir = RunDir.open_for_run(output, resume=resume)
     if resume:
-        _check_same_recipe(rundir, loaded)
-    device = plan_device(recipe.train)
+        check_same_recipe(rundir, loaded)
+    if needs_workers(loaded.recipe):
+        from launcher.distributed.ray_launch import launch
+
+        return launch(loaded, rundir, resume=resume)
+    return execute(loaded, rundir, announce_resume=resume)
+
+
+def needs_workers(recipe) -> bool:
+    """DeepSpeed, several workers or a cluster address run through Ray Train (even a single worker)."""
+    return recipe.distributed.uses_ray or recipe.distributed.uses_deepspeed
+
+
+def execute(loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = False) -> dict[str, Any]:
+    """The story of a run, the same in one process and in every Ray Train worker (rank 0 writes the files)."""
+    started = time.perf_counter()
+    recipe = loaded.recipe
+    device = plan_device(recipe.train, recipe.distributed)
     quiet_transformers(recipe.log.level)
 
     from transformers import set_seed
 
     set_seed(recipe.seed)
+    main = is_main_process()
+    say = log if main else _silent
     task = task_for(recipe.task)
     location = locate_model(recipe.model, loaded.search_dirs)
-    log(
+    say(
         f"[bold]{recipe.name}[/]: {recipe.task.type} on {device.name}, {device.precision}; model {location} {location.note}"
     )
     tokenizer = load_tokenizer(loaded, location)
-    data = prepare_data(loaded, task, tokenizer, log=log)
-    _log_data(data)
+    data = prepare_data(loaded, task, tokenizer, log=say)
+    say(data_summary(data))
 
     loaded_model = load_model(loaded, task, tokenizer)
     model = loaded_model.model
     apply_freezing(model, recipe.freeze, loaded_model.head_names)
-    console.print(freeze_table(block_counts(model, loaded_model.head_names), title=f"{type(model).__name__}"))
-
-    if not resume:
-        rundir.write_recipe(recipe)
+    if main:
+        console.print(
+            freeze_table(block_counts(model, loaded_model.head_names), title=f"{type(model).__name__}")
+        )
+        if not rundir.recipe_file.exists():
+            rundir.write_recipe(recipe)
     trainer = _build_trainer(loaded, task, model, tokenizer, data, rundir, device)
 
     before = rundir.read_json("metrics_before.json")
     if recipe.eval.before_training and not before:
-        log("evaluating the model before fine-tuning")
+        say("evaluating the model before fine-tuning")
         before = trainer.evaluate()
-        rundir.write_json("metrics_before.json", before)
+        if main:
+            rundir.write_json("metrics_before.json", before)
 
-    checkpoint = _resume_point(rundir) if resume else None
+    checkpoint = resume_point(rundir, announce=announce_resume and main)
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
@@ -77,20 +96,23 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardLogger):
             callback.close()
-    save_pretrained(trainer.model, tokenizer, rundir.model)
-    (rundir.model / TASK_STATE_FILE).write_text(
-        json.dumps({"task": recipe.task.type, **task.state()}, indent=1)
-    )
-    _write_jsonl(rundir.root / "validation.jsonl", task.export_rows(data.validation_rows))
+    trainer.save_model(str(rundir.model))  # collective under DeepSpeed (ZeRO-3 gathers); rank 0 writes
     predictions = None
     if recipe.eval.save_predictions:
         predictions = task.write_predictions(trainer, data.validation, data.validation_rows, rundir.root)
-
     metrics = outcomes(final)
     metrics["train_steps"] = train_output.global_step
     if before:
         metrics["before"] = outcomes(before)
         _add_changes(metrics, recipe.task.main_metric)
+    if not main:
+        return metrics
+    tokenizer.save_pretrained(str(rundir.model))
+    (rundir.model / TASK_STATE_FILE).write_text(
+        json.dumps({"task": recipe.task.type, **task.state()}, indent=1)
+    )
+    _write_jsonl(rundir.root / "validation.jsonl", task.export_rows(data.validation_rows))
+    rundir.write_json("log_history.json", {"log_history": trainer.state.log_history})
     rundir.write_json("metrics.json", metrics)
     rundir.write_json(
         "manifest.json",
@@ -101,6 +123,8 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
             device=f"{device.name} {device.precision}",
             extra={
                 "model_location": str(location),
+                "workers": trainer.args.world_size,
+                "deepspeed": trainer.args.deepspeed if isinstance(trainer.args.deepspeed, dict) else None,
                 "resumed_from": checkpoint.name if checkpoint else None,
                 "data_stats": data.stats,
                 "data_prep_seconds": round(data.seconds, 3),
@@ -118,11 +142,22 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
     return metrics
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (or the only process)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _silent(message: str) -> None:
+    return None
+
+
 def _build_trainer(loaded, task, model, tokenizer, data: PreparedData, rundir: RunDir, device):
     from transformers import EarlyStoppingCallback, Trainer
 
     recipe = loaded.recipe
-    args = training_arguments(recipe, rundir.checkpoints, device)
+    args = training_arguments(recipe, rundir.checkpoints, device, loss_counts_items=task.loss_counts_items)
     callbacks: list[Any] = [ProgressCallback(interactive=recipe.log.progress and console.is_terminal)]
     if recipe.log.tensorboard:
         callbacks.append(TensorBoardLogger(str(rundir.tensorboard)))
@@ -149,44 +184,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def _resume_point(rundir: RunDir) -> Path | None:
-    """The newest complete checkpoint; half-written newer ones (a kill during saving) are removed."""
-    last = rundir.last_checkpoint()
-    newest = int(last.name.split("-")[1]) if last else -1
-    for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() else []:
-        step = partial.name.split("-")[-1]
-        if step.isdigit() and int(step) > newest:
-            log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
-            shutil.rmtree(partial, ignore_errors=True)
-    if last is None:
-        log("[yellow]no complete checkpoint yet: starting from the beginning[/]")
-    else:
-        log(f"resuming from {last}")
-    return last
-
-
-def _check_same_recipe(rundir: RunDir, loaded: LoadedRecipe) -> None:
-    """Exact resume needs the recipe the run started with (logging settings may differ)."""
-    stored = rundir.read_recipe().model_dump(mode="json", exclude={"extends", "log"})
-    current = loaded.recipe.model_dump(mode="json", exclude={"extends", "log"})
-    differing = sorted(_diff(stored, current))
-    if differing:
-        shown = ", ".join(differing[:4]) + (" ..." if len(differing) > 4 else "")
-        raise FtlError(
-            f"--resume: the recipe differs from {rundir.recipe_file} at {shown}; resume with the same recipe and "
-            "overrides, or start a new --output"
-        )
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        found: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            found.extend(_diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key))
-        return found
-    return [] if a == b else [prefix]
-
-
 def _add_changes(metrics: dict[str, Any], main: str) -> None:
     key = f"eval_{main}"
     before = metrics["before"].get(key)
@@ -195,11 +192,11 @@ def _add_changes(metrics: dict[str, Any], main: str) -> None:
         metrics[f"{main}_relative_change"] = (after - before) / before
 
 
-def _log_data(data: PreparedData) -> None:
+def data_summary(data: PreparedData) -> str:
     stats = data.stats
     train, val = stats.get("train", {}), stats.get("validation", {})
     origin = "cache" if data.from_cache else "prepared"
-    log(
+    return (
         f"data: train {train.get('rows', 0):,} rows / {human(train.get('tokens', 0))} tokens, validation "
         f"{val.get('rows', 0):,} rows ({data.sources['validation']}); {origin} in {data.seconds:.2f}s"
     )

@@ -1,0 +1,144 @@
+"""Driver side of a scaled-out run: connect to (or start) Ray, and run the recipe on Ray Train workers.
+
+With no address ftl starts a private local Ray bound to 127.0.0.1 (the embedded default); with an address
+it joins that cluster. Multi-node is the same code path: Ray places the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from launcher.console import log
+from launcher.errors import FtlError
+from launcher.recipe.loader import LoadedRecipe
+from launcher.train.rundir import RunDir
+
+# Settings a worker must see exactly as the driver does (data homes, caches, offline mode).
+_FORWARDED_ENV = (
+    "FTL_CACHE",
+    "FTL_DATA_HOME",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_DATASETS_CACHE",
+    "TRANSFORMERS_OFFLINE",
+    "TORCH_EXTENSIONS_DIR",
+    "TQDM_DISABLE",
+    "TOKENIZERS_PARALLELISM",
+)
+
+
+def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, Any]:
+    recipe = loaded.recipe
+    distributed = recipe.distributed
+    device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
+    if distributed.uses_deepspeed:
+        from launcher.distributed.deepspeed_config import deepspeed_config, validate_deepspeed_config
+
+        validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
+    if distributed.address is None:
+        from launcher.train.device import plan_device
+
+        plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
+        _warm_data_cache(loaded)
+
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from launcher.distributed.worker import train_worker
+
+    env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("TQDM_DISABLE", "1")
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    connect(distributed.address, env)
+    resources = {"CPU": distributed.cpus_per_worker}
+    if distributed.gpus_per_worker:
+        resources["GPU"] = distributed.gpus_per_worker
+    storage = distributed.storage_path or str(rundir.root.resolve() / "ray")
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_worker,
+        train_loop_config={
+            "recipe": recipe.model_dump(mode="json"),
+            "recipe_path": str(loaded.path.resolve()),
+            "search_dirs": [str(d) for d in loaded.search_dirs],
+            "run": str(rundir.root.resolve()),
+            "resume": resume,
+            "env": env,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=distributed.workers, use_gpu=device == "cuda", resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
+        run_config=RunConfig(
+            name=f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=distributed.max_failures),
+        ),
+    )
+    log(
+        f"ray: {distributed.workers} worker(s) x {distributed.cpus_per_worker:g} CPU"
+        + (f" + {distributed.gpus_per_worker:g} GPU" if distributed.gpus_per_worker else "")
+        + (f", ZeRO-{distributed.zero_stage}" if distributed.uses_deepspeed else ", DDP")
+        + f", backend {'nccl' if device == 'cuda' else 'gloo'}"
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's exception; show its last line
+        raise FtlError(f"distributed run failed: {_root_cause(exc)}") from None
+    if getattr(result, "error", None):
+        raise FtlError(f"distributed run failed: {_root_cause(result.error)}")
+    metrics = rundir.read_json("metrics.json")
+    if not metrics:
+        raise FtlError(f"distributed run ended without metrics; see the worker logs under {storage}")
+    return metrics
+
+
+def connect(address: str | None, env: dict[str, str]) -> None:
+    """Join a cluster, or start a private local one bound to 127.0.0.1."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": env}
+    try:
+        if address is None:
+            ray.init(
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env=runtime_env,
+                logging_level=logging.ERROR,
+                log_to_driver=True,
+            )
+        else:
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FtlError(
+            f"distributed.address: cannot reach the Ray cluster at {address}: {reason}; check the address "
+            "(ray://host:10001 or host:6379) and that the cluster is running"
+        ) from None
+
+
+def _warm_data_cache(loaded: LoadedRecipe) -> None:
+    """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising."""
+    from launcher.data.prepare import prepare_data
+    from launcher.model.load import load_tokenizer, quiet_transformers
+    from launcher.tasks.registry import task_for
+
+    if not loaded.recipe.data.cache:
+        return
+    quiet_transformers(loaded.recipe.log.level)
+    prepare_data(loaded, task_for(loaded.recipe.task), load_tokenizer(loaded), log=log)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

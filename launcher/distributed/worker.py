@@ -1,0 +1,26 @@
+"""What each Ray Train worker runs: the same `execute` as a single-process run, on its share of the data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. Restarted by Ray after a failure: `execute` resumes from the last checkpoint."""
+    os.environ.update(config["env"])
+    import ray.train
+
+    from launcher.recipe.loader import LoadedRecipe
+    from launcher.recipe.schema import Recipe
+    from launcher.train.run import execute
+    from launcher.train.rundir import RunDir
+
+    recipe = Recipe.model_validate(config["recipe"])
+    loaded = LoadedRecipe(
+        recipe=recipe, path=Path(config["recipe_path"]), dirs=[Path(d) for d in config["search_dirs"]]
+    )
+    metrics = execute(loaded, RunDir(Path(config["run"])), announce_resume=config["resume"])
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    ray.train.report(numbers)

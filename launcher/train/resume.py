@@ -1,0 +1,62 @@
+"""Continuing a run: find the newest complete checkpoint, and insist on the recipe the run started with."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from launcher.console import log
+from launcher.errors import FtlError
+from launcher.recipe.loader import LoadedRecipe
+from launcher.train.rundir import RunDir
+
+
+def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
+    """The newest complete checkpoint; half-written newer ones (a kill during saving) are removed."""
+    last = rundir.last_checkpoint()
+    newest = int(last.name.split("-")[1]) if last else -1
+    for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() else []:
+        step = partial.name.split("-")[-1]
+        if step.isdigit() and int(step) > newest:
+            log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
+            shutil.rmtree(partial, ignore_errors=True)
+    if last is not None:
+        log(f"resuming from {last}")
+    elif announce:
+        log("[yellow]no complete checkpoint yet: starting from the beginning[/]")
+    return last
+
+
+def check_same_recipe(rundir: RunDir, loaded: LoadedRecipe) -> None:
+    """Exact resume needs the recipe the run started with (logging and worker settings may differ)."""
+    ignored = {"extends", "log"}
+    stored = rundir.read_recipe().model_dump(mode="json", exclude=ignored)
+    current = loaded.recipe.model_dump(mode="json", exclude=ignored)
+    for section in (stored, current):  # a ZeRO checkpoint may resume on another number of workers
+        for key in (
+            "workers",
+            "address",
+            "cpus_per_worker",
+            "gpus_per_worker",
+            "max_failures",
+            "global_batch_size",
+        ):
+            section["distributed"].pop(key, None)
+        section["train"].pop("grad_accum_steps", None)
+    differing = sorted(_diff(stored, current))
+    if differing:
+        shown = ", ".join(differing[:4]) + (" ..." if len(differing) > 4 else "")
+        raise FtlError(
+            f"--resume: the recipe differs from {rundir.recipe_file} at {shown}; resume with the same recipe and "
+            "overrides, or start a new --output"
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            found.extend(_diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key))
+        return found
+    return [] if a == b else [prefix]
