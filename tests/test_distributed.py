@@ -93,3 +93,113 @@ def test_two_workers_equal_one_worker_for_every_zero_stage(tmp_path, no_dropout_
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == stage
         assert (out / "model" / "model.safetensors").exists()
+
+
+def _ftl(*args: str, **kwargs):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_without_hub
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=REPO,
+        env=env_without_hub(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def _wait_for(path, process, seconds: float = 300) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _final_eval_loss(run) -> float:
+    return json.loads((run / "metrics.json").read_text())["eval_loss"]
+
+
+RESUMABLE = [
+    "distributed.zero_stage=2",
+    "distributed.workers=2",
+    "train.batch_size=4",
+    "distributed.global_batch_size=8",
+    "train.max_steps=24",
+    "train.checkpoint_every_steps=4",
+    "eval.every_steps=4",
+    "train.log_every_steps=1",
+]
+
+
+def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropout_recipe):
+    import os
+    import signal
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(["run", str(no_dropout_recipe), *RESUMABLE, "--output", str(whole)]) == 0
+    process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed))
+    _wait_for(killed / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver, its local Ray and both workers
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    resumed = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    assert json.loads((killed / "manifest.json").read_text())["resumed_from"] is not None
+    assert _final_eval_loss(killed) == pytest.approx(_final_eval_loss(whole), rel=1e-3)
+    assert _losses(killed) == pytest.approx(_losses(whole), rel=1e-3)
+
+
+def test_two_worker_checkpoint_resumes_on_one_worker(tmp_path, no_dropout_recipe):
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(run))
+    _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    one_worker = [
+        a for a in RESUMABLE if not a.startswith("distributed.workers")
+    ]  # global batch 8: accumulate 2
+    assert main(["run", str(no_dropout_recipe), *one_worker, "--output", str(run), "--resume"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["workers"] == 1 and manifest["resumed_from"].startswith("checkpoint-")
+    assert json.loads((run / "metrics.json").read_text())["train_steps"] == 24
+
+
+def test_a_killed_worker_is_retried_by_ray_and_the_run_completes(tmp_path, no_dropout_recipe):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    run = tmp_path / "run"
+    process = _ftl(
+        "run",
+        str(no_dropout_recipe),
+        *RESUMABLE,
+        "train.max_steps=40",
+        "distributed.max_failures=2",
+        "--output",
+        str(run),
+    )
+    _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
+    workers = [
+        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert workers, "no Ray Train worker process found"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    killed_at = time.time()
+    assert process.wait(timeout=900) == 0, process.stderr.read().decode()[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["resumed_from"] is not None, "the retry should continue from a checkpoint"
+    assert json.loads((run / "metrics.json").read_text())["train_steps"] == 40
+    assert (run / "metrics.json").stat().st_mtime > killed_at

@@ -38,6 +38,25 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
         from launcher.distributed.deepspeed_config import deepspeed_config, validate_deepspeed_config
 
         validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
+    checkpoint = rundir.last_checkpoint()
+    if distributed.uses_deepspeed and checkpoint is not None:
+        from launcher.distributed.reshard import universal_for
+
+        extra = universal_for(checkpoint, distributed.workers)
+        if extra:
+            # Universal loading applies to every load of this session, and checkpoints written from here on are
+            # ordinary ones: reloading the best of them at the end would fail, so this session keeps the last.
+            log(
+                "[yellow]after re-sharding this session ends with the last weights, not the best evaluation[/]"
+            )
+            merged = {**distributed.deepspeed, **extra}
+            recipe = recipe.model_copy(
+                update={
+                    "distributed": distributed.model_copy(update={"deepspeed": merged}),
+                    "eval": recipe.eval.model_copy(update={"select_best": False}),
+                    "train": recipe.train.model_copy(update={"early_stopping": None}),
+                }
+            )
     if distributed.address is None:
         from launcher.train.device import plan_device
 
