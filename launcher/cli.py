@@ -84,6 +84,27 @@ def evaluate(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="New directory for the model.", show_default=False)
+    ],
+    merge_lora: Annotated[
+        bool, typer.Option("--merge-lora", help="Merge LoRA adapters into the base.")
+    ] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16 weights.")] = "fp32",
+):
+    """Write a run's model as a standalone Hugging Face model (from_pretrained loads it)."""
+    from launcher.errors import FtlError
+    from launcher.export import export_run
+
+    if dtype not in ("fp32", "bf16"):
+        raise FtlError(f"--dtype: '{dtype}' is not supported; use fp32 or bf16")
+    written = export_run(run_dir, output, merge_lora=merge_lora, dtype=dtype)
+    sys.stdout.write(f"{written}\n")
+
+
+@app.command()
 def schema():
     """Print the recipe JSON Schema (for editor completion and validation)."""
     from launcher.recipe.schema import Recipe

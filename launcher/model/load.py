@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from launcher.errors import FtlError
@@ -20,6 +21,7 @@ class LoadedModel:
     # The task head: parameters the checkpoint did not provide (for a model built from a config, or on the
     # meta device, the parameters outside the backbone).
     head_names: list[str] = field(default_factory=list)
+    base_weights: Path | None = None  # a saved base model the adapters belong to (see adapters.py)
 
 
 def quiet_transformers(level: str = "info") -> None:
@@ -88,11 +90,16 @@ def model_config(loaded: LoadedRecipe, task: Task, location: ModelLocation, toke
     return config
 
 
-def load_model(loaded: LoadedRecipe, task: Task, tokenizer, *, meta: bool = False) -> LoadedModel:
-    """Load pretrained weights (or initialise from config). meta=True builds shapes only, for `ftl check`."""
+def load_model(
+    loaded: LoadedRecipe, task: Task, tokenizer, *, meta: bool = False, base_dir: Path | None = None
+) -> LoadedModel:
+    """Load pretrained weights (or initialise from config), quantized and with LoRA adapters when the recipe
+    says so. meta=True builds shapes only, for `ftl check`. `base_dir` receives a base model that exists
+    nowhere else (built from a config, or a GGUF file to be quantized), so adapters can be re-attached later."""
     import torch
 
-    section = loaded.recipe.model
+    recipe = loaded.recipe
+    section = recipe.model
     location = locate_model(section, loaded.search_dirs)
     config = model_config(loaded, task, location, tokenizer)
     auto = task.model_class()
@@ -100,11 +107,79 @@ def load_model(loaded: LoadedRecipe, task: Task, tokenizer, *, meta: bool = Fals
         with torch.device("meta"):
             model = auto.from_config(config, trust_remote_code=section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
+    adapters = recipe.lora is not None
+    if location.kind == "config" or (location.gguf_file and recipe.quantization is not None):
+        dense = _dense_model(loaded, task, location, config, auto)
+        if not adapters:
+            return dense
+        if base_dir is None:
+            raise FtlError("lora: a base model built here needs a run directory to be saved in")
+        _save_base(dense.model, base_dir)
+        location = ModelLocation("local", str(base_dir), None, note=f"{location} saved as the adapter's base")
+        config = dense.model.config
+    loaded_model = _pretrained(loaded, location, config, auto)
+    if adapters:
+        from launcher.model.adapters import add_lora
+
+        peft_model = add_lora(
+            loaded_model.model,
+            recipe,
+            task.peft_task_type,
+            gradient_checkpointing=recipe.train.gradient_checkpointing,
+        )
+        trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        return LoadedModel(
+            peft_model,
+            loaded_model.location,
+            trainable,
+            base_weights=base_dir if location.path == str(base_dir) else None,
+        )
+    return loaded_model
+
+
+def _dense_model(loaded, task, location: ModelLocation, config, auto) -> LoadedModel:
+    """A full-precision model: random from a config, or a GGUF file unpacked."""
+    import torch
+
     if location.kind == "config":
         torch.manual_seed(loaded.recipe.seed)
-        model = auto.from_config(config, trust_remote_code=section.trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=loaded.recipe.model.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
+    plain = loaded.recipe.model_copy(update={"quantization": None, "lora": None})
+    return _pretrained(
+        LoadedRecipe(plain, loaded.path, loaded.origins, dirs=loaded.search_dirs), location, config, auto
+    )
+
+
+def _save_base(model, directory: Path) -> None:
+    """Write the base once (atomically: concurrent workers build the same seeded base)."""
+    import os
+    import shutil
+    import tempfile
+
+    if (directory / "config.json").exists():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".base-", dir=directory.parent))
+    model.save_pretrained(str(staging))
+    try:
+        os.replace(staging, directory)
+    except OSError:  # another worker finished first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pretrained(loaded: LoadedRecipe, location: ModelLocation, config, auto) -> LoadedModel:
+    import torch
+
+    section = loaded.recipe.model
     extra = location.hf_kwargs()
+    if loaded.recipe.quantization is not None:
+        from launcher.model.adapters import bitsandbytes_config
+
+        extra.update(
+            quantization_config=bitsandbytes_config(loaded.recipe),
+            device_map={"": 0 if torch.cuda.is_available() else "cpu"},
+        )
     if location.gguf_file:
         from transformers import GgufConfig
 

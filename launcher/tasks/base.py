@@ -22,6 +22,8 @@ class Task(ABC):
     #: The model's loss divides by the number of items HF passes in (token-level LM losses). Only then may the
     #: Trainer weight the loss by tokens across workers; per-example mean losses must not be rescaled.
     loss_counts_items: bool = False
+    #: peft TaskType name for LoRA adapters on this task's model.
+    peft_task_type: str = "FEATURE_EXTRACTION"
 
     def __init__(self, config: Any) -> None:
         self.config = config

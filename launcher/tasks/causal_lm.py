@@ -17,6 +17,7 @@ _PACK_BATCH_ROWS = 2000  # rows concatenated per packing batch; each batch waste
 class CausalLM(Task):
     auto_model = "AutoModelForCausalLM"
     loss_counts_items = True
+    peft_task_type = "CAUSAL_LM"
 
     def column_keys(self) -> dict[str, str | None]:
         return {"text_column": self.config.text_column}

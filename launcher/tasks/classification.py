@@ -14,6 +14,7 @@ from launcher.tasks.base import Task
 
 class SequenceClassification(Task):
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

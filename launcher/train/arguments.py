@@ -87,8 +87,17 @@ def training_arguments(
         # Token-weighted averaging across workers is right only for losses that divide by the item count;
         # for per-example mean losses HF would otherwise multiply the loss (and gradients) by the world size.
         average_tokens_across_devices=loss_counts_items,
-        ddp_backend="nccl" if device.device == "cuda" else "gloo",
+        ddp_backend=_backend(device),
     )
+
+
+def _backend(device: DevicePlan) -> str | None:
+    """The collective backend of a multi-process run (Ray Train sets WORLD_SIZE); None in a single process."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return "nccl" if device.device == "cuda" else "gloo"
 
 
 def _groupable(recipe: Recipe) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from launcher.data.prepare import prepare_eval_file
 from launcher.data.sources import load_file
 from launcher.errors import FtlError
+from launcher.model.adapters import load_trained
 from launcher.model.load import quiet_transformers
 from launcher.recipe.schema import DataSource
 from launcher.tasks.registry import task_for
@@ -33,7 +34,7 @@ def evaluate_run(run: Path, data_file: Path, *, batch_size: int | None = None) -
     source = DataSource(path=str(data_file), text_sample_by=train_source.text_sample_by)
     raw = load_file(data_file, "--data", source)
     tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
-    model = task.model_class().from_pretrained(str(rundir.model))
+    model = load_trained(rundir.model, task.model_class())
     rows, dataset = prepare_eval_file(raw, task, tokenizer)
     if len(dataset) == 0:
         raise FtlError(f"--data: {data_file} gives no evaluation examples for task {recipe.task.type}")

@@ -14,6 +14,7 @@ from typing import Any
 from launcher.console import console, log
 from launcher.data.prepare import PreparedData, prepare_data
 from launcher.errors import FtlError
+from launcher.model.adapters import write_base_record
 from launcher.model.freeze import apply_freezing, block_counts
 from launcher.model.load import load_model, load_tokenizer, quiet_transformers
 from launcher.model.locate import locate_model
@@ -66,9 +67,10 @@ def execute(loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = Fal
     data = prepare_data(loaded, task, tokenizer, log=say)
     say(data_summary(data))
 
-    loaded_model = load_model(loaded, task, tokenizer)
+    loaded_model = load_model(loaded, task, tokenizer, base_dir=rundir.root / "base_model")
     model = loaded_model.model
-    apply_freezing(model, recipe.freeze, loaded_model.head_names)
+    if recipe.lora is None:  # with LoRA, peft has already frozen everything but the adapters
+        apply_freezing(model, recipe.freeze, loaded_model.head_names)
     if main:
         console.print(
             freeze_table(block_counts(model, loaded_model.head_names), title=f"{type(model).__name__}")
@@ -108,6 +110,8 @@ def execute(loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = Fal
     if not main:
         return metrics
     tokenizer.save_pretrained(str(rundir.model))
+    if recipe.lora is not None:
+        write_base_record(rundir.model, model, loaded_model.location, loaded_model.base_weights)
     (rundir.model / TASK_STATE_FILE).write_text(
         json.dumps({"task": recipe.task.type, **task.state()}, indent=1)
     )

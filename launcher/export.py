@@ -1,0 +1,48 @@
+"""`ftl export`: a finished run's model as a standalone Hugging Face model directory (LoRA merged if asked)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from launcher.errors import FtlError
+from launcher.model.adapters import is_adapter, load_trained
+from launcher.model.load import quiet_transformers
+from launcher.tasks.registry import task_for
+from launcher.train.rundir import TASK_STATE_FILE, RunDir
+
+
+def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32") -> Path:
+    from transformers import AutoTokenizer
+
+    rundir = RunDir.existing(run)
+    if output.exists() and any(output.iterdir()):
+        raise FtlError(f"--output: {output} already holds files; choose an empty or new directory")
+    recipe = rundir.read_recipe()
+    quiet_transformers(recipe.log.level)
+    adapter = is_adapter(rundir.model)
+    if adapter and not merge_lora:
+        raise FtlError(f"{run}: the model is a LoRA adapter; pass --merge-lora to write a standalone model")
+    if merge_lora and not adapter:
+        raise FtlError(f"{run}: the run trained full weights (no LoRA adapter); drop --merge-lora")
+    task = task_for(recipe.task)
+    model = load_trained(rundir.model, task.model_class(), merge=merge_lora)
+    if dtype == "bf16":
+        import torch
+
+        model = model.to(torch.bfloat16)
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))
+    AutoTokenizer.from_pretrained(str(rundir.model)).save_pretrained(str(staging))
+    state = rundir.model / TASK_STATE_FILE
+    if state.exists():
+        (staging / TASK_STATE_FILE).write_text(state.read_text())
+    (staging / "ftl_export.json").write_text(
+        json.dumps({"run": str(run.resolve()), "merged_lora": merge_lora, "dtype": dtype}, indent=1)
+    )
+    if output.exists():
+        output.rmdir()
+    staging.rename(output)
+    return output
