@@ -61,8 +61,8 @@ TINY_LLAMA = {
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FTL_CACHE", str(tmp_path_factory.getbasetemp() / "ftl-cache"))
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTL_CACHE", str(tmp_path / "ftl-cache"))  # per test: no test sees another's cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -122,6 +123,32 @@ def _wait_for(path, process, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
+def _kill_run(process) -> None:
+    """SIGKILL the driver's process group, then any Ray Train worker that outlives it (Ray reaps orphaned
+    workers only after a delay, and a surviving worker would keep writing checkpoints)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        workers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        ]
+        if not workers:
+            return
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
+        time.sleep(0.5)
+
+
 def _final_eval_loss(run) -> float:
     return json.loads((run / "metrics.json").read_text())["eval_loss"]
 
@@ -139,15 +166,12 @@ RESUMABLE = [
 
 
 def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropout_recipe):
-    import os
-    import signal
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["run", str(no_dropout_recipe), *RESUMABLE, "--output", str(whole)]) == 0
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed))
     _wait_for(killed / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver, its local Ray and both workers
-    process.wait()
+    _kill_run(process)  # the driver, its local Ray and both workers
     assert not (killed / "metrics.json").exists()
     resumed = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed), "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
@@ -157,14 +181,11 @@ def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropo
 
 
 def test_two_worker_checkpoint_resumes_on_one_worker(tmp_path, no_dropout_recipe):
-    import os
-    import signal
 
     run = tmp_path / "run"
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(run))
     _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_run(process)
     one_worker = [
         a for a in RESUMABLE if not a.startswith("distributed.workers")
     ]  # global batch 8: accumulate 2
