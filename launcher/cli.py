@@ -46,6 +46,26 @@ def check(
 
 
 @app.command()
+def plan(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    gpu_mem: Annotated[
+        str | None, typer.Option("--gpu-mem", help="Device memory per worker, e.g. 80GB.")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=1, help="Tokens per example (default task.max_length).")
+    ] = None,
+):
+    """Estimate parameters, per-worker memory and FLOPs per step (no weights are loaded)."""
+    from launcher.plan import parse_memory
+    from launcher.plan_report import plan_recipe
+    from launcher.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    plan_recipe(loaded, gpu_mem=parse_memory(gpu_mem) if gpu_mem else None, seq_len=seq_len)
+
+
+@app.command()
 def run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,

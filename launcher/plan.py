@@ -1,0 +1,193 @@
+"""`ftl plan`: parameters, per-worker memory and FLOPs of a recipe, before anything runs.
+
+Memory per worker, in bytes (method and sources in docs/memory-plan.md):
+
+* model states, following DeepSpeed's own accounting (ZeRO paper, `estimate_zero{2,3}_model_states_mem_needs`):
+  fp32 training keeps weights (4 B/param), gradients (4 B/trainable) and AdamW moments (8 B/trainable);
+  mixed precision keeps 16-bit weights (2) and gradients (2) plus fp32 master weights (4), fp32 gradients (4)
+  and moments (8). ZeRO-1 partitions optimizer states and master weights over the workers, ZeRO-2 also the
+  gradients, ZeRO-3 also the weights (plus a gathered layer, 4 B x the largest layer). Offload moves the
+  partitioned states to CPU memory. 4-bit weights take 0.5 B (+ quantization constants), 8-bit 1 B.
+* activations kept for backward, per layer and micro batch (Korthikanti et al. 2022, counted in elements
+  and multiplied by the activation dtype): s*b*(8h + 2i) for a GELU MLP, s*b*(8h + 4i) for a gated MLP, only
+  for layers above the lowest trainable one; gradient checkpointing keeps s*b*h per layer plus one layer's
+  full set. Plus the logits (s*b*V, fp32, kept twice for the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.recipe.schema import Recipe
+from launcher.train.batching import batch_plan
+
+GIB = 1024**3
+_QUANT_BYTES = {4: 0.5, 8: 1.0}
+_QUANT_CONSTANTS = {True: 0.127 / 8, False: 4 / 64}  # bytes/param of absmax constants (double quant or not)
+
+
+@dataclass
+class ModelShape:
+    total: int  # parameters
+    trainable: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    gated_mlp: bool
+    largest_layer: int  # parameters of the largest transformer layer
+    quantizable: int  # parameters in linear layers that bitsandbytes would quantize
+    lowest_trainable_layer: int  # index; layers below it keep no activations
+    has_logits_over_vocab: bool
+
+
+@dataclass
+class MemoryPlan:
+    workers: int
+    precision: str
+    zero_stage: int | None
+    parts: dict[str, float] = field(default_factory=dict)  # bytes per worker on the device
+    offloaded: dict[str, float] = field(default_factory=dict)  # bytes per worker in CPU memory
+    flops_per_step: float = 0.0
+    flops_per_step_trainable: float = 0.0
+    tokens_per_step: int = 0
+
+    @property
+    def device_total(self) -> float:
+        return sum(self.parts.values())
+
+
+def shape_of(model, recipe: Recipe) -> ModelShape:
+    """Measure a (meta-device) model: sizes, the layer list, and what is trainable."""
+    import re
+
+    import torch
+
+    from launcher.model.freeze import find_layers
+
+    config = getattr(model, "config", None)
+    prefix, layers = find_layers(model)
+    layer_re = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    unique: dict[int, Any] = {}
+    per_layer: dict[int, int] = {}
+    lowest = layers
+    for name, parameter in model.named_parameters():
+        if id(parameter) in unique:
+            continue
+        unique[id(parameter)] = parameter
+        match = layer_re.search(name)
+        if match:
+            index = int(match.group(1))
+            per_layer[index] = per_layer.get(index, 0) + parameter.numel()
+            if parameter.requires_grad:
+                lowest = min(lowest, index)
+    embeddings_trainable = any(p.requires_grad for p in model.get_input_embeddings().parameters())
+    if embeddings_trainable:
+        lowest = 0
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quantizable = sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output and layer_re.search(name + ".")
+    )
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    return ModelShape(
+        total=sum(p.numel() for p in unique.values()),
+        trainable=sum(p.numel() for p in unique.values() if p.requires_grad),
+        layers=layers,
+        hidden=hidden,
+        intermediate=int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden),
+        heads=int(getattr(config, "num_attention_heads", 1) or 1),
+        vocab=int(getattr(config, "vocab_size", 0) or 0),
+        gated_mlp=getattr(config, "hidden_act", "") in ("silu", "swiglu")
+        or config.model_type in ("llama", "mistral", "qwen2", "gemma"),
+        largest_layer=max(per_layer.values(), default=0),
+        quantizable=quantizable,
+        lowest_trainable_layer=lowest,
+        has_logits_over_vocab=recipe.task.type == "causal_lm",
+    )
+
+
+def plan_memory(shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None) -> MemoryPlan:
+    """Per-worker memory of weights, gradients, optimizer states and activations; FLOPs per optimizer step."""
+    distributed, train = recipe.distributed, recipe.train
+    batches = batch_plan(recipe)
+    workers = batches.workers
+    stage = distributed.zero_stage
+    mixed = train.precision in ("bf16", "fp16") and stage is not None  # DeepSpeed keeps 16-bit weights
+    p, t = shape.total, shape.trainable
+    plan = MemoryPlan(workers, train.precision, stage)
+
+    def share(level: int) -> int:
+        return workers if stage is not None and stage >= level else 1
+
+    weight_bytes = 2.0 if mixed else 4.0
+    if recipe.quantization is not None:
+        q = recipe.quantization
+        per_param = _QUANT_BYTES[q.bits] + (_QUANT_CONSTANTS[q.double_quant] if q.bits == 4 else 4 / 4096)
+        weights = shape.quantizable * per_param + (p - shape.quantizable) * weight_bytes
+    else:
+        weights = p * weight_bytes
+    parts = {"weights": weights / share(3)}
+    if stage == 3:
+        parts["gathered layer"] = 4.0 * shape.largest_layer
+    gradients = t * (2.0 if mixed else 4.0) / share(2)
+    optimizer = t * (8.0 + (8.0 if mixed else 0.0)) / share(1)  # moments (+ fp32 master weights and grads)
+    parts["gradients"] = gradients
+    offloaded: dict[str, float] = {}
+    if distributed.offload_optimizer != "none":
+        offloaded["optimizer states"] = optimizer
+    else:
+        parts["optimizer states"] = optimizer
+    if distributed.offload_params != "none":
+        offloaded["weights"] = parts.pop("weights")
+    parts["activations"] = _activations(shape, recipe, seq_len)
+    plan.parts, plan.offloaded = parts, offloaded
+
+    tokens = batches.micro * batches.accumulation * (seq_len or recipe.task.max_length)
+    plan.tokens_per_step = tokens * workers
+    attention = 12 * shape.layers * shape.hidden * (seq_len or recipe.task.max_length)
+    plan.flops_per_step = plan.tokens_per_step * (6 * p + attention)
+    backward_layers = (shape.layers - shape.lowest_trainable_layer) / max(shape.layers, 1)
+    plan.flops_per_step_trainable = plan.tokens_per_step * (
+        2 * p + 2 * p * backward_layers + 2 * t + attention
+    )
+    return plan
+
+
+def _activations(shape: ModelShape, recipe: Recipe, seq_len: int | None) -> float:
+    train = recipe.train
+    batch = train.batch_size
+    seq = seq_len or recipe.task.max_length
+    element = 2.0 if train.precision in ("bf16", "fp16") else 4.0
+    h, i = shape.hidden, shape.intermediate
+    per_layer = seq * batch * (8 * h + (4 if shape.gated_mlp else 2) * i)
+    stored_layers = shape.layers - shape.lowest_trainable_layer if recipe.lora is None else shape.layers
+    if train.gradient_checkpointing:
+        kept = seq * batch * h * stored_layers + per_layer
+    else:
+        kept = per_layer * stored_layers
+    logits = 2 * seq * batch * shape.vocab * 4.0 if shape.has_logits_over_vocab else 0.0
+    return kept * element + logits
+
+
+def human_bytes(value: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def parse_memory(text: str) -> float:
+    """'80GB', '80 GiB', '24G', '512MB' -> bytes (GB is read as GiB, as GPU vendors quote it)."""
+    import re
+
+    from launcher.errors import FtlError
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise FtlError(f"--gpu-mem: '{text}' is not a size like 80GB, 24GiB or 512MB")
+    scale = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}[match.group(2).upper()]
+    return float(match.group(1)) * scale

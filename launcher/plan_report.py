@@ -1,0 +1,70 @@
+"""`ftl plan` as a command: build the model on the meta device, estimate, print a table."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from launcher.console import console, log
+from launcher.model.freeze import apply_freezing
+from launcher.model.load import load_model, load_tokenizer, quiet_transformers
+from launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
+from launcher.recipe.loader import LoadedRecipe
+from launcher.report import human
+from launcher.tasks.registry import task_for
+
+
+def plan_recipe(
+    loaded: LoadedRecipe, *, gpu_mem: float | None = None, seq_len: int | None = None
+) -> MemoryPlan:
+    recipe = loaded.recipe
+    quiet_transformers(recipe.log.level)
+    task = task_for(recipe.task)
+    if task.label_names() is None and recipe.task.type == "sequence_classification":
+        from launcher.data.sources import load_source
+
+        task.fit(load_source(recipe.data.train, loaded.search_dirs, "data.train"))
+    built = load_model(loaded, task, load_tokenizer(loaded), meta=True)
+    model = built.model
+    if recipe.lora is not None:
+        from launcher.model.adapters import add_lora
+
+        plain = recipe.model_copy(update={"quantization": None})  # shapes only: no bitsandbytes on meta
+        model = add_lora(model, plain, task.peft_task_type, gradient_checkpointing=False)
+    else:
+        apply_freezing(model, recipe.freeze, built.head_names)
+    shape = shape_of(model, recipe)
+    plan = plan_memory(shape, recipe, seq_len=seq_len)
+    console.print(_table(plan, shape_total=shape.total, trainable=shape.trainable, gpu_mem=gpu_mem))
+    log(
+        f"FLOPs per optimizer step: {plan.flops_per_step:.3e} (6N + attention over {plan.tokens_per_step:,} tokens); "
+        f"trainable-aware {plan.flops_per_step_trainable:.3e}"
+    )
+    if gpu_mem is not None and plan.device_total > gpu_mem:
+        log(
+            f"[bold yellow]warning[/]: {human_bytes(plan.device_total)} per worker exceeds --gpu-mem "
+            f"{human_bytes(gpu_mem)}; try a higher zero_stage, offload, gradient_checkpointing, a smaller batch_size, "
+            "or quantization + lora"
+        )
+    return plan
+
+
+def _table(plan: MemoryPlan, *, shape_total: int, trainable: int, gpu_mem: float | None) -> Table:
+    zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "no ZeRO"
+    title = (
+        f"{human(shape_total)} parameters, {human(trainable)} trainable ({100 * trainable / max(shape_total, 1):.1f}%); "
+        f"{plan.workers} worker(s), {zero}, {plan.precision}"
+    )
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("per worker")
+    table.add_column("device", justify="right")
+    table.add_column("CPU (offload)", justify="right")
+    names = list(dict.fromkeys([*plan.parts, *plan.offloaded]))
+    for name in names:
+        device = plan.parts.get(name)
+        cpu = plan.offloaded.get(name)
+        table.add_row(name, human_bytes(device) if device else "-", human_bytes(cpu) if cpu else "-")
+    table.add_section()
+    total = plan.device_total
+    fits = "" if gpu_mem is None else ("  fits" if total <= gpu_mem else "  [red]exceeds --gpu-mem[/]")
+    table.add_row("total", human_bytes(total) + fits, human_bytes(sum(plan.offloaded.values())) or "-")
+    return table
