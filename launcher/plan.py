@@ -11,7 +11,8 @@ Memory per worker, in bytes (method and sources in docs/memory-plan.md):
 * activations kept for backward, per layer and micro batch (Korthikanti et al. 2022, counted in elements
   and multiplied by the activation dtype): s*b*(8h + 2i) for a GELU MLP, s*b*(8h + 4i) for a gated MLP, only
   for layers above the lowest trainable one; gradient checkpointing keeps s*b*h per layer plus one layer's
-  full set. Plus the logits (s*b*V, fp32, kept twice for the loss).
+  full set. Plus the logits over the vocabulary (s*b*V, fp32): at the backward peak the logits, their
+  log-softmax and both gradients exist together, 4 copies.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def _activations(shape: ModelShape, recipe: Recipe, seq_len: int | None) -> floa
         kept = seq * batch * h * stored_layers + per_layer
     else:
         kept = per_layer * stored_layers
-    logits = 2 * seq * batch * shape.vocab * 4.0 if shape.has_logits_over_vocab else 0.0
+    # fp32 logits, their log-softmax kept for backward, and both gradients during backward: 4 copies at the peak
+    logits = 4 * seq * batch * shape.vocab * 4.0 if shape.has_logits_over_vocab else 0.0
     return kept * element + logits
 
 
