@@ -237,3 +237,59 @@ def test_unreachable_hub_model_is_one_line(capsys, classification_recipe):
     )
     message = fails(capsys, ["check", str(classification_recipe)])
     assert "cannot load the tokenizer from nobody/no-such-model" in message and "offline?" in message
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_ray_address_fails_fast(capsys, classification_recipe):
+    import time
+
+    started = time.time()
+    message = fails(
+        capsys,
+        [
+            "run",
+            str(classification_recipe),
+            "--address",
+            f"127.0.0.1:{_free_port()}",
+            "--output",
+            str(classification_recipe.parent / "out"),
+        ],
+    )
+    assert "distributed.address: cannot reach the Ray cluster at 127.0.0.1:" in message
+    assert time.time() - started < 60
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("distributed.workers=0", "distributed.workers: Input should be greater than or equal to 1"),
+        ("distributed.offload_optimizer=cpu", "optimizer offload needs distributed.zero_stage 1, 2 or 3"),
+        ("train.device=tpu", "train.device: 'tpu' is not allowed"),
+        ("distributed.gpus_per_worker=1", "distributed.gpus_per_worker: this process sees no CUDA GPU"),
+        (
+            "distributed.deepspeed={zero_optimisation: {}}",
+            "is not a DeepSpeed config key (did you mean 'zero_optimization'?)",
+        ),
+    ],
+)
+def test_bad_distributed_settings(capsys, classification_recipe, override, expected):
+    extra = ["distributed.zero_stage=1"] if "deepspeed" in override else []
+    message = fails(
+        capsys,
+        [
+            "run",
+            str(classification_recipe),
+            override,
+            *extra,
+            "--output",
+            str(classification_recipe.parent / "out"),
+        ],
+    )
+    assert expected in message

@@ -224,3 +224,25 @@ def test_a_killed_worker_is_retried_by_ray_and_the_run_completes(tmp_path, no_dr
     assert manifest["resumed_from"] is not None, "the retry should continue from a checkpoint"
     assert json.loads((run / "metrics.json").read_text())["train_steps"] == 40
     assert (run / "metrics.json").stat().st_mtime > killed_at
+
+
+def test_bf16_zero3_trains_on_two_cpu_workers(tmp_path, no_dropout_recipe):
+    out = tmp_path / "bf16"
+    assert (
+        main(
+            [
+                "run",
+                str(no_dropout_recipe),
+                "distributed.zero_stage=3",
+                "distributed.workers=2",
+                "train.batch_size=4",
+                "train.precision=bf16",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["deepspeed"]["bf16"]["enabled"] is True and manifest["device"].endswith("bf16")
+    assert len(_losses(out)) == 5

@@ -124,6 +124,8 @@ def connect(address: str | None, env: dict[str, str]) -> None:
 
     if ray.is_initialized():
         return
+    if address is not None:
+        check_reachable(address)
     runtime_env = {"env_vars": env}
     try:
         if address is None:
@@ -141,6 +143,27 @@ def connect(address: str | None, env: dict[str, str]) -> None:
         raise FtlError(
             f"distributed.address: cannot reach the Ray cluster at {address}: {reason}; check the address "
             "(ray://host:10001 or host:6379) and that the cluster is running"
+        ) from None
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a cluster address (Ray itself retries for long)."""
+    import socket
+
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise FtlError(
+            f"distributed.address: '{address}' is not host:port or ray://host:port (e.g. ray://head:10001)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise FtlError(
+            f"distributed.address: cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check the "
+            "address and that the cluster is running (ray status on the head node)"
         ) from None
 
 

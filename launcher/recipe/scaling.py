@@ -63,7 +63,8 @@ class DistributedSection(Section):
 
     @property
     def uses_ray(self) -> bool:
-        return self.workers > 1 or self.address is not None
+        """Several workers, a cluster, or worker resources asked for: the run goes through Ray Train."""
+        return self.workers > 1 or self.address is not None or self.gpus_per_worker > 0
 
 
 class QuantizationSection(Section):
