@@ -246,3 +246,23 @@ def test_bf16_zero3_trains_on_two_cpu_workers(tmp_path, no_dropout_recipe):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["deepspeed"]["bf16"]["enabled"] is True and manifest["device"].endswith("bf16")
     assert len(_losses(out)) == 5
+
+
+def test_checkpoints_in_ray_storage_survive_the_loss_of_the_run_directory(tmp_path, no_dropout_recipe):
+    import shutil
+
+    storage = tmp_path / "ray-storage"  # stands for s3://...: Ray storage, not the run directory
+    settings = [*RESUMABLE, f"distributed.storage_path={storage}"]
+    whole = tmp_path / "whole"
+    assert main(["run", str(no_dropout_recipe), *RESUMABLE, "--output", str(whole)]) == 0
+    run = tmp_path / "run"
+    process = _ftl("run", str(no_dropout_recipe), *settings, "--output", str(run))
+    _wait_for(run / "checkpoints" / "checkpoint-12" / "trainer_state.json", process)
+    _kill_run(process)
+    stored = sorted(storage.rglob("checkpoint-*/trainer_state.json"))
+    assert stored, "no checkpoint reached Ray storage"
+    shutil.rmtree(run / "checkpoints")  # the node (and its local disk) is gone
+    resumed = _ftl("run", str(no_dropout_recipe), *settings, "--output", str(run), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    assert json.loads((run / "manifest.json").read_text())["resumed_from"] is not None
+    assert _final_eval_loss(run) == pytest.approx(_final_eval_loss(whole), rel=1e-3)

@@ -7,7 +7,6 @@ it joins that cluster. Multi-node is the same code path: Ray places the workers.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from launcher.console import log
@@ -63,7 +62,7 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
         _warm_data_cache(loaded)
 
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from launcher.distributed.worker import train_worker
@@ -93,9 +92,10 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
         ),
         torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
         run_config=RunConfig(
-            name=f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=ray_run_name(recipe.name, rundir, stable=distributed.storage_path is not None),
             storage_path=storage,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.keep_checkpoints + 1),
         ),
     )
     log(
@@ -144,6 +144,16 @@ def connect(address: str | None, env: dict[str, str]) -> None:
             f"distributed.address: cannot reach the Ray cluster at {address}: {reason}; check the address "
             "(ray://host:10001 or host:6379) and that the cluster is running"
         ) from None
+
+
+def ray_run_name(name: str, rundir: RunDir, *, stable: bool) -> str:
+    """With Ray storage, one name per run directory, so a resumed run finds its checkpoints there."""
+    import hashlib
+    import time
+
+    if stable:
+        return f"{name}-{hashlib.sha256(str(rundir.root.resolve()).encode()).hexdigest()[:10]}"
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:

@@ -21,6 +21,13 @@ def train_worker(config: dict[str, Any]) -> None:
     loaded = LoadedRecipe(
         recipe=recipe, path=Path(config["recipe_path"]), dirs=[Path(d) for d in config["search_dirs"]]
     )
-    metrics = execute(loaded, RunDir(Path(config["run"])), announce_resume=config["resume"])
+    rundir = RunDir(Path(config["run"]))
+    callbacks = []
+    if recipe.distributed.storage_path:
+        from launcher.distributed.storage import RayStorageReporter, restore_from_storage
+
+        restore_from_storage(rundir)
+        callbacks.append(RayStorageReporter())
+    metrics = execute(loaded, rundir, announce_resume=config["resume"], callbacks=callbacks)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     ray.train.report(numbers)

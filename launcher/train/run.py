@@ -46,7 +46,9 @@ def needs_workers(recipe) -> bool:
     return recipe.distributed.uses_ray or recipe.distributed.uses_deepspeed
 
 
-def execute(loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = False) -> dict[str, Any]:
+def execute(
+    loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = False, callbacks: list | None = None
+) -> dict[str, Any]:
     """The story of a run, the same in one process and in every Ray Train worker (rank 0 writes the files)."""
     started = time.perf_counter()
     recipe = loaded.recipe
@@ -78,6 +80,8 @@ def execute(loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = Fal
         if not rundir.recipe_file.exists():
             rundir.write_recipe(recipe)
     trainer = _build_trainer(loaded, task, model, tokenizer, data, rundir, device)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
 
     before = rundir.read_json("metrics_before.json")
     if recipe.eval.before_training and not before:

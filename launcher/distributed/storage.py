@@ -1,0 +1,55 @@
+"""Checkpoints through Ray storage (`distributed.storage_path`: a shared directory or s3://, gs://, ...).
+
+Without a storage path, workers write checkpoints into <run>/checkpoints, which multi-node runs must put
+on a shared filesystem. With one, every checkpoint HF/DeepSpeed writes is also reported to Ray Train, which
+merges the workers' files into one checkpoint in storage; a restarted or resumed run downloads the latest
+one into <run>/checkpoints when it has nothing newer locally.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from launcher.train.rundir import RunDir
+
+_STEP = re.compile(r"checkpoint-(\d+)$")
+
+
+class RayStorageReporter(TrainerCallback):
+    """After each save, hand the checkpoint folder to Ray Train (a barrier: every worker reports)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import ray.train
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        metrics = {"step": state.global_step}
+        for entry in reversed(state.log_history):
+            if any(key.startswith("eval_") for key in entry):
+                metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+                break
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder.is_dir() else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder.name)
+
+
+def restore_from_storage(rundir: RunDir) -> Path | None:
+    """Download Ray's latest checkpoint into the run directory when it is newer than any local one."""
+    import ray.train
+    import torch.distributed as dist
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    match = _STEP.search(checkpoint.path.rstrip("/"))
+    name = match.group(0) if match else Path(checkpoint.path).name
+    local = rundir.last_checkpoint()
+    target = rundir.checkpoints / name
+    newer = local is None or (match is not None and int(match.group(1)) > int(local.name.split("-")[1]))
+    if newer and ray.train.get_context().get_local_rank() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.to_directory(str(target))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # the other workers on this node wait for the download
+    return target if newer else local
