@@ -130,7 +130,8 @@ def connect(address: str | None, env: dict[str, str]) -> None:
     try:
         if address is None:
             ray.init(
-                include_dashboard=False,
+                include_dashboard=True,  # Ray Train V2 queries controller state through it
+                dashboard_host="127.0.0.1",
                 _node_ip_address="127.0.0.1",
                 runtime_env=runtime_env,
                 logging_level=logging.ERROR,
