@@ -8,7 +8,7 @@ import json
 import pytest
 
 from launcher.cli import main
-from tests.conftest import edit_recipe
+from tests.conftest import TINY_BERT, edit_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +27,7 @@ def no_dropout_recipe(classification_recipe):
     """Dropout draws per-worker random numbers; without it 1 and 2 workers compute the same thing."""
     edit_recipe(
         classification_recipe,
-        model={
-            "config": {
-                "model_type": "bert",
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 128,
-                "hidden_dropout_prob": 0.0,
-                "attention_probs_dropout_prob": 0.0,
-            }
-        },
+        model={"config": {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
         train={
             "max_steps": 5,
             "log_every_steps": 1,
@@ -124,29 +113,17 @@ def _wait_for(path, process, seconds: float = 300) -> None:
 
 
 def _kill_run(process) -> None:
-    """SIGKILL the driver's process group, then any Ray Train worker that outlives it (Ray reaps orphaned
-    workers only after a delay, and a surviving worker would keep writing checkpoints)."""
-    import os
-    import signal
-    import time
-
+    """SIGKILL the driver and every process it started (its local Ray, the Ray Train workers), and wait until
+    all are gone: a worker that outlived its driver would keep writing checkpoints for a while."""
     import psutil
 
-    os.killpg(process.pid, signal.SIGKILL)
+    family = [psutil.Process(process.pid)]
+    family += family[0].children(recursive=True)
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
     process.wait()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        workers = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-        ]
-        if not workers:
-            return
-        for worker in workers:
-            with contextlib.suppress(psutil.Error):
-                worker.kill()
-        time.sleep(0.5)
+    psutil.wait_procs(family, timeout=60)
 
 
 def _final_eval_loss(run) -> float:
@@ -166,7 +143,6 @@ RESUMABLE = [
 
 
 def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropout_recipe):
-
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["run", str(no_dropout_recipe), *RESUMABLE, "--output", str(whole)]) == 0
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed))
@@ -181,7 +157,6 @@ def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropo
 
 
 def test_two_worker_checkpoint_resumes_on_one_worker(tmp_path, no_dropout_recipe):
-
     run = tmp_path / "run"
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(run))
     _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
@@ -213,8 +188,10 @@ def test_a_killed_worker_is_retried_by_ray_and_the_run_completes(tmp_path, no_dr
         str(run),
     )
     _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
-    workers = [
-        p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    workers = [  # only this run's workers: descendants of its driver
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if "RayTrainWorker" in " ".join(p.cmdline())
     ]
     assert workers, "no Ray Train worker process found"
     os.kill(workers[-1].pid, signal.SIGKILL)
