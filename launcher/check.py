@@ -10,9 +10,10 @@ import yaml
 
 from launcher.console import console, log, out
 from launcher.data.sources import load_source
-from launcher.model.freeze import apply_freezing, block_counts
-from launcher.model.load import load_model, load_tokenizer, quiet_transformers
+from launcher.model.freeze import block_counts
+from launcher.model.load import load_tokenizer, quiet_transformers
 from launcher.model.locate import locate_model
+from launcher.model.meta import meta_model
 from launcher.recipe.loader import LoadedRecipe
 from launcher.report import freeze_table
 from launcher.tasks.registry import task_for
@@ -26,7 +27,7 @@ def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
             yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"}), sort_keys=False).rstrip(),
             markup=False,
         )
-    device = plan_device(recipe.train)
+    device = plan_device(recipe.train, recipe.distributed if recipe.distributed.address is None else None)
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     train = load_source(recipe.data.train, loaded.search_dirs, "data.train")
@@ -38,8 +39,7 @@ def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
         validation = f"{len(task.encode_raw(val)):,} rows from {val.description}"
     location = locate_model(recipe.model, loaded.search_dirs)
     tokenizer = load_tokenizer(loaded, location)
-    built = load_model(loaded, task, tokenizer, meta=True)
-    apply_freezing(built.model, recipe.freeze, built.head_names)
+    built = meta_model(loaded, task, tokenizer)
     labels = task.label_names()
     log(f"data: train {len(rows):,} rows from {train.description}; validation {validation}")
     if labels:

@@ -29,6 +29,12 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, cutoff: float
     return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries put the useful part first), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def one_of(choices: Iterable[str], limit: int = 12) -> str:
     """'a, b, c' (truncated) for error messages listing valid values."""
     items = [str(c) for c in choices]

@@ -17,6 +17,9 @@ def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32"
     from transformers import AutoTokenizer
 
     rundir = RunDir.existing(run)
+    output = output.resolve()
+    if output.exists() and not output.is_dir():
+        raise FtlError(f"--output: {output} is a file; give a new directory")
     if output.exists() and any(output.iterdir()):
         raise FtlError(f"--output: {output} already holds files; choose an empty or new directory")
     recipe = rundir.read_recipe()

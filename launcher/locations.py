@@ -16,8 +16,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-from launcher.errors import FtlError
-
 DATA_HOME_ENV = "FTL_DATA_HOME"
 
 
@@ -76,12 +74,6 @@ def looks_local(location: str) -> bool:
         or location.endswith(".gguf")
         or os.sep + os.sep in location
     )
-
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FtlError(f"{what}: {path} not found")
-    return path
 
 
 def _has_glob(path: str) -> bool:

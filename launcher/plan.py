@@ -35,7 +35,6 @@ class ModelShape:
     layers: int
     hidden: int
     intermediate: int
-    heads: int
     vocab: int
     gated_mlp: bool
     largest_layer: int  # parameters of the largest transformer layer
@@ -62,15 +61,14 @@ class MemoryPlan:
 
 def shape_of(model, recipe: Recipe) -> ModelShape:
     """Measure a (meta-device) model: sizes, the layer list, and what is trainable."""
-    import re
 
     import torch
 
-    from launcher.model.freeze import find_layers
+    from launcher.model.freeze import find_layers, layer_pattern
 
     config = getattr(model, "config", None)
     prefix, layers = find_layers(model)
-    layer_re = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    layer_re = layer_pattern(prefix)
     unique: dict[int, Any] = {}
     per_layer: dict[int, int] = {}
     lowest = layers
@@ -100,7 +98,6 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
         layers=layers,
         hidden=hidden,
         intermediate=int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden),
-        heads=int(getattr(config, "num_attention_heads", 1) or 1),
         vocab=int(getattr(config, "vocab_size", 0) or 0),
         gated_mlp=getattr(config, "hidden_act", "") in ("silu", "swiglu")
         or config.model_type in ("llama", "mistral", "qwen2", "gemma"),
@@ -188,8 +185,8 @@ def parse_memory(text: str) -> float:
 
     from launcher.errors import FtlError
 
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])(i?B)?\s*", text, re.IGNORECASE)
     if not match:
         raise FtlError(f"--gpu-mem: '{text}' is not a size like 80GB, 24GiB or 512MB")
-    scale = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}[match.group(2).upper()]
+    scale = {"K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}[match.group(2).upper()]
     return float(match.group(1)) * scale

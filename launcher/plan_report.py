@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from launcher.console import console, log
-from launcher.model.freeze import apply_freezing
-from launcher.model.load import load_model, load_tokenizer, quiet_transformers
+from launcher.model.load import load_tokenizer, quiet_transformers
+from launcher.model.meta import meta_model
 from launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
 from launcher.recipe.loader import LoadedRecipe
 from launcher.report import human
@@ -23,15 +23,7 @@ def plan_recipe(
         from launcher.data.sources import load_source
 
         task.fit(load_source(recipe.data.train, loaded.search_dirs, "data.train"))
-    built = load_model(loaded, task, load_tokenizer(loaded), meta=True)
-    model = built.model
-    if recipe.lora is not None:
-        from launcher.model.adapters import add_lora
-
-        plain = recipe.model_copy(update={"quantization": None})  # shapes only: no bitsandbytes on meta
-        model = add_lora(model, plain, task.peft_task_type, gradient_checkpointing=False)
-    else:
-        apply_freezing(model, recipe.freeze, built.head_names)
+    model = meta_model(loaded, task, load_tokenizer(loaded)).model
     shape = shape_of(model, recipe)
     plan = plan_memory(shape, recipe, seq_len=seq_len)
     console.print(_table(plan, shape_total=shape.total, trainable=shape.trainable, gpu_mem=gpu_mem))
@@ -66,5 +58,6 @@ def _table(plan: MemoryPlan, *, shape_total: int, trainable: int, gpu_mem: float
     table.add_section()
     total = plan.device_total
     fits = "" if gpu_mem is None else ("  fits" if total <= gpu_mem else "  [red]exceeds --gpu-mem[/]")
-    table.add_row("total", human_bytes(total) + fits, human_bytes(sum(plan.offloaded.values())) or "-")
+    offloaded = sum(plan.offloaded.values())
+    table.add_row("total", human_bytes(total) + fits, human_bytes(offloaded) if offloaded else "-")
     return table

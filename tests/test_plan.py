@@ -75,3 +75,19 @@ def test_plan_command_warns_when_memory_exceeds_the_gpu(capsys, lm_recipe):
     assert parse_memory("80GB") == 80 * 1024**3
     assert main(["plan", str(lm_recipe), "--gpu-mem", "lots"]) == 2
     assert "--gpu-mem: 'lots' is not a size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["1.2.3GB", "80", "GB"])
+def test_gpu_mem_needs_a_size_with_a_unit(capsys, lm_recipe, bad):
+    assert main(["plan", str(lm_recipe), "--gpu-mem", bad]) == 2
+    err = capsys.readouterr().err
+    assert f"--gpu-mem: '{bad}' is not a size" in err and "Traceback" not in err
+
+
+def test_check_and_plan_count_only_the_adapters_as_trainable_with_lora(capsys, classification_recipe):
+    assert (
+        main(["check", "-q", str(classification_recipe), "lora={r: 2, target_modules: [query, value]}"]) == 0
+    )
+    err = capsys.readouterr().err
+    total_line = next(line for line in err.splitlines() if line.startswith("total"))
+    assert "100.0% trainable" not in total_line and "% trainable" in total_line

@@ -11,11 +11,8 @@ NON_INPUT_COLUMNS = ("length",)
 class PaddingCollator:
     """Dynamic padding through the tokenizer's `pad`, dropping bookkeeping columns such as `length`."""
 
-    def __init__(
-        self, tokenizer, pad_to_multiple_of: int | None = None, label_pad_id: int | None = None
-    ) -> None:
+    def __init__(self, tokenizer, label_pad_id: int | None = None) -> None:
         self.tokenizer = tokenizer
-        self.pad_to_multiple_of = pad_to_multiple_of
         self.label_pad_id = label_pad_id  # pad a per-token `labels` list with this id (e.g. -100)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -25,9 +22,7 @@ class PaddingCollator:
         token_labels = None
         if self.label_pad_id is not None and rows and isinstance(rows[0].get("labels"), list):
             token_labels = [row.pop("labels") for row in rows]
-        batch = self.tokenizer.pad(
-            rows, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
-        )
+        batch = self.tokenizer.pad(rows, padding=True, return_tensors="pt")
         if token_labels is not None:
             width = batch["input_ids"].shape[1]
             side = self.tokenizer.padding_side

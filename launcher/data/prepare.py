@@ -73,6 +73,7 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
         "task": task.cache_identity(),
         "train": train_raw.fingerprint,
         "validation": val_raw.fingerprint if val_raw else {"method": method, **split.model_dump()},
+        "subset_seed": split.seed,  # also seeds the max_*_rows subsets
         "max_train_rows": data.max_train_rows,
         "max_eval_rows": data.max_eval_rows,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -166,6 +167,9 @@ def _store(cache_dir: Path, splits, meta: dict[str, Any]) -> None:
     try:
         splits.save_to_disk(str(staging / "splits"))
         (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        if (cache_dir / "meta.json").exists():  # another worker published it first; it may be reading it
+            shutil.rmtree(staging, ignore_errors=True)
+            return
         if cache_dir.exists():
             shutil.rmtree(cache_dir, ignore_errors=True)
         os.replace(staging, cache_dir)

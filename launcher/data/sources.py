@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.locations import find_local, looked_in
 from launcher.recipe.schema import DataSource
 
@@ -20,7 +21,6 @@ EXTENSION_FORMATS = {
     ".text": "text",
     ".md": "text",
     ".parquet": "parquet",
-    ".conll": "conll",
 }
 # Lines before the first data row, for pointing at file:line (csv/tsv have a header line).
 _HEADER_LINES = {"csv": 1, "tsv": 1, "jsonl": 0}
@@ -82,6 +82,8 @@ def _local(path: Path, source: DataSource, what: str) -> RawData:
     for file in files:
         if file.stat().st_size == 0:
             raise FtlError(f"{what}: {file} is empty")
+        if not os.access(file, os.R_OK):
+            raise FtlError(f"{what}: {file} is not readable (permissions)")
     shown = str(path) if len(files) == 1 else f"{path} ({len(files)} files)"
     return RawData(shown, fingerprint_files(files, fmt, source), fmt, files, source, what)
 
@@ -120,10 +122,6 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
     logging.getLogger("datasets").setLevel(logging.ERROR)
     names = [str(f) for f in files]
     try:
-        if fmt == "conll":
-            from launcher.data.conll import read_conll
-
-            return read_conll(files)
         if fmt in ("csv", "tsv"):
             kwargs = {"delimiter": "\t", "quoting": 3} if fmt == "tsv" else {}
             return datasets.load_dataset("csv", data_files=names, split="train", **kwargs)
@@ -138,7 +136,7 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
     except FtlError:
         raise
     except Exception as exc:  # parsers raise many types; the user needs the file and the first line of why
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if "corresponds to no data" in reason:
             raise FtlError(f"{what}: {', '.join(names)} holds no rows (only a header?)") from None
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
@@ -152,7 +150,7 @@ def _load_hub(source: DataSource, what: str, missing_path: str | None, recipe_di
     try:
         dataset = datasets.load_dataset(source.hub, source.hub_config, split=source.split)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         local = (
             f"'{missing_path}' not found locally (looked in {looked_in(recipe_dirs)}; set FTL_DATA_HOME) and "
             if missing_path

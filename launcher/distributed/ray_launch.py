@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from launcher.console import log
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.recipe.loader import LoadedRecipe
 from launcher.train.rundir import RunDir
 
@@ -110,7 +110,8 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
         raise FtlError(f"distributed run failed: {_root_cause(exc)}") from None
     if getattr(result, "error", None):
         raise FtlError(f"distributed run failed: {_root_cause(result.error)}")
-    metrics = rundir.read_json("metrics.json")
+    # rank 0 writes metrics.json on its node; a driver on another node gets what the workers reported
+    metrics = rundir.read_json("metrics.json") or dict(getattr(result, "metrics", None) or {})
     if not metrics:
         raise FtlError(f"distributed run ended without metrics; see the worker logs under {storage}")
     return metrics
@@ -140,7 +141,7 @@ def connect(address: str | None, env: dict[str, str]) -> None:
         else:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise FtlError(
             f"distributed.address: cannot reach the Ray cluster at {address}: {reason}; check the address "
             "(ray://host:10001 or host:6379) and that the cluster is running"

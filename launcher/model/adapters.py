@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.model.locate import ModelLocation
 from launcher.recipe.schema import Recipe
 
@@ -56,7 +56,7 @@ def add_lora(model, recipe: Recipe, peft_task_type: str, *, gradient_checkpointi
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = first_line(exc)
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
         raise FtlError(
             f"lora.target_modules: {reason}; module names in this model include: {', '.join(names[:15])}"
@@ -74,7 +74,14 @@ def write_base_record(
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
     config.save_pretrained(str(directory))
-    record: dict[str, Any] = {"kind": location.kind, "path": location.path, "gguf_file": location.gguf_file}
+    model = peft_model.get_base_model()
+    record: dict[str, Any] = {
+        "kind": location.kind,
+        "path": location.path,
+        "gguf_file": location.gguf_file,
+        "revision": getattr(model.config, "_commit_hash", None) if location.kind == "hub" else None,
+        "trust_remote_code": bool(getattr(model.config, "auto_map", None)),
+    }
     if base_weights is not None:
         record.update(kind="local", path=str(base_weights), gguf_file=None)
     (directory / BASE_FILE).write_text(json.dumps(record, indent=1))
@@ -87,6 +94,8 @@ def is_adapter(directory: Path) -> bool:
 def load_trained(directory: Path, auto_class, *, merge: bool = False):
     """A trained model from <run>/model: a full model, or base + adapter (merged into the base if asked)."""
     import torch
+
+    from launcher.model.load import forget_gguf_origin
 
     if not is_adapter(directory):
         return auto_class.from_pretrained(str(directory))
@@ -110,11 +119,14 @@ def load_trained(directory: Path, auto_class, *, merge: bool = False):
 
     config = AutoConfig.from_pretrained(str(config_dir)) if (config_dir / "config.json").exists() else None
     base = auto_class.from_pretrained(
-        record["path"], dtype=torch.float32, **({"config": config} if config else {}), **extra
+        record["path"],
+        dtype=torch.float32,
+        revision=record.get("revision"),
+        trust_remote_code=record.get("trust_remote_code", False),
+        **({"config": config} if config else {}),
+        **extra,
     )
     if record.get("gguf_file"):
-        base.hf_quantizer = None
-        if getattr(base.config, "quantization_config", None) is not None:
-            del base.config.quantization_config
+        forget_gguf_origin(base)
     model = PeftModel.from_pretrained(base, str(directory))
     return model.merge_and_unload() if merge else model

@@ -27,6 +27,16 @@ class BlockCount:
 
 def find_layers(model) -> tuple[str, int]:
     """The parameter-name prefix of the transformer layer list (e.g. 'bert.encoder.layer') and its length."""
+    found = layers_or_none(model)
+    if found is None:
+        raise FtlError(
+            f"freeze: cannot find the transformer layers of {type(model).__name__}; use freeze.patterns"
+        )
+    return found
+
+
+def layers_or_none(model) -> tuple[str, int] | None:
+    """The largest ModuleList of identical blocks named like a layer list, or None."""
     import torch
 
     best: tuple[str, int, int] | None = None
@@ -40,19 +50,20 @@ def find_layers(model) -> tuple[str, int]:
         size = sum(p.numel() for p in module.parameters())
         if best is None or size > best[2]:
             best = (name, len(module), size)
-    if best is None:
-        raise FtlError(
-            f"freeze: cannot find the transformer layers of {type(model).__name__}; use freeze.patterns"
-        )
-    return best[0], best[1]
+    return None if best is None else (best[0], best[1])
+
+
+def layer_pattern(prefix: str):
+    """Matches a parameter name inside layer N of the layer list at `prefix`; group 1 is N."""
+    return re.compile(re.escape(prefix) + r"\.(\d+)\.")
 
 
 def embedding_parameter_names(model) -> set[str]:
     embeddings = model.get_input_embeddings()
     names = {name for name, p in model.named_parameters() if any(p is q for q in embeddings.parameters())}
-    layer_prefix, _ = find_layers(model)
+    layers = layers_or_none(model)
     for name, _ in model.named_parameters():
-        if name.startswith(layer_prefix + "."):
+        if layers is not None and name.startswith(layers[0] + "."):
             continue
         if re.search(r"(^|\.)(embeddings?|wte|wpe|embed_tokens|embed_positions)(\.|$)", name):
             names.add(name)
@@ -89,7 +100,8 @@ def apply_freezing(model, spec: FreezeSection, head_names: list[str]) -> None:
     """Set requires_grad from the recipe; `head_names` are the task head's (newly initialised) parameters."""
     names = [name for name, _ in model.named_parameters()]
     frozen: set[str] = set()
-    layer_prefix, n_layers = find_layers(model)
+    if spec.bottom_layers or spec.layers:
+        layer_prefix, n_layers = find_layers(model)  # only then must the model have a layer list
     if spec.head_only:
         head = set(head_names)
         if not head:
@@ -121,16 +133,18 @@ def apply_freezing(model, spec: FreezeSection, head_names: list[str]) -> None:
 
 
 def _layer_params(names: list[str], prefix: str, layers: set[int]) -> set[str]:
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    pattern = layer_pattern(prefix)
     return {n for n in names if (m := pattern.match(n)) and int(m.group(1)) in layers}
 
 
 def block_counts(model, head_names: list[str]) -> list[BlockCount]:
     """Parameters per block: embeddings, each layer, head, other (norms, pooler). Tied weights count once."""
-    layer_prefix, n_layers = find_layers(model)
+    layer_prefix, n_layers = layers_or_none(model) or ("", 0)
     embeddings = embedding_parameter_names(model)
     head = set(head_names)
-    layer_re = re.compile(re.escape(layer_prefix) + r"\.(\d+)\.")
+    layer_re = (
+        layer_pattern(layer_prefix) if n_layers else re.compile(r"(?!)")
+    )  # no layer list: nothing matches
     order = ["embeddings", *[f"layer {i}" for i in range(n_layers)], "head", "other"]
     counts = {block: BlockCount(block, 0, 0) for block in order}
     for name, parameter in model.named_parameters():  # named_parameters() yields a tied tensor once

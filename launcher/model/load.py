@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.model.locate import ModelLocation, locate_model, locate_path
 from launcher.recipe.loader import LoadedRecipe
 from launcher.tasks.base import Task
@@ -196,13 +196,13 @@ def _pretrained(loaded: LoadedRecipe, location: ModelLocation, config, auto) -> 
             **extra,
         )
     if location.gguf_file:
-        _forget_gguf_origin(model)
+        forget_gguf_origin(model)
     missing = set(info.get("missing_keys", []))
     fresh = [name for name, _ in model.named_parameters() if name in missing]
     return LoadedModel(model, location, fresh)
 
 
-def _forget_gguf_origin(model) -> None:
+def forget_gguf_origin(model) -> None:
     """A dequantized GGUF model is a plain dense model: drop the quantizer so it trains and saves as one."""
     model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None:
@@ -223,7 +223,7 @@ def _hub_errors(location: ModelLocation, what: str):
     except FtlError:
         raise
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         hint = ""
         if location.kind == "hub":
             hint = (

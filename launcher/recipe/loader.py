@@ -46,9 +46,6 @@ class LoadedRecipe:
                 dirs.append(directory)
         return dirs
 
-    def where(self, *path: Any) -> str:
-        return where(self.origins, tuple(path), self.path)
-
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
     """Read, merge, override, validate and rule-check a recipe. Raises FtlError on any user mistake."""

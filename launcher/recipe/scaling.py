@@ -62,6 +62,11 @@ class DistributedSection(Section):
         return self.zero_stage is not None
 
     @property
+    def needs_workers(self) -> bool:
+        """The run goes through Ray Train workers (DeepSpeed runs there too, even with one worker)."""
+        return self.uses_ray or self.uses_deepspeed
+
+    @property
     def uses_ray(self) -> bool:
         """Several workers, a cluster, or worker resources asked for: the run goes through Ray Train."""
         return self.workers > 1 or self.address is not None or self.gpus_per_worker > 0

@@ -66,7 +66,7 @@ class DataSource(Section):
     )
     hub_config: str | None = Field(None, description="Configuration name of the hub dataset.")
     split: str = Field("train", description="Split of the hub dataset to read.")
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "text", "parquet", "conll"] = Field(
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "text", "parquet"] = Field(
         "auto", description="File format; 'auto' uses the file extension."
     )
     text_sample_by: Literal["line", "paragraph", "document"] = Field(
@@ -227,10 +227,3 @@ class Recipe(Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     quantization: QuantizationSection | None = Field(None, description="Load the base model in 4 or 8 bits.")
     lora: LoraSection | None = Field(None, description="Train low-rank adapters instead of the full weights.")
-
-
-SECTIONS: dict[str, type[Section]] = {
-    name: field.annotation  # type: ignore[misc]
-    for name, field in Recipe.model_fields.items()
-    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
-}

@@ -39,6 +39,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
         raise FtlError(f"{path}: is a directory, expected a recipe .yaml file") from None
     except UnicodeDecodeError as exc:
         raise FtlError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FtlError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

@@ -38,9 +38,6 @@ class Task(ABC):
         """Column whose values a stratified split keeps in proportion (None: not supported)."""
         return None
 
-    def required_columns(self) -> list[str]:
-        return []
-
     def check_columns(self, raw: RawData) -> None:
         columns = raw.dataset.column_names
         for key, column in self.column_keys().items():

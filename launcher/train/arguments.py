@@ -21,7 +21,6 @@ def training_arguments(
     checkpoints: Path,
     device: DevicePlan,
     *,
-    has_eval: bool = True,
     loss_counts_items: bool = False,
 ):
     from transformers import TrainingArguments
@@ -64,12 +63,12 @@ def training_arguments(
         train_sampling_strategy="group_by_length"
         if train.group_by_length and _groupable(recipe)
         else "random",
-        eval_strategy=eval_strategy if has_eval else "no",
+        eval_strategy=eval_strategy,
         eval_steps=evaluation.every_steps,
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=train.keep_checkpoints,
-        load_best_model_at_end=evaluation.select_best and has_eval,
+        load_best_model_at_end=evaluation.select_best,
         metric_for_best_model=f"eval_{metric}",
         greater_is_better=greater,
         logging_strategy="steps",

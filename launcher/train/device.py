@@ -25,9 +25,11 @@ def plan_device(train: TrainSection, distributed: DistributedSection | None = No
     import torch
 
     cuda = torch.cuda.is_available()
-    if distributed is not None and (distributed.uses_ray or distributed.uses_deepspeed):
+    if distributed is not None and distributed.needs_workers:
         if train.device == "cuda" and distributed.gpus_per_worker == 0:
             raise FtlError("train.device: cuda with Ray workers needs distributed.gpus_per_worker >= 1")
+        if train.device == "cpu" and distributed.gpus_per_worker > 0:
+            raise FtlError("train.device: cpu contradicts distributed.gpus_per_worker > 0; set one of them")
         wants_gpu = distributed.gpus_per_worker > 0
         if wants_gpu and not cuda:
             raise FtlError(

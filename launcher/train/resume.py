@@ -14,14 +14,17 @@ from launcher.train.rundir import RunDir
 
 def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
     """The newest complete checkpoint; half-written newer ones (a kill during saving) are removed."""
+    import os
+
     last = rundir.last_checkpoint()
     newest = int(last.name.split("-")[1]) if last else -1
-    for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() else []:
+    main = int(os.environ.get("RANK", "0")) == 0
+    for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() and main else []:
         step = partial.name.split("-")[-1]
         if step.isdigit() and int(step) > newest:
             log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
             shutil.rmtree(partial, ignore_errors=True)
-    if last is not None:
+    if last is not None and main:
         log(f"resuming from {last}")
     elif announce:
         log("[yellow]no complete checkpoint yet: starting from the beginning[/]")

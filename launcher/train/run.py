@@ -32,8 +32,10 @@ from launcher.train.rundir import TASK_STATE_FILE, RunDir, atomic_write, manifes
 def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Train a recipe into `output`: in this process, or on Ray Train workers when the recipe scales out."""
     rundir = RunDir.open_for_run(output, resume=resume)
-    if resume:
+    if resume and rundir.last_checkpoint() is not None:
         check_same_recipe(rundir, loaded)
+    else:  # a new run, or one that never reached a checkpoint: its recipe may still change
+        rundir.write_recipe(loaded.recipe)
     if needs_workers(loaded.recipe):
         from launcher.distributed.ray_launch import launch
 
@@ -43,7 +45,7 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
 
 def needs_workers(recipe) -> bool:
     """DeepSpeed, several workers or a cluster address run through Ray Train (even a single worker)."""
-    return recipe.distributed.uses_ray or recipe.distributed.uses_deepspeed
+    return recipe.distributed.needs_workers
 
 
 def execute(
@@ -77,8 +79,6 @@ def execute(
         console.print(
             freeze_table(block_counts(model, loaded_model.head_names), title=f"{type(model).__name__}")
         )
-        if not rundir.recipe_file.exists():
-            rundir.write_recipe(recipe)
     trainer = _build_trainer(loaded, task, model, tokenizer, data, rundir, device)
     for callback in callbacks or []:
         trainer.add_callback(callback)
