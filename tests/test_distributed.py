@@ -243,3 +243,25 @@ def test_checkpoints_in_ray_storage_survive_the_loss_of_the_run_directory(tmp_pa
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
     assert json.loads((run / "manifest.json").read_text())["resumed_from"] is not None
     assert _final_eval_loss(run) == pytest.approx(_final_eval_loss(whole), rel=1e-3)
+
+
+def test_optimizer_offload_to_cpu_matches_the_plain_zero2_losses(tmp_path, no_dropout_recipe):
+    plain, offload = tmp_path / "plain", tmp_path / "offload"
+    common = ["distributed.zero_stage=2", "distributed.workers=2", "train.batch_size=4"]
+    assert main(["run", str(no_dropout_recipe), *common, "--output", str(plain)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(no_dropout_recipe),
+                *common,
+                "distributed.offload_optimizer=cpu",
+                "--output",
+                str(offload),
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((offload / "manifest.json").read_text())
+    assert manifest["deepspeed"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert _losses(offload) == pytest.approx(_losses(plain), rel=1e-3)
