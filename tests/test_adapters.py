@@ -52,6 +52,15 @@ def test_qlora_4bit_tiny_llama_trains_and_the_merged_export_generates(tmp_path, 
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     assert not any("lora" in name for name, _ in model.named_parameters())
     ids = tokenizer("the film was", return_tensors="pt")["input_ids"]
+    half = tmp_path / "merged-bf16"
+    assert main(["export", str(out), "--merge-lora", "--dtype", "bf16", "--output", str(half)]) == 0
+    import torch
+
+    assert (
+        next(AutoModelForCausalLM.from_pretrained(str(half), dtype="auto").parameters()).dtype
+        == torch.bfloat16
+    )
+    assert main(["export", str(out), "--merge-lora", "--output", str(half)]) == 2  # never written over
     generated = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > 3
 
