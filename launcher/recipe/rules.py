@@ -100,7 +100,7 @@ def fp16_needs_a_gpu(recipe: Recipe) -> Violation | None:
 @rule
 def head_only_stands_alone(recipe: Recipe) -> Violation | None:
     freeze = recipe.freeze
-    if freeze.head_only and (freeze.embeddings or freeze.bottom_layers or freeze.layers or freeze.patterns):
+    if freeze.head_only and freeze.freezes_by_part:
         return (
             "freeze",
             "head_only",
@@ -257,9 +257,7 @@ def four_bit_is_not_sharded_by_zero3(recipe: Recipe) -> Violation | None:
 @rule
 def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
     freeze = recipe.freeze
-    if recipe.lora is not None and (
-        freeze.embeddings or freeze.bottom_layers or freeze.layers or freeze.patterns or freeze.head_only
-    ):
+    if recipe.lora is not None and (freeze.freezes_by_part or freeze.head_only):
         return (
             "freeze",
         ), "with lora the base model is frozen and only adapters train; remove the freeze settings"

@@ -126,6 +126,11 @@ class FreezeSection(Section):
     )
     head_only: bool = Field(False, description="Train only the task head; freeze the whole backbone.")
 
+    @property
+    def freezes_by_part(self) -> bool:
+        """Any setting other than head_only is set."""
+        return bool(self.embeddings or self.bottom_layers or self.layers or self.patterns)
+
     @field_validator("patterns")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:

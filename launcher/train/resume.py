@@ -9,16 +9,14 @@ from typing import Any
 from launcher.console import log
 from launcher.errors import FtlError
 from launcher.recipe.loader import LoadedRecipe
-from launcher.train.rundir import RunDir
+from launcher.train.rundir import RunDir, is_main_process
 
 
 def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
     """The newest complete checkpoint; half-written newer ones (a kill during saving) are removed."""
-    import os
-
     last = rundir.last_checkpoint()
     newest = int(last.name.split("-")[1]) if last else -1
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() and main else []:
         step = partial.name.split("-")[-1]
         if step.isdigit() and int(step) > newest:

@@ -26,7 +26,7 @@ from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, replac
 from launcher.train.device import plan_device
 from launcher.train.outcome import outcomes
 from launcher.train.resume import check_same_recipe, resume_point
-from launcher.train.rundir import TASK_STATE_FILE, RunDir, atomic_write, manifest
+from launcher.train.rundir import TASK_STATE_FILE, RunDir, atomic_write, is_main_process, manifest
 
 
 def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -148,13 +148,6 @@ def execute(
     )
     _log_summary(metrics, rundir, predictions)
     return metrics
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed run (or the only process)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _silent(message: str) -> None:

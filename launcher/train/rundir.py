@@ -128,6 +128,11 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (or the only process): the one that writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a kill never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
