@@ -46,4 +46,14 @@ def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
         log(f"labels: {', '.join(labels)}")
     log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")
     console.print(freeze_table(block_counts(built.model, built.head_names), title=type(built.model).__name__))
+    if recipe.tune is not None:
+        from launcher.recipe.loader import where
+        from launcher.recipe.variants import check_space, objective
+
+        check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
+        metric, mode = objective(recipe)
+        log(
+            f"search: {len(recipe.tune.space)} dimension(s) ({', '.join(recipe.tune.space) or 'none'}), "
+            f"{mode}imise {metric}; every choice and bound gives a valid recipe"
+        )
     log(f"[bold green]ok[/]: {loaded.path} is valid")

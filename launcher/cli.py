@@ -88,6 +88,68 @@ def run(
     run_recipe(loaded, output or Path("runs") / loaded.recipe.name, resume=resume)
 
 
+@app.command("tune")
+def tune_command(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", "-n", min=1, help="Trials to run (default tune.samples).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Search directory (default runs/tune-<name>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted search; finished trials are kept.")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to run the trials on.")
+    ] = None,
+):
+    """Search the recipe's tune.space: Optuna samples, Ray Tune runs the trials in parallel."""
+    from launcher.recipe import load_recipe
+    from tune.search import run_search
+
+    loaded = load_recipe(recipe, overrides or [])
+    run_search(
+        loaded,
+        output or Path("runs") / f"tune-{loaded.recipe.name}",
+        resume=resume,
+        samples=samples,
+        address=address,
+    )
+
+
+@app.command("cv")
+def cv_command(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", "-k", min=2, help="Number of folds (default tune.cv.folds or 5).")
+    ] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="Keep rows sharing this column's value in one fold.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (default runs/cv-<name>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted folds.")] = False,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to run the folds on.")] = None,
+):
+    """Cross-validate the recipe: k folds as parallel trials, per-fold metrics and mean ± std."""
+    from launcher.recipe import load_recipe
+    from tune.cv import run_cv
+
+    loaded = load_recipe(recipe, overrides or [])
+    run_cv(
+        loaded,
+        output or Path("runs") / f"cv-{loaded.recipe.name}",
+        folds=folds,
+        group_by=group_by,
+        resume=resume,
+        address=address,
+    )
+
+
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],

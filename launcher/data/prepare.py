@@ -73,6 +73,7 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
         "task": task.cache_identity(),
         "train": train_raw.fingerprint,
         "validation": val_raw.fingerprint if val_raw else {"method": method, **split.model_dump()},
+        "fold": data.fold.model_dump() if data.fold else None,
         "subset_seed": split.seed,  # also seeds the max_*_rows subsets
         "max_train_rows": data.max_train_rows,
         "max_eval_rows": data.max_eval_rows,
@@ -83,6 +84,8 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
         "train": train_raw.description,
         "validation": val_raw.description if val_raw else f"{method} split of train",
     }
+    if data.fold is not None:
+        sources["validation"] = f"fold {data.fold.index} of {data.fold.folds} of train"
     cache_dir = cache_root() / "data" / fingerprint
 
     if data.cache and (cache_dir / "meta.json").exists():
@@ -105,32 +108,34 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
 
     datasets.disable_caching()  # ftl caches the final result itself
     task.fit(train_raw)
-    train_rows = task.encode_raw(train_raw)
-    stratify = task.stratify_column() if method == "stratified" else None
-    if val_raw is not None:
-        val_rows = task.encode_raw(val_raw)
+    if data.fold is not None:
+        train_rows, val_rows = _fold_rows(train_raw, task, data, seed=split.seed)
     else:
-        train_rows, val_rows = carve_validation(
+        train_rows = task.encode_raw(train_raw)
+        stratify = task.stratify_column() if method == "stratified" else None
+        if val_raw is not None:
+            val_rows = task.encode_raw(val_raw)
+        else:
+            train_rows, val_rows = carve_validation(
+                train_rows,
+                method=method,
+                fraction=split.fraction,
+                seed=split.seed,
+                stratify_column=stratify,
+                what="data.validation_split",
+            )
+        train_rows = subsample(
             train_rows,
-            method=method,
-            fraction=split.fraction,
+            data.max_train_rows,
             seed=split.seed,
-            stratify_column=stratify,
-            what="data.validation_split",
+            stratify_column=task.stratify_column(),
+            what="data.max_train_rows",
         )
-    subset_stratify = task.stratify_column()
-    train_rows = subsample(
-        train_rows,
-        data.max_train_rows,
-        seed=split.seed,
-        stratify_column=subset_stratify,
-        what="data.max_train_rows",
-    )
     val_rows = subsample(
         val_rows,
         data.max_eval_rows,
         seed=split.seed,
-        stratify_column=subset_stratify,
+        stratify_column=task.stratify_column(),
         what="data.max_eval_rows",
     )
     train = task.tokenize(train_rows, tokenizer, "train")
@@ -149,6 +154,39 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
     return PreparedData(
         train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
     )
+
+
+def _fold_rows(train_raw: RawData, task: Task, data, *, seed: int):
+    """max_train_rows of train, split into k folds: (every fold but data.fold.index, that fold)."""
+    from launcher.data.folds import fold_of_rows, resolve_method, split_fold
+    from launcher.errors import FtlError, did_you_mean, one_of
+
+    spec = data.fold
+    group = spec.group_column
+    if group is not None and group not in train_raw.dataset.column_names:
+        columns = train_raw.dataset.column_names
+        raise FtlError(
+            f"data.fold.group_column: no column '{group}' in {train_raw.description}{did_you_mean(group, columns)}; "
+            f"columns are: {one_of(columns)}"
+        )
+    rows = task.encode_raw(train_raw, keep_columns=(group,) if group else ())
+    rows = subsample(
+        rows,
+        data.max_train_rows,
+        seed=seed,
+        stratify_column=task.stratify_column(),
+        what="data.max_train_rows",
+    )
+    labels_column = task.stratify_column()
+    fold = fold_of_rows(
+        len(rows),
+        spec,
+        method=resolve_method(spec, task.split_method),
+        labels=rows[labels_column] if labels_column else None,
+        groups=rows[group] if group else None,
+        what="data.fold",
+    )
+    return split_fold(rows, fold, spec.index)
 
 
 def prepare_eval_file(raw: RawData, task: Task, tokenizer):

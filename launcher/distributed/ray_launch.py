@@ -29,7 +29,10 @@ _FORWARDED_ENV = (
 )
 
 
-def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, Any]:
+def launch(
+    loaded: LoadedRecipe, rundir: RunDir, *, resume: bool, run_callbacks: list | None = None
+) -> dict[str, Any]:
+    """Run the recipe on Ray Train workers. `run_callbacks` are Ray Train callbacks (e.g. Tune's reporter)."""
     recipe = loaded.recipe
     distributed = recipe.distributed
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
@@ -60,18 +63,14 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
         from launcher.train.device import plan_device
 
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
-        _warm_data_cache(loaded)
+        warm_data_cache(loaded)
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from launcher.distributed.worker import train_worker
 
-    env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("TQDM_DISABLE", "1")
-    if device == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
+    env = forwarded_env(recipe)
     connect(distributed.address, env)
     resources = {"CPU": distributed.cpus_per_worker}
     if distributed.gpus_per_worker:
@@ -96,6 +95,7 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
             storage_path=storage,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.keep_checkpoints + 1),
+            callbacks=run_callbacks or None,
         ),
     )
     log(
@@ -115,6 +115,16 @@ def launch(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, A
     if not metrics:
         raise FtlError(f"distributed run ended without metrics; see the worker logs under {storage}")
     return metrics
+
+
+def forwarded_env(recipe) -> dict[str, str]:
+    """Environment every Ray worker gets: the driver's data homes, caches and offline settings."""
+    env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("TQDM_DISABLE", "1")
+    if recipe.distributed.gpus_per_worker == 0 and (recipe.tune is None or recipe.tune.resources.gpus == 0):
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
 
 
 def connect(address: str | None, env: dict[str, str]) -> None:
@@ -179,7 +189,7 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-def _warm_data_cache(loaded: LoadedRecipe) -> None:
+def warm_data_cache(loaded: LoadedRecipe) -> None:
     """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising."""
     from launcher.data.prepare import prepare_data
     from launcher.model.load import load_tokenizer, quiet_transformers

@@ -19,19 +19,55 @@ _STEP = re.compile(r"checkpoint-(\d+)$")
 
 
 class RayStorageReporter(TrainerCallback):
-    """After each save, hand the checkpoint folder to Ray Train (a barrier: every worker reports)."""
+    """After each save, hand the checkpoint folder to Ray (a barrier in Ray Train: every worker reports).
+
+    `report(metrics, checkpoint, folder_name)` defaults to Ray Train's; a Ray Tune trial passes Tune's.
+    """
+
+    def __init__(self, report=None) -> None:
+        self._report = report or _train_report
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        metrics = {"step": state.global_step}
-        for entry in reversed(state.log_history):
-            if any(key.startswith("eval_") for key in entry):
-                metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
-                break
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder.is_dir() else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder.name)
+        self._report(progress_metrics(state), checkpoint, folder.name)
+
+
+def progress_metrics(state) -> dict[str, float]:
+    """The latest evaluation's numbers, with how far training is: evaluation count, step and epoch."""
+    metrics: dict[str, float] = {"step": state.global_step, "epoch": float(state.epoch or 0.0)}
+    evaluations = _evaluations(state.log_history)
+    metrics["evaluation"] = evaluation_count(state.log_history)
+    if evaluations:
+        metrics.update(
+            {
+                k: v
+                for k, v in evaluations[-1].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")
+            }
+        )
+    return metrics
+
+
+def evaluation_count(log_history: list[dict]) -> int:
+    """Evaluations during training (distinct steps; the final evaluation at the last step counts once)."""
+    return len({entry["step"] for entry in _evaluations(log_history)})
+
+
+def _evaluations(log_history: list[dict]) -> list[dict]:
+    return [
+        entry
+        for entry in log_history
+        if entry.get("step", 0) > 0 and any(key.startswith("eval_") for key in entry)
+    ]
+
+
+def _train_report(metrics, checkpoint, folder_name) -> None:
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder_name)
 
 
 def restore_from_storage(rundir: RunDir) -> Path | None:

@@ -84,16 +84,22 @@ def display_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def check_key_path(root: type[BaseModel], path: tuple[str, ...], data: dict[str, Any], what: str) -> None:
     """Raise FtlError when `path` is not a key of the schema, suggesting the closest valid key."""
+    problem = key_path_problem(root, path, data)
+    if problem is not None:
+        raise FtlError(f"{what}: {problem}")
+
+
+def key_path_problem(root: type[BaseModel], path: tuple[str, ...], data: dict[str, Any]) -> str | None:
+    """Why `path` is not a key of the schema ('unknown key ... (did you mean ...)'), or None when it is."""
     for depth in range(1, len(path) + 1):
         parent = model_at(root, path[: depth - 1], data)
         if parent is FREE_FORM:
-            return
+            return None
         if parent is None:
-            return  # the parent is a scalar or a list: pydantic reports the type error with context
+            return None  # the parent is a scalar or a list: pydantic reports the type error with context
         key = path[depth - 1]
         if key not in parent.model_fields:
             where = ".".join(path[: depth - 1]) or "the recipe"
             hint = did_you_mean(key, parent.model_fields)
-            raise FtlError(
-                f"{what}: unknown key '{key}' in {where}{hint}; valid keys: {one_of(parent.model_fields)}"
-            )
+            return f"unknown key '{key}' in {where}{hint}; valid keys: {one_of(parent.model_fields)}"
+    return None

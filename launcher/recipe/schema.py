@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from launcher.recipe.folds import FoldSplit
 from launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
+from launcher.recipe.search import TuneSection
 from launcher.recipe.section import Section
 from launcher.recipe.tasks import TaskSection
 
@@ -107,6 +109,11 @@ class DataSection(Section):
         None, gt=0, description="Use a seeded random subset of train (quick runs)."
     )
     max_eval_rows: int | None = Field(None, gt=0, description="Use a seeded random subset of validation.")
+    fold: FoldSplit | None = Field(
+        None,
+        description="Validate on one fold of a k-fold split of train and train on the rest (set by ftl cv for "
+        "each fold; max_train_rows applies before the split).",
+    )
     cache: bool = Field(True, description="Cache tokenised data under $FTL_CACHE (default ~/.cache/ftl).")
 
     _shorthand = field_validator("train", "validation", mode="before")(_source_shorthand)
@@ -232,3 +239,6 @@ class Recipe(Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     quantization: QuantizationSection | None = Field(None, description="Load the base model in 4 or 8 bits.")
     lora: LoraSection | None = Field(None, description="Train low-rank adapters instead of the full weights.")
+    tune: TuneSection | None = Field(
+        None, description="Hyperparameter search and cross-validation (ftl tune, ftl cv); ftl run ignores it."
+    )

@@ -54,8 +54,11 @@ class Task(ABC):
     def fit(self, train: RawData) -> None:  # noqa: B027 - optional hook
         """Learn what the task needs from the training rows (e.g. label names) before encoding."""
 
-    def encode_raw(self, raw: RawData):
-        """Validate and normalise the raw rows (e.g. label names -> ids); returns a Dataset."""
+    def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
+        """Validate and normalise the raw rows (e.g. label names -> ids); returns a Dataset.
+
+        `keep_columns` are carried through unchanged (e.g. the group column of group-aware folds).
+        """
         self.check_columns(raw)
         return raw.dataset
 

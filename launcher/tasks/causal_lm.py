@@ -22,10 +22,10 @@ class CausalLM(Task):
     def column_keys(self) -> dict[str, str | None]:
         return {"text_column": self.config.text_column}
 
-    def encode_raw(self, raw: RawData):
+    def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
         self.check_columns(raw)
         column = self.config.text_column
-        dataset = raw.dataset.select_columns([column])
+        dataset = raw.dataset.select_columns([column, *(c for c in keep_columns if c != column)])
         texts = dataset[column]
         keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
         if not keep:

@@ -68,7 +68,7 @@ class SequenceClassification(Task):
         self._names = state["label_names"]
         self._int_labels_are_ids = state["int_labels_are_ids"]
 
-    def encode_raw(self, raw: RawData):
+    def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
         self.check_columns(raw)
         assert self._names is not None, "fit() before encode_raw()"
         dataset = raw.dataset
@@ -87,6 +87,7 @@ class SequenceClassification(Task):
         keep = [self.config.text_column] + (
             [self.config.text_pair_column] if self.config.text_pair_column else []
         )
+        keep += [c for c in keep_columns if c not in keep and c != "labels"]
         dataset = dataset.select_columns(keep).add_column("labels", ids)
         texts = dataset[self.config.text_column]
         empty = [i for i, text in enumerate(texts) if text is None or not str(text).strip()]

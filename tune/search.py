@@ -1,0 +1,209 @@
+"""`ftl tune`: the recipe's search space explored by Optuna inside Ray Tune, trials in parallel.
+
+Story: validate the space (every choice and bound gives a valid recipe) -> open the output directory -> start
+or join Ray -> Optuna sampler (tpe, random or grid) with its study in SQLite or PostgreSQL -> scheduler
+(fifo, asha, median, pbt) -> run or resume the Tuner with a live table -> trials.csv, best.yaml, plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from launcher.console import log
+from launcher.errors import FtlError
+from launcher.recipe.loader import LoadedRecipe, where
+from launcher.recipe.variants import check_space, objective
+from tune import tuner as setup
+from tune.results import SearchResults, write_outputs
+
+DEFAULT_SAMPLES = 8
+
+
+def run_search(
+    loaded: LoadedRecipe,
+    output: Path,
+    *,
+    resume: bool = False,
+    samples: int | None = None,
+    address: str | None = None,
+) -> SearchResults:
+    recipe = loaded.recipe
+    tune_section = recipe.tune
+    if tune_section is None or not tune_section.space:
+        raise FtlError(
+            f"{loaded.path}: the recipe has no tune.space to search; add e.g. tune: {{space: {{train.lr: "
+            "{loguniform: [1.0e-5, 1.0e-4]}}}}"
+        )
+    if tune_section.cv is not None:
+        raise FtlError(
+            f"{where(loaded.origins, ('tune', 'cv'), loaded.path)}: tune.cv inside a search is not supported yet; "
+            "search without it, then run ftl cv on the search's best.yaml"
+        )
+    check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
+    metric, mode = objective(recipe)
+    from tune.space import grid_size
+
+    total = samples or tune_section.samples
+    if tune_section.search == "grid":
+        total = total or grid_size(tune_section)
+    total = total or DEFAULT_SAMPLES
+    search = setup.SearchDir.open(
+        output,
+        resume=resume,
+        record={
+            "kind": "tune",
+            "metric": metric,
+            "mode": mode,
+            "samples": total,
+            "recipe": recipe.model_dump(mode="json", exclude={"extends"}),
+        },
+        verb="search",
+    )
+    setup.announce(
+        "tune",
+        search,
+        f"{total} trial(s), {tune_section.search} sampler, {tune_section.scheduler.type} scheduler, "
+        f"{mode}imise {metric}",
+    )
+    setup.start_ray(loaded, address or recipe.distributed.address)
+    pbt = tune_section.scheduler.type == "pbt"
+    function = setup.trainable(setup.trial_setup(loaded, search, pbt=pbt), recipe)
+    keys = list(tune_section.space)
+    from tune.live import TrialTable
+
+    table = TrialTable(
+        metric, mode, keys, title=f"ftl tune {recipe.name}", interactive=setup.is_interactive()
+    )
+    tuner = setup.restore(search, function) if resume else None
+    if resume and tuner is None:
+        log("[yellow]no search state to resume was saved; starting the search[/]")
+    if tuner is not None:
+        log("resuming: finished trials keep their results, unfinished ones continue from their checkpoints")
+        # the restored run config has no live table (callbacks are not saved); reattach it
+        tuner._local_tuner._run_config.callbacks = [table]
+    else:
+        tuner = _new_tuner(loaded, search, function, metric, mode, total, table)
+    try:
+        grid = tuner.fit()
+    finally:
+        table.close()
+    return write_outputs(loaded, search, grid, metric=metric, mode=mode)
+
+
+def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, total: int, table) -> Any:
+    from ray.tune import TuneConfig, Tuner
+
+    recipe = loaded.recipe
+    tune_section = recipe.tune
+    pbt = tune_section.scheduler.type == "pbt"
+    if pbt:  # PBT samples and perturbs itself; Ray Tune allows no searcher beside it
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from tune.space import tune_domains
+
+        param_space, searcher = (
+            tune_domains(tune_section),
+            BasicVariantGenerator(random_state=tune_section.seed),
+        )
+    else:
+        param_space, searcher = None, _searcher(recipe, search, metric, mode)
+    return Tuner(
+        function,
+        param_space=param_space,
+        tune_config=TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=searcher,
+            scheduler=_scheduler(recipe),
+            num_samples=total,
+            max_concurrent_trials=setup.concurrency(recipe, tune_section.max_concurrent),
+            time_budget_s=tune_section.time_budget_s,
+        ),
+        run_config=setup.run_config(search, max_failures=tune_section.max_failures, callbacks=[table]),
+    )
+
+
+def study_storage(recipe, search) -> str:
+    return recipe.tune.storage or f"sqlite:///{(search.root / 'study.db').resolve()}"
+
+
+def study_name(recipe) -> str:
+    return recipe.tune.study_name or recipe.name
+
+
+def _searcher(recipe, search, metric: str, mode: str):
+    import optuna
+
+    from tune.resumable import ResumableOptunaSearch
+    from tune.space import grid_space, optuna_space
+
+    tune_section = recipe.tune
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if tune_section.search == "grid":
+        sampler = optuna.samplers.GridSampler(grid_space(tune_section), seed=tune_section.seed)
+    elif tune_section.search == "random":
+        sampler = optuna.samplers.RandomSampler(seed=tune_section.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=tune_section.seed)
+    url = study_storage(recipe, search)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise FtlError(f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {exc}") from None
+    except Exception as exc:  # sqlalchemy's connection errors
+        raise FtlError(f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {exc}") from None
+    return ResumableOptunaSearch(
+        space=optuna_space(tune_section),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        study_name=study_name(recipe),
+        storage=storage,
+    )
+
+
+def _scheduler(recipe):
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    tune_section = recipe.tune
+    scheduler = tune_section.scheduler
+    if scheduler.type == "asha":
+        return ASHAScheduler(
+            time_attr="evaluation",
+            max_t=scheduler.max_evaluations or 10**6,
+            grace_period=scheduler.grace_period,
+            reduction_factor=scheduler.reduction_factor,
+        )
+    if scheduler.type == "median":
+        return MedianStoppingRule(
+            time_attr="evaluation",
+            grace_period=scheduler.grace_period,
+            min_samples_required=scheduler.min_samples,
+        )
+    if scheduler.type == "pbt":
+        from tune.space import tune_domains
+
+        return PopulationBasedTraining(
+            time_attr="evaluation",
+            perturbation_interval=scheduler.perturbation_interval,
+            quantile_fraction=scheduler.quantile_fraction,
+            hyperparam_mutations=tune_domains(tune_section),
+        )
+    return FIFOScheduler()
+
+
+def _safe(url: str) -> str:
+    """A storage URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,128 @@
+"""What one Ray Tune trial runs: the base recipe with the trial's values, as an ftl run in its own directory.
+
+A trial reports at every evaluation (with the checkpoint written there), so schedulers decide on fresh
+numbers and a restarted trial resumes from its last checkpoint. Its output goes to <trial>/train.log, not to
+the search's terminal. A trial whose recipe scales out runs its own Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FINAL = "final"  # key of the last report: the run's final evaluation (the best weights when selecting best)
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs besides its sampled values (shipped to the trial's Ray worker)."""
+
+    base: dict[str, Any]  # the validated base recipe (with its tune section)
+    recipe_path: str
+    search_dirs: list[str]
+    trials_dir: str
+    env: dict[str, str] = field(default_factory=dict)
+    pbt: bool = False
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Ray Tune function trainable."""
+    os.environ.update(setup.env)
+    from ray import tune
+
+    from launcher.recipe.loader import LoadedRecipe
+    from launcher.recipe.schema import Recipe
+    from launcher.recipe.variants import with_values
+    from tune.space import decode
+
+    base = Recipe.model_validate(setup.base)
+    values = decode(config, base.tune) if base.tune is not None else dict(config)
+    recipe = with_values(base, values)
+    name = trial_dir_name(config, tune.get_context().get_trial_id())
+    rundir_path = Path(setup.trials_dir) / name
+    loaded = LoadedRecipe(
+        recipe=recipe, path=Path(setup.recipe_path), dirs=[Path(d) for d in setup.search_dirs]
+    )
+    rundir_path.mkdir(parents=True, exist_ok=True)
+    with _output_to(rundir_path / "train.log"):
+        metrics = _train(loaded, rundir_path, pbt=setup.pbt)
+    from launcher.distributed.storage import evaluation_count
+    from launcher.train.rundir import RunDir
+
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    history = RunDir(rundir_path).read_json("log_history.json").get("log_history", [])
+    tune.report({**numbers, "evaluation": evaluation_count(history), FINAL: 1, "run_dir": str(rundir_path)})
+
+
+def trial_dir_name(config: dict[str, Any], trial_id: str) -> str:
+    """trial-<id>, or fold-<i> for a cross-validation fold."""
+    fold = config.get("data.fold")
+    if isinstance(fold, dict) and "index" in fold and len(config) == 1:
+        return f"fold-{fold['index']}"
+    return f"trial-{trial_id}"
+
+
+def _train(loaded, rundir_path: Path, *, pbt: bool) -> dict[str, Any]:
+    from ray import tune
+
+    from launcher.distributed.storage import RayStorageReporter
+    from launcher.train.run import execute
+    from launcher.train.rundir import RunDir
+    from tune.checkpoints import OptimizerSettingsRefresh, adopt_checkpoint
+
+    recipe = loaded.recipe
+    rundir = RunDir(rundir_path)
+    rundir.write_recipe(recipe)  # the values of this (re)start: PBT may have changed them
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            adopt_checkpoint(rundir, Path(folder))
+    if recipe.distributed.needs_workers:
+        return _train_on_workers(loaded, rundir)
+
+    def report(metrics, checkpoint, folder_name):
+        tune.report({**metrics, "run_dir": str(rundir_path)}, checkpoint=checkpoint)
+
+    callbacks: list[Any] = [RayStorageReporter(report)]
+    if pbt:
+        callbacks.append(OptimizerSettingsRefresh(recipe.train.lr, recipe.train.weight_decay))
+    return execute(loaded, rundir, announce_resume=True, callbacks=callbacks)
+
+
+def _train_on_workers(loaded, rundir) -> dict[str, Any]:
+    """A multi-worker trial: Ray Train workers report through Ray Train, which forwards to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from launcher.distributed.ray_launch import launch
+
+    recipe = loaded.recipe
+    if recipe.distributed.storage_path is None:  # workers report checkpoints only through Ray storage
+        distributed = recipe.distributed.model_copy(
+            update={"storage_path": str(rundir.root.resolve() / "ray")}
+        )
+        loaded.recipe = recipe.model_copy(update={"distributed": distributed})
+    return launch(loaded, rundir, resume=True, run_callbacks=[TuneReportCallback()])
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (Python and native) to a file while the trial trains."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", encoding="utf-8") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -1,0 +1,165 @@
+"""Ray Tune set-up shared by `ftl tune` and `ftl cv`: Ray, the output directory, trial resources, resume.
+
+<output>/search.json    what was searched (metric, mode, recipe) -- a resumed search must match it
+<output>/recipe.yaml    the base recipe, resolved
+<output>/ray/           Ray Tune's experiment state and the trials' reported checkpoints
+<output>/trials/        one ftl run directory per trial (trial-<id>/ or fold-<i>/)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher.console import console, log
+from launcher.errors import FtlError
+from launcher.recipe.loader import LoadedRecipe
+from launcher.train.rundir import atomic_write
+from tune.trial import TrialSetup
+
+EXPERIMENT = "ray"
+
+
+@dataclass
+class SearchDir:
+    root: Path
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def experiment(self) -> Path:
+        return self.root / EXPERIMENT / "search"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "search.json"
+
+    @classmethod
+    def open(cls, root: Path, *, resume: bool, record: dict[str, Any], verb: str) -> SearchDir:
+        """A new empty directory, or with resume the directory of the same search."""
+        found = cls(root)
+        if root.exists() and not root.is_dir():
+            raise FtlError(f"--output: {root} is a file; give a directory for the {verb}")
+        occupied = root.exists() and any(root.iterdir())
+        if resume:
+            if not found.record.exists():
+                raise FtlError(f"--resume: {root} holds no {verb} to resume; start it without --resume")
+            before = json.loads(found.record.read_text())
+            if before.get("recipe") != record["recipe"] or before.get("kind") != record["kind"]:
+                raise FtlError(
+                    f"--resume: the recipe differs from the one {root} was started with (see {root}/recipe.yaml); "
+                    "resume with that recipe, or start a new search with another --output"
+                )
+            return found
+        if occupied:
+            raise FtlError(
+                f"--output: {root} already holds files; pass --resume to continue that {verb}, or choose another "
+                "--output"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(found.root / "recipe.yaml", yaml.safe_dump(record["recipe"], sort_keys=False))
+        atomic_write(found.record, json.dumps(record, indent=2) + "\n")
+        return found
+
+
+def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -> TrialSetup:
+    from launcher.distributed.ray_launch import forwarded_env
+
+    return TrialSetup(
+        base=loaded.recipe.model_dump(mode="json", exclude={"extends"}),
+        recipe_path=str(loaded.path.resolve()),
+        search_dirs=[str(d.resolve()) for d in loaded.search_dirs],
+        trials_dir=str(search.trials.resolve()),
+        env=forwarded_env(loaded.recipe),
+        pbt=pbt,
+    )
+
+
+def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
+    from launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # ftl shows its own trial table, not Ray's boxes
+    # Save the search state after every event (not every 10 s): a killed driver then never re-runs a trial
+    # that had finished. The state is a few kB per trial.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    if address is None:
+        warm_data_cache(loaded)  # trials on this machine then load the tokenised data instead of preparing it
+    connect(address, forwarded_env(loaded.recipe))
+
+
+def trainable(setup: TrialSetup, recipe) -> Any:
+    """The trial function with its setup and the resources one trial reserves."""
+    from ray import tune
+
+    from tune.trial import run_trial
+
+    function = tune.with_parameters(run_trial, setup=setup)
+    if recipe.distributed.needs_workers:
+        # the trial only drives a Ray Train run whose workers reserve their own resources
+        return tune.with_resources(function, {"cpu": 0})
+    resources = recipe.tune.resources if recipe.tune else None
+    cpus = resources.cpus if resources else 1.0
+    gpus = resources.gpus if resources else 0.0
+    return tune.with_resources(function, {"cpu": cpus, "gpu": gpus})
+
+
+def concurrency(recipe, requested: int | None) -> int | None:
+    """Trials at once: as asked, else what the cluster holds (multi-worker trials: whole Ray Train runs)."""
+    if requested is not None:
+        return requested
+    if not recipe.distributed.needs_workers:
+        return None  # Tune packs trials by their reserved resources
+    import ray
+
+    d = recipe.distributed
+    available = ray.cluster_resources()
+    fits = available.get("CPU", 0) // (d.workers * d.cpus_per_worker)
+    if d.gpus_per_worker:
+        fits = min(fits, available.get("GPU", 0) // (d.workers * d.gpus_per_worker))
+    return max(1, int(fits))
+
+
+def run_config(search: SearchDir, *, max_failures: int, callbacks: list) -> Any:
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=search.experiment.name,
+        storage_path=str(search.experiment.parent.resolve()),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def restore(search: SearchDir, function: Any) -> Any:
+    """The interrupted Tuner: finished trials keep their results, unfinished and failed ones continue."""
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(str(search.experiment.resolve())):
+        return None
+    return Tuner.restore(
+        str(search.experiment.resolve()), function, resume_unfinished=True, resume_errored=True
+    )
+
+
+def is_interactive() -> bool:
+    return console.is_terminal and os.environ.get("CI") is None
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def announce(kind: str, search: SearchDir, detail: str) -> None:
+    log(f"[bold]{kind}[/]: {detail}; output in {search.root}")
