@@ -87,9 +87,19 @@ class TrialTable(Callback):
     def _render(self):
         from rich.table import Table
 
+        from tune.results import short_names
+
         table = Table(title=self.title, title_justify="left")
-        for column in ["trial", "status", *self.keys, "evals", self.metric]:
-            table.add_column(column, justify="right" if column not in ("trial", "status") else "left")
+        for column in [
+            "trial",
+            "status",
+            *short_names(self.keys),
+            "evals",
+            self.metric.removeprefix("eval_"),
+        ]:
+            table.add_column(
+                column, justify="right" if column not in ("trial", "status") else "left", no_wrap=True
+            )
         best = self._best_id()
         for trial_id, trial in sorted(self._trials.items()):
             result = trial.last_result or {}

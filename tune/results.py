@@ -171,8 +171,8 @@ def print_summary(results: SearchResults, keys: list[str], root: Path) -> None:
 
     metric = results.metric
     table = Table(title=f"trials ({results.mode}imise {metric})", title_justify="left")
-    for column in ["trial", "status", *keys, metric, "evals", "epochs"]:
-        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+    for column in ["trial", "status", *short_names(keys), metric.removeprefix("eval_"), "evals", "epochs"]:
+        table.add_column(column, justify="left" if column in ("trial", "status") else "right", no_wrap=True)
     for trial in results.trials:
         score = trial.score(metric)
         cell = f"{score:.4f}" if score is not None else "-"
@@ -187,7 +187,7 @@ def print_summary(results: SearchResults, keys: list[str], root: Path) -> None:
             str(trial.evaluations),
             f"{trial.epoch:.2f}",
         )
-    console.print(table)
+    console.print(table, width=max(console.width, 140))
     _print_by_model(results, keys)
     counts = {s: sum(t.status == s for t in results.trials) for s in ("completed", "stopped early", "error")}
     log(
@@ -198,6 +198,12 @@ def print_summary(results: SearchResults, keys: list[str], root: Path) -> None:
         log(f"[bold green]best[/]: trial {results.best.trial_id} {metric} {results.best.score(metric):.4f}")
         log(f"best recipe: {results.best_recipe}  (ftl run {results.best_recipe})")
     log(f"trials: {root / 'trials.csv'}" + (f"; plots: {root / 'plots'}" if results.plots else ""))
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Column headers: the last part of each dotted key, or the whole key where the last part repeats."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]
 
 
 def _print_by_model(results: SearchResults, keys: list[str]) -> None:
@@ -234,14 +240,17 @@ def _make_paths_portable(data: dict[str, Any], search_dirs: list[Path], target: 
     """Relative paths found next to the original recipe, rewritten relative to the new recipe's directory."""
 
     def rebase(value: str | None) -> str | None:
-        if not value or os.path.isabs(value) or value.startswith(("package:", "~")):
+        if (
+            not value
+            or os.path.isabs(value)
+            or value.startswith(("package:", "~"))
+            or (target / value).exists()
+        ):
             return value
         found = find_local(value, search_dirs)
-        if found is None or find_local(value, [target]) == found:
-            return value
-        if not looks_local(value) and not found.exists():
-            return value
-        return os.path.relpath(found, target)
+        if found is None:
+            return value  # not local (a hub id): unchanged
+        return os.path.relpath(found.resolve(), target.resolve())
 
     for split in ("train", "validation"):
         source = data["data"].get(split)

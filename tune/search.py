@@ -120,7 +120,9 @@ def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, t
             max_concurrent_trials=setup.concurrency(recipe, tune_section.max_concurrent),
             time_budget_s=tune_section.time_budget_s,
         ),
-        run_config=setup.run_config(search, max_failures=tune_section.max_failures, callbacks=[table]),
+        run_config=setup.run_config(
+            search, max_failures=tune_section.max_failures, callbacks=[table], keep_all=pbt
+        ),
     )
 
 

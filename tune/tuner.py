@@ -92,7 +92,7 @@ def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if address is None:
         warm_data_cache(loaded)  # trials on this machine then load the tokenised data instead of preparing it
-    connect(address, forwarded_env(loaded.recipe))
+    connect(address, forwarded_env(loaded.recipe), worker_output=False)
 
 
 def trainable(setup: TrialSetup, recipe) -> Any:
@@ -127,14 +127,15 @@ def concurrency(recipe, requested: int | None) -> int | None:
     return max(1, int(fits))
 
 
-def run_config(search: SearchDir, *, max_failures: int, callbacks: list) -> Any:
+def run_config(search: SearchDir, *, max_failures: int, callbacks: list, keep_all: bool = False) -> Any:
+    """keep_all: PBT restores trials from other trials' older checkpoints, so none may be deleted early."""
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
     return RunConfig(
         name=search.experiment.name,
         storage_path=str(search.experiment.parent.resolve()),
         failure_config=FailureConfig(max_failures=max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        checkpoint_config=CheckpointConfig(num_to_keep=None if keep_all else 2),
         callbacks=callbacks,
         verbose=0,
     )

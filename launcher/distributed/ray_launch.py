@@ -127,8 +127,11 @@ def forwarded_env(recipe) -> dict[str, str]:
     return env
 
 
-def connect(address: str | None, env: dict[str, str]) -> None:
-    """Join a cluster, or start a private local one bound to 127.0.0.1."""
+def connect(address: str | None, env: dict[str, str], *, worker_output: bool = True) -> None:
+    """Join a cluster, or start a private local one bound to 127.0.0.1.
+
+    worker_output=False keeps the workers' stdout/stderr in Ray's log files instead of the driver's terminal
+    (search trials write their own train.log)."""
     import logging
 
     import ray
@@ -146,10 +149,15 @@ def connect(address: str | None, env: dict[str, str]) -> None:
                 _node_ip_address="127.0.0.1",
                 runtime_env=runtime_env,
                 logging_level=logging.ERROR,
-                log_to_driver=True,
+                log_to_driver=worker_output,
             )
         else:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR)
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                logging_level=logging.ERROR,
+                log_to_driver=worker_output,
+            )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         reason = first_line(exc)
         raise FtlError(

@@ -1,0 +1,255 @@
+"""Searches and cross-validation that really run: Ray Tune trials on a local Ray, Optuna, ASHA, PBT, kills."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.cli import main
+from tests.conftest import TINY_BERT, edit_recipe, env_without_hub, minilm_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown_after_module():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def search_recipe(classification_recipe):
+    """Six trials of 3 epochs, 2 evaluations per epoch; the objective is the loss (no ties, so ASHA can rank)."""
+    edit_recipe(
+        classification_recipe,
+        train={"epochs": 3, "batch_size": 16, "lr": 1e-2, "warmup_ratio": 0.1},
+        eval={"every_steps": 6},
+        log={"progress": False, "tensorboard": False},
+        tune={
+            "metric": "loss",
+            "samples": 6,
+            "seed": 1,
+            "space": {
+                "train.lr": {"loguniform": [1e-5, 3e-2]},
+                "train.warmup_ratio": {"uniform": [0.0, 0.2]},
+            },
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        },
+    )
+    return classification_recipe
+
+
+def _trials(out: Path) -> list[dict[str, str]]:
+    with (out / "trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_search_writes_trials_a_runnable_best_recipe_plots_and_the_study(tmp_path, search_recipe, capsys):
+    import optuna
+
+    out = tmp_path / "search"
+    assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
+    trials = _trials(out)
+    assert len(trials) == 6
+    assert {t["status"] for t in trials} <= {"completed", "stopped early"}
+    assert any(t["status"] == "stopped early" for t in trials), trials  # ASHA stopped at least one trial
+    assert any(t["status"] == "completed" for t in trials)
+    stopped = [t for t in trials if t["status"] == "stopped early"]
+    assert all(int(t["evaluations"]) < 6 for t in stopped)
+    for trial in trials:  # every trial is an ftl run directory with its own values
+        recipe = yaml.safe_load((Path(trial["run_dir"]) / "recipe.resolved.yaml").read_text())
+        assert recipe["train"]["lr"] == pytest.approx(float(trial["train.lr"]), rel=1e-2)
+        assert recipe.get("tune") is None
+    best = min((t for t in trials if t["status"] == "completed"), key=lambda t: float(t["eval_loss"]))
+    best_yaml = yaml.safe_load((out / "best.yaml").read_text())
+    assert best_yaml["train"]["lr"] == pytest.approx(float(best["train.lr"]), rel=1e-2)
+    for plot in ("history.png", "importances.png", "parallel_coordinates.png"):
+        assert (out / "plots" / plot).stat().st_size > 10_000
+    study = optuna.load_study(study_name="tiny-cls", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert not list(out.glob("trials/*/checkpoints"))  # a finished search keeps final models, not checkpoints
+    capsys.readouterr()
+    run = tmp_path / "best-run"
+    assert main(["run", str(out / "best.yaml"), "--output", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["eval_loss"] == pytest.approx(
+        float(best["eval_loss"])
+    )
+
+
+def test_cross_validation_prints_mean_and_std_over_disjoint_folds(tmp_path, classification_recipe, capsys):
+    edit_recipe(classification_recipe, train={"epochs": 2}, log={"progress": False, "tensorboard": False})
+    out = tmp_path / "cv"
+    assert main(["cv", str(classification_recipe), "--folds", "3", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / "cv.json").read_text())
+    accuracy = summary["metrics"]["eval_accuracy"]
+    assert len(accuracy["per_fold"]) == 3 and summary["completed"] == [0, 1, 2]
+    assert f"accuracy: {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over 3 of 3 folds" in err
+    held_out = []
+    for index in range(3):
+        rows = (out / "trials" / f"fold-{index}" / "validation.jsonl").read_text().splitlines()
+        held_out.extend(json.loads(row)["sentence"] for row in rows)
+    train = [
+        line.split("\t")[0]
+        for line in (classification_recipe.parent / "train.tsv").read_text().splitlines()[1:]
+    ]
+    assert Counter(held_out) == Counter(train)  # the folds' validation rows are the training data, once each
+
+
+def test_a_search_over_models_compares_them(tmp_path, classification_recipe, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    models = []
+    for name, layers in (("one-layer", 1), ("two-layers", 2)):
+        config = BertConfig(
+            **{**TINY_BERT, "num_hidden_layers": layers, "vocab_size": 30522, "num_labels": 2}
+        )
+        BertForSequenceClassification(config).save_pretrained(tmp_path / name)
+        AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp_path / name)
+        models.append(str(tmp_path / name))
+    edit_recipe(
+        classification_recipe,
+        model={"name_or_path": models[0]},
+        train={"epochs": 1},
+        log={"progress": False, "tensorboard": False},
+        tune={
+            "search": "grid",
+            "space": {"model.name_or_path": {"grid": models}},
+            "scheduler": {"type": "fifo"},
+        },
+    )
+    data = yaml.safe_load(classification_recipe.read_text())
+    del data["model"]["config"], data["model"]["tokenizer"]
+    classification_recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "models"
+    assert main(["tune", str(classification_recipe), "--output", str(out)]) == 0
+    trials = _trials(out)
+    assert sorted(t["model.name_or_path"] for t in trials) == sorted(models)  # grid: each model once
+    err = capsys.readouterr().err
+    assert "by model.name_or_path" in err and "one-layer" in err and "two-layers" in err
+
+
+def test_population_based_training_exploits_checkpoints(tmp_path, search_recipe):
+    edit_recipe(
+        search_recipe,
+        tune={
+            "metric": "loss",
+            "samples": 4,
+            "seed": 3,
+            "space": {"train.lr": {"loguniform": [1e-5, 3e-2]}},
+            "scheduler": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
+        },
+    )
+    out = tmp_path / "pbt"
+    assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
+    trials = _trials(out)
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials)
+    experiment = out / "ray" / "search"
+    assert (experiment / "pbt_global.txt").read_text().strip(), (
+        "PBT never copied a better trial into a worse one"
+    )
+    receivers = [p.stem.removeprefix("pbt_policy_") for p in experiment.glob("pbt_policy_*.txt")]
+    logs = [(out / "trials" / f"trial-{trial}" / "train.log").read_text() for trial in receivers]
+    assert any("resuming from" in text for text in logs)  # a receiver continued from the donor's checkpoint
+
+
+# ---- faults: a killed trial worker, a killed driver -------------------------------------------------
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", *argv],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env_without_hub(),
+    )
+
+
+def _wait_for(condition, process, timeout_s=300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, "the search ended before the moment to interrupt it"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _kill_family(process) -> None:
+    import psutil
+
+    family = [psutil.Process(process.pid)]
+    family += family[0].children(recursive=True)
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    process.wait()
+    psutil.wait_procs(family, timeout=60)
+
+
+def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, search_recipe):
+    import psutil
+
+    edit_recipe(search_recipe, tune={**yaml.safe_load(search_recipe.read_text())["tune"], "samples": 2})
+    out = tmp_path / "search"
+    process = _start(["tune", str(search_recipe), "--output", str(out)], tmp_path / "driver.log")
+    try:
+        _wait_for(lambda: list(out.glob("trials/*/checkpoints/checkpoint-*/trainer_state.json")), process)
+        log_file = next(out.glob("trials/*/checkpoints")).parent / "train.log"
+        victims = [
+            p
+            for p in psutil.Process(process.pid).children(recursive=True)
+            if any(f.path == str(log_file) for f in _open_files(p))
+        ]
+        assert victims, "no process writes the trial's log"
+        for victim in victims:
+            victim.kill()
+        assert process.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        if process.poll() is None:
+            _kill_family(process)
+    trials = _trials(out)
+    assert len(trials) == 2 and all(t["status"] in ("completed", "stopped early") for t in trials), trials
+    assert "resuming from" in log_file.read_text()  # the retry continued from the checkpoint
+
+
+def _open_files(process):
+    import psutil
+
+    try:
+        return process.open_files()
+    except psutil.Error:
+        return []
+
+
+def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path, search_recipe):
+    out = tmp_path / "search"
+    argv = ["tune", str(search_recipe), "--output", str(out)]
+    process = _start(argv, tmp_path / "first.log")
+    try:
+        _wait_for(lambda: len(list(out.glob("trials/*/metrics.json"))) >= 2, process)
+    finally:
+        _kill_family(process)
+    finished_before = {p.parent.name for p in out.glob("trials/*/metrics.json")}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *argv, "--resume"],
+        capture_output=True,
+        text=True,
+        env=env_without_hub(),
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(out)
+    assert len(trials) == 6
+    for name in finished_before:  # trained once: one final line in its log
+        assert (out / "trials" / name / "train.log").read_text().count("done:") == 1, name
