@@ -6,6 +6,8 @@ from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal and console.width <= 80:
+    console.width = 160  # logs and CI: tables need not fit an 80-column default
 
 
 def log(message: str) -> None:

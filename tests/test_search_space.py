@@ -330,3 +330,38 @@ def test_search_outputs_a_yaml_that_ftl_check_accepts(tmp_path, classification_r
         classification_recipe.parent / "train.tsv"
     ).resolve()
     assert main(["check", "-q", str(path)]) == 0
+
+
+def test_the_searcher_does_not_train_a_combination_twice():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.samplers import RandomSampler
+
+    from tune.resumable import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(
+        space={"train.lr": CategoricalDistribution([1e-3, 1e-2])},
+        metric="m",
+        mode="max",
+        sampler=RandomSampler(seed=0),
+    )
+    first = searcher.suggest("a")
+    searcher.on_trial_complete("a", {"m": 0.5, "training_iteration": 1})
+    second = searcher.suggest("b")
+    assert second != first  # the repeat was told the earlier result and the sampler asked again
+    repeats = [t for t in searcher._ot_study.trials if "repeat_of" in t.user_attrs]
+    assert all(t.value == 0.5 for t in repeats if t.state.name == "COMPLETE")
+    searcher.on_trial_complete("b", {"m": 0.7, "training_iteration": 1})
+    assert searcher.suggest("c") in (first, second)  # every combination tried: a repeat runs rather than none
+
+
+def test_an_unreachable_study_database_is_one_line_without_its_password(
+    capsys, tmp_path, classification_recipe
+):
+    _with_tune(classification_recipe, storage="postgresql://ftl:s3cret@127.0.0.1:9/studies")
+    out = tmp_path / "s"
+    message = fails(capsys, ["tune", str(classification_recipe), "--output", str(out)])
+    assert (
+        "tune.storage: cannot open the Optuna study storage postgresql://ftl:***@127.0.0.1:9/studies"
+        in message
+    )
+    assert "s3cret" not in message and not out.exists()

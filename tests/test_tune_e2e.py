@@ -108,6 +108,35 @@ def test_cross_validation_prints_mean_and_std_over_disjoint_folds(tmp_path, clas
     assert Counter(held_out) == Counter(train)  # the folds' validation rows are the training data, once each
 
 
+def test_with_tune_cv_each_trials_objective_is_the_mean_over_its_folds(tmp_path, search_recipe):
+    tune = yaml.safe_load(search_recipe.read_text())["tune"]
+    tune.update(samples=2, metric="accuracy", cv={"folds": 2}, scheduler={})
+    edit_recipe(search_recipe, train={"epochs": 1}, tune=tune)
+    out = tmp_path / "folded"
+    assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
+    trials = _trials(out)
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    for trial in trials:
+        folds = [
+            json.loads((Path(trial["run_dir"]) / f"fold-{i}" / "metrics.json").read_text())["eval_accuracy"]
+            for i in range(2)
+        ]
+        assert float(trial["eval_accuracy"]) == pytest.approx(sum(folds) / 2)
+        assert float(trial["eval_accuracy_std"]) >= 0
+
+
+def test_trials_can_each_run_on_several_ray_train_workers(tmp_path, search_recipe):
+    tune = yaml.safe_load(search_recipe.read_text())["tune"]
+    tune.update(samples=2, scheduler={"type": "fifo"})
+    edit_recipe(search_recipe, train={"epochs": 1}, distributed={"workers": 2}, tune=tune)
+    out = tmp_path / "workers"
+    assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
+    trials = _trials(out)
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    for trial in trials:
+        assert json.loads((Path(trial["run_dir"]) / "manifest.json").read_text())["workers"] == 2
+
+
 def test_a_search_over_models_compares_them(tmp_path, classification_recipe, capsys):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 

@@ -120,15 +120,17 @@ class TrialTable(Callback):
         return table
 
     def _best_id(self) -> str | None:
+        """The best trial so far; ties go to the first trial id, as in the final summary."""
         scored = [
             (trial.last_result[self.metric], trial_id)
-            for trial_id, trial in self._trials.items()
+            for trial_id, trial in sorted(self._trials.items())
             if isinstance((trial.last_result or {}).get(self.metric), (int, float))
             and not math.isnan(trial.last_result[self.metric])
         ]
         if not scored:
             return None
-        return (max(scored) if self.mode == "max" else min(scored))[1]
+        sign = 1 if self.mode == "max" else -1
+        return max(scored, key=lambda pair: sign * pair[0])[1]
 
     def _values(self, trial) -> str:
         return "  ".join(f"{key}={shown(trial.config.get(key))}" for key in self.keys)

@@ -16,11 +16,10 @@ import yaml
 from launcher.console import console, log
 from launcher.locations import find_local, looks_local
 from launcher.recipe.loader import LoadedRecipe
-from launcher.recipe.variants import with_values
 from launcher.train.outcome import is_outcome
 from launcher.train.rundir import atomic_write
 from tune.space import decode, shown
-from tune.trial import FINAL
+from tune.trial import FINAL, trial_recipe
 
 
 @dataclass
@@ -153,7 +152,7 @@ def write_trials_csv(path: Path, trials: list[TrialOutcome], keys: list[str], me
 
 def write_best_recipe(loaded: LoadedRecipe, root: Path, best: TrialOutcome, metric: str, count: int) -> Path:
     """The base recipe with the best trial's values: complete, runnable with `ftl run` from anywhere."""
-    recipe = with_values(loaded.recipe, best.values)
+    recipe = trial_recipe(loaded.recipe, best.values)
     data = recipe.model_dump(mode="json", exclude={"extends", "tune"})
     _make_paths_portable(data, loaded.search_dirs, root)
     values = ", ".join(f"{k}={shown(v)}" for k, v in best.values.items())
@@ -187,7 +186,7 @@ def print_summary(results: SearchResults, keys: list[str], root: Path) -> None:
             str(trial.evaluations),
             f"{trial.epoch:.2f}",
         )
-    console.print(table, width=max(console.width, 140))
+    console.print(table)
     _print_by_model(results, keys)
     counts = {s: sum(t.status == s for t in results.trials) for s in ("completed", "stopped early", "error")}
     log(

@@ -1,4 +1,8 @@
-"""Ray Tune's OptunaSearch with a persistent study that survives a killed driver.
+"""Ray Tune's OptunaSearch with a persistent study that survives a killed driver, and no repeated trials.
+
+Samplers can propose a combination that was already tried (likely in small, finite spaces). Training it again
+would only repeat a deterministic run, so the repeat is told to the study with the earlier result (the pattern
+Optuna recommends) and the sampler asks again, a bounded number of times.
 
 The Optuna study (SQLite or PostgreSQL) is written at once, while Ray Tune saves its own state after each event;
 a driver killed between the two leaves them slightly apart. On resume, results for trials the study already
@@ -12,8 +16,40 @@ import logging
 
 from ray.tune.search.optuna import OptunaSearch
 
+_RESAMPLES = 25
+
 
 class ResumableOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str):
+        from optuna.trial import TrialState
+
+        for _ in range(_RESAMPLES):
+            params = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if not isinstance(params, dict) or ot_trial is None:
+                return params
+            earlier = self._earlier_with(ot_trial)
+            if earlier is None:
+                return params
+            ot_trial.set_user_attr("repeat_of", earlier.number)
+            if earlier.state == TrialState.COMPLETE:
+                self._ot_study.tell(ot_trial, earlier.value)
+            else:  # still running: its value is not known yet
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            del self._ot_trials[trial_id]
+        return params  # every nearby combination was tried: run the repeat
+
+    def _earlier_with(self, ot_trial):
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        for earlier in self._ot_study.get_trials(deepcopy=False, states=states):
+            if earlier.number != ot_trial.number and earlier.params == ot_trial.params:
+                if earlier.state == TrialState.COMPLETE and "repeat_of" in earlier.user_attrs:
+                    continue
+                return earlier
+        return None
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 

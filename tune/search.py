@@ -7,11 +7,12 @@ or join Ray -> Optuna sampler (tpe, random or grid) with its study in SQLite or 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from launcher.console import log
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.recipe.loader import LoadedRecipe, where
 from launcher.recipe.variants import check_space, objective
 from tune import tuner as setup
@@ -35,12 +36,9 @@ def run_search(
             f"{loaded.path}: the recipe has no tune.space to search; add e.g. tune: {{space: {{train.lr: "
             "{loguniform: [1.0e-5, 1.0e-4]}}}}"
         )
-    if tune_section.cv is not None:
-        raise FtlError(
-            f"{where(loaded.origins, ('tune', 'cv'), loaded.path)}: tune.cv inside a search is not supported yet; "
-            "search without it, then run ftl cv on the search's best.yaml"
-        )
     check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
+    if tune_section.storage and tune_section.scheduler.type != "pbt":
+        open_storage(tune_section.storage)  # a shared study's database must answer before any trial starts
     metric, mode = objective(recipe)
     from tune.space import grid_size
 
@@ -60,11 +58,12 @@ def run_search(
         },
         verb="search",
     )
+    scheduler = "fifo" if tune_section.cv else tune_section.scheduler.type
+    folds = f", each the mean of {tune_section.cv.folds} folds" if tune_section.cv else ""
     setup.announce(
         "tune",
         search,
-        f"{total} trial(s), {tune_section.search} sampler, {tune_section.scheduler.type} scheduler, "
-        f"{mode}imise {metric}",
+        f"{total} trial(s){folds}, {tune_section.search} sampler, {scheduler} scheduler, {mode}imise {metric}",
     )
     setup.start_ray(loaded, address or recipe.distributed.address)
     pbt = tune_section.scheduler.type == "pbt"
@@ -107,7 +106,7 @@ def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, t
             BasicVariantGenerator(random_state=tune_section.seed),
         )
     else:
-        param_space, searcher = None, _searcher(recipe, search, metric, mode)
+        param_space, searcher = None, _searcher(recipe, search, metric, mode, total)
     return Tuner(
         function,
         param_space=param_space,
@@ -134,7 +133,7 @@ def study_name(recipe) -> str:
     return recipe.tune.study_name or recipe.name
 
 
-def _searcher(recipe, search, metric: str, mode: str):
+def _searcher(recipe, search, metric: str, mode: str, total: int):
     import optuna
 
     from tune.resumable import ResumableOptunaSearch
@@ -147,14 +146,15 @@ def _searcher(recipe, search, metric: str, mode: str):
     elif tune_section.search == "random":
         sampler = optuna.samplers.RandomSampler(seed=tune_section.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=tune_section.seed)
-    url = study_storage(recipe, search)
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except (ImportError, ValueError, RuntimeError) as exc:
-        raise FtlError(f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {exc}") from None
-    except Exception as exc:  # sqlalchemy's connection errors
-        raise FtlError(f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {exc}") from None
+        startup = tune_section.startup_trials or min(10, max(2, total // 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Trials run in parallel: constant_liar keeps concurrent trials apart (Optuna's advice for parallel
+            # optimisation) and multivariate TPE models the dimensions jointly.
+            sampler = optuna.samplers.TPESampler(
+                seed=tune_section.seed, n_startup_trials=startup, constant_liar=True, multivariate=True
+            )
+    storage = open_storage(study_storage(recipe, search))
     return ResumableOptunaSearch(
         space=optuna_space(tune_section),
         metric=metric,
@@ -175,6 +175,8 @@ def _scheduler(recipe):
 
     tune_section = recipe.tune
     scheduler = tune_section.scheduler
+    if tune_section.cv is not None:
+        return FIFOScheduler()  # a folded trial reports once, at the end: nothing to stop early
     if scheduler.type == "asha":
         return ASHAScheduler(
             time_attr="evaluation",
@@ -198,6 +200,32 @@ def _scheduler(recipe):
             hyperparam_mutations=tune_domains(tune_section),
         )
     return FIFOScheduler()
+
+
+def open_storage(url: str):
+    """The Optuna RDB storage at `url`; a one-line error (password hidden) when it cannot be opened."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy and its drivers raise many kinds
+        reason = first_line(exc)
+        parts = _password(url)
+        if parts:
+            reason = reason.replace(parts, "***")
+        raise FtlError(
+            f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {reason} (check the URL, the "
+            "database server and its Python driver, e.g. psycopg2 for postgresql://)"
+        ) from None
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _safe(url: str) -> str:

@@ -36,26 +36,59 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     from launcher.recipe.loader import LoadedRecipe
     from launcher.recipe.schema import Recipe
-    from launcher.recipe.variants import with_values
     from tune.space import decode
 
     base = Recipe.model_validate(setup.base)
     values = decode(config, base.tune) if base.tune is not None else dict(config)
-    recipe = with_values(base, values)
+    recipe = trial_recipe(base, values)
     name = trial_dir_name(config, tune.get_context().get_trial_id())
     rundir_path = Path(setup.trials_dir) / name
     loaded = LoadedRecipe(
         recipe=recipe, path=Path(setup.recipe_path), dirs=[Path(d) for d in setup.search_dirs]
     )
     rundir_path.mkdir(parents=True, exist_ok=True)
-    with _output_to(rundir_path / "train.log"):
-        metrics = _train(loaded, rundir_path, pbt=setup.pbt)
+    if base.tune is not None and base.tune.cv is not None and "data.fold" not in config:
+        from tune.folded import run_folds
+
+        means = run_folds(setup, base, values, rundir_path)
+        tune.report({**means, "evaluation": 1, FINAL: 1, "run_dir": str(rundir_path)})
+        return
+    metrics = finished_run(rundir_path, recipe)
+    if metrics is None:
+        with output_to(rundir_path / "train.log"):
+            metrics = _train(loaded, rundir_path, pbt=setup.pbt)
     from launcher.distributed.storage import evaluation_count
     from launcher.train.rundir import RunDir
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     history = RunDir(rundir_path).read_json("log_history.json").get("log_history", [])
     tune.report({**numbers, "evaluation": evaluation_count(history), FINAL: 1, "run_dir": str(rundir_path)})
+
+
+def trial_recipe(base, values: dict[str, Any]):
+    """The base recipe with a trial's values; the trial keeps its best checkpoint by the search's metric."""
+    from launcher.recipe.variants import objective, with_values
+
+    metric, _ = objective(base)
+    return with_values(base, {"eval.metric": metric.removeprefix("eval_"), **values})
+
+
+def finished_run(rundir_path: Path, recipe) -> dict[str, Any] | None:
+    """The final metrics of a run directory that already finished this exact recipe, else None.
+
+    A driver killed after a trial finished but before it recorded the result restarts that trial on resume;
+    the finished run is then reported again instead of being trained again."""
+    from launcher.train.rundir import RunDir
+
+    rundir = RunDir(rundir_path)
+    metrics = rundir.read_json("metrics.json")
+    if not metrics or not (rundir.model / "config.json").exists() or not rundir.recipe_file.exists():
+        return None
+    try:
+        same = rundir.read_recipe() == recipe
+    except Exception:  # noqa: BLE001 - an unreadable recipe means: train again
+        return None
+    return metrics if same else None
 
 
 def trial_dir_name(config: dict[str, Any], trial_id: str) -> str:
@@ -87,7 +120,8 @@ def _train(loaded, rundir_path: Path, *, pbt: bool) -> dict[str, Any]:
     def report(metrics, checkpoint, folder_name):
         tune.report({**metrics, "run_dir": str(rundir_path)}, checkpoint=checkpoint)
 
-    callbacks: list[Any] = [RayStorageReporter(report)]
+    best_of = f"eval_{recipe.eval.metric}" if recipe.eval.select_best else None
+    callbacks: list[Any] = [RayStorageReporter(report, best_of=best_of)]
     if pbt:
         callbacks.append(OptimizerSettingsRefresh(recipe.train.lr, recipe.train.weight_decay))
     return execute(loaded, rundir, announce_resume=True, callbacks=callbacks)
@@ -109,7 +143,7 @@ def _train_on_workers(loaded, rundir) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _output_to(path: Path):
+def output_to(path: Path):
     """Send this process's stdout and stderr (Python and native) to a file while the trial trains."""
     sys.stdout.flush()
     sys.stderr.flush()

@@ -102,9 +102,10 @@ def trainable(setup: TrialSetup, recipe) -> Any:
     from tune.trial import run_trial
 
     function = tune.with_parameters(run_trial, setup=setup)
-    if recipe.distributed.needs_workers:
-        # the trial only drives a Ray Train run whose workers reserve their own resources
-        return tune.with_resources(function, {"cpu": 0})
+    if recipe.distributed.needs_workers or _folds_per_trial(recipe) > 1:
+        # the trial only drives a Ray Train run or fold tasks, which reserve their own resources (Ray refuses
+        # an empty reservation, hence a token of memory)
+        return tune.with_resources(function, {"cpu": 0, "memory": 2**20})
     resources = recipe.tune.resources if recipe.tune else None
     cpus = resources.cpus if resources else 1.0
     gpus = resources.gpus if resources else 0.0
@@ -115,16 +116,25 @@ def concurrency(recipe, requested: int | None) -> int | None:
     """Trials at once: as asked, else what the cluster holds (multi-worker trials: whole Ray Train runs)."""
     if requested is not None:
         return requested
-    if not recipe.distributed.needs_workers:
+    folds = _folds_per_trial(recipe)
+    if not recipe.distributed.needs_workers and folds == 1:
         return None  # Tune packs trials by their reserved resources
     import ray
 
-    d = recipe.distributed
     available = ray.cluster_resources()
-    fits = available.get("CPU", 0) // (d.workers * d.cpus_per_worker)
-    if d.gpus_per_worker:
-        fits = min(fits, available.get("GPU", 0) // (d.workers * d.gpus_per_worker))
+    if recipe.distributed.needs_workers:
+        d = recipe.distributed
+        cpus, gpus = d.workers * d.cpus_per_worker, d.workers * d.gpus_per_worker
+    else:
+        cpus, gpus = folds * recipe.tune.resources.cpus, folds * recipe.tune.resources.gpus
+    fits = available.get("CPU", 0) // cpus
+    if gpus:
+        fits = min(fits, available.get("GPU", 0) // gpus)
     return max(1, int(fits))
+
+
+def _folds_per_trial(recipe) -> int:
+    return recipe.tune.cv.folds if recipe.tune is not None and recipe.tune.cv is not None else 1
 
 
 def run_config(search: SearchDir, *, max_failures: int, callbacks: list, keep_all: bool = False) -> Any:

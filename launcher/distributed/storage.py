@@ -24,19 +24,23 @@ class RayStorageReporter(TrainerCallback):
     `report(metrics, checkpoint, folder_name)` defaults to Ray Train's; a Ray Tune trial passes Tune's.
     """
 
-    def __init__(self, report=None) -> None:
+    def __init__(self, report=None, *, best_of: str | None = None) -> None:
         self._report = report or _train_report
+        self._best_of = best_of
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder.is_dir() else None
-        self._report(progress_metrics(state), checkpoint, folder.name)
+        self._report(progress_metrics(state, best_of=self._best_of), checkpoint, folder.name)
 
 
-def progress_metrics(state) -> dict[str, float]:
-    """The latest evaluation's numbers, with how far training is: evaluation count, step and epoch."""
+def progress_metrics(state, *, best_of: str | None = None) -> dict[str, float]:
+    """The latest evaluation's numbers, with how far training is: evaluation count, step and epoch.
+
+    best_of: the model-selection metric (eval.select_best), reported as the best value so far -- the model
+    the run keeps -- with the latest value as <metric>_last. HF tracks that best across resumes."""
     metrics: dict[str, float] = {"step": state.global_step, "epoch": float(state.epoch or 0.0)}
     evaluations = _evaluations(state.log_history)
     metrics["evaluation"] = evaluation_count(state.log_history)
@@ -48,6 +52,9 @@ def progress_metrics(state) -> dict[str, float]:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")
             }
         )
+    if best_of is not None and best_of in metrics and state.best_metric is not None:
+        metrics[f"{best_of}_last"] = metrics[best_of]
+        metrics[best_of] = float(state.best_metric)
     return metrics
 
 

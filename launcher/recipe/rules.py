@@ -356,6 +356,24 @@ def pbt_mutates_only_optimizer_settings(recipe: Recipe) -> Violation | None:
 
 
 @rule
+def folded_trials_report_once(recipe: Recipe) -> Violation | None:
+    tune = recipe.tune
+    if tune is None or tune.cv is None:
+        return None
+    if "type" in tune.scheduler.model_fields_set and tune.scheduler.type != "fifo":
+        return ("tune", "scheduler", "type"), (
+            f"with tune.cv a trial reports once, when all its folds are done, so {tune.scheduler.type} has "
+            "nothing to compare early; use fifo (the default with tune.cv)"
+        )
+    if recipe.distributed.needs_workers:
+        return (
+            "tune",
+            "cv",
+        ), "folds of multi-worker trials are not supported; cross-validate single-process trials"
+    return None
+
+
+@rule
 def folds_come_from_the_training_data(recipe: Recipe) -> Violation | None:
     cv = recipe.tune.cv if recipe.tune is not None else None
     if recipe.data.validation is None or (cv is None and recipe.data.fold is None):

@@ -182,6 +182,12 @@ class TuneSection(Section):
         description="Optuna sampler: tpe (seeded), random, or grid (every combination of finite dimensions).",
     )
     seed: int = Field(0, description="Seed of the sampler.")
+    startup_trials: int | None = Field(
+        None,
+        ge=1,
+        description="Random trials before TPE starts modelling the space; default a quarter of the samples, from 2 "
+        "to 10 (Optuna's own default of 10 would make a small search purely random).",
+    )
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     resources: TrialResources = Field(default_factory=TrialResources)
     cv: CrossValidation | None = Field(

@@ -1,0 +1,71 @@
+"""A search trial whose objective is the mean over k folds (`tune.cv`): the folds run as parallel Ray tasks.
+
+The trial itself reserves nothing; each fold task reserves tune.resources and trains one fold as an ftl run
+in <trial>/fold-<i>. Ray retries a fold whose worker died, and the fold resumes from its last checkpoint in
+its run directory. The trial reports once, when every fold has finished: the mean of each metric over the
+folds, and <metric>_std.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from launcher.train.outcome import is_outcome
+
+
+def run_folds(setup, recipe, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
+    """Train every fold of `recipe` (a trial's recipe with tune.cv) in parallel; the mean metrics."""
+    import ray
+
+    cv = recipe.tune.cv
+    resources = recipe.tune.resources
+    task = ray.remote(_train_fold).options(
+        num_cpus=resources.cpus,
+        num_gpus=resources.gpus,
+        max_retries=recipe.tune.max_failures,
+        scheduling_strategy="DEFAULT",  # not inside the trial's (memory-only) placement group
+    )
+    spec = cv.model_dump()
+    pending = [
+        task.remote(setup, {**values, "data.fold": {**spec, "index": i}}, str(trial_dir / f"fold-{i}"))
+        for i in range(cv.folds)
+    ]
+    per_fold = ray.get(pending)
+    summary = {}
+    for name in sorted(per_fold[0]):
+        if not name.startswith("eval_") or not is_outcome(name):
+            continue
+        folds = [metrics[name] for metrics in per_fold if isinstance(metrics.get(name), (int, float))]
+        if len(folds) == len(per_fold):
+            summary[name] = statistics.fmean(folds)
+            summary[f"{name}_std"] = statistics.stdev(folds) if len(folds) > 1 else 0.0
+    (trial_dir / "cv.json").write_text(json.dumps({"per_fold": per_fold, "mean": summary}, indent=2) + "\n")
+    return summary
+
+
+def _train_fold(setup, values: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Ray task: one fold as an ftl run (resumes from its own checkpoint when Ray retries it)."""
+    import os
+
+    os.environ.update(setup.env)
+    from launcher.recipe.loader import LoadedRecipe
+    from launcher.recipe.schema import Recipe
+    from launcher.train.run import execute
+    from launcher.train.rundir import RunDir
+    from tune.trial import finished_run, output_to, trial_recipe
+
+    recipe = trial_recipe(Recipe.model_validate(setup.base), values)
+    loaded = LoadedRecipe(
+        recipe=recipe, path=Path(setup.recipe_path), dirs=[Path(d) for d in setup.search_dirs]
+    )
+    rundir = RunDir(Path(run_dir))
+    metrics = finished_run(rundir.root, recipe)
+    if metrics is None:
+        rundir.root.mkdir(parents=True, exist_ok=True)
+        rundir.write_recipe(recipe)
+        with output_to(rundir.root / "train.log"):
+            metrics = execute(loaded, rundir, announce_resume=True)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
