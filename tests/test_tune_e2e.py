@@ -282,3 +282,22 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path, sea
     assert len(trials) == 6
     for name in finished_before:  # trained once: one final line in its log
         assert (out / "trials" / name / "train.log").read_text().count("done:") == 1, name
+
+
+def test_ctrl_c_keeps_the_search_for_resume(tmp_path, search_recipe):
+    import signal
+
+    out = tmp_path / "search"
+    process = _start(["tune", str(search_recipe), "--output", str(out)], tmp_path / "driver.log")
+    try:
+        _wait_for(lambda: list(out.glob("trials/*/checkpoints/checkpoint-*/trainer_state.json")), process)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            _kill_family(process)
+    log = (tmp_path / "driver.log").read_text()
+    assert "error: search interrupted; its state and the trials' checkpoints are kept" in log
+    assert "Traceback" not in log
+    assert list(out.glob("trials/*/checkpoints/checkpoint-*")), "the checkpoints were removed"
+    assert not (out / "trials.csv").exists()  # no summary of a search that did not end

@@ -108,10 +108,7 @@ def run_cv(
             ),
             run_config=setup.run_config(search, max_failures=max_failures, callbacks=[table]),
         )
-    try:
-        grid = tuner.fit()
-    finally:
-        table.close()
+    grid = setup.fit(tuner, table, search, "cross-validation")
     trials = collect(grid, None)
     if not (recipe.tune and recipe.tune.keep_checkpoints):
         drop_checkpoints(search, trials)

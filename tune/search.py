@@ -83,10 +83,7 @@ def run_search(
         tuner._local_tuner._run_config.callbacks = [table]
     else:
         tuner = _new_tuner(loaded, search, function, metric, mode, total, table)
-    try:
-        grid = tuner.fit()
-    finally:
-        table.close()
+    grid = setup.fit(tuner, table, search, "search")
     return write_outputs(loaded, search, grid, metric=metric, mode=mode)
 
 

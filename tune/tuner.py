@@ -90,6 +90,8 @@ def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
     # Save the search state after every event (not every 10 s): a killed driver then never re-runs a trial
     # that had finished. The state is a few kB per trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Ctrl+C ends ftl (Interrupted) instead of Ray Tune's graceful stop, which marks running trials as finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if address is None:
         warm_data_cache(loaded)  # trials on this machine then load the tokenised data instead of preparing it
     connect(address, forwarded_env(loaded.recipe), worker_output=False)
@@ -160,6 +162,26 @@ def restore(search: SearchDir, function: Any) -> Any:
     return Tuner.restore(
         str(search.experiment.resolve()), function, resume_unfinished=True, resume_errored=True
     )
+
+
+class Interrupted(FtlError):
+    """The search was stopped (Ctrl+C) with trials unfinished; its state and checkpoints are kept."""
+
+    exit_code = 130
+
+
+def fit(tuner: Any, table: Any, search: SearchDir, verb: str) -> Any:
+    """Run the Tuner. Ctrl+C stops at once (Ray Tune's own handler is off, see start_ray): the search state,
+    saved after every event, and the trials' checkpoints are kept for --resume."""
+    try:
+        return tuner.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{verb} interrupted; its state and the trials' checkpoints are kept in {search.root}: continue with "
+            "the same command plus --resume"
+        ) from None
+    finally:
+        table.close()
 
 
 def is_interactive() -> bool:
