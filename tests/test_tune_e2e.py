@@ -108,6 +108,68 @@ def test_cross_validation_prints_mean_and_std_over_disjoint_folds(tmp_path, clas
     assert Counter(held_out) == Counter(train)  # the folds' validation rows are the training data, once each
 
 
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 (the Debian server binaries), trust auth."""
+    import glob
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if initdb is None:
+        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    home = Path(tempfile.mkdtemp(prefix="ftl-pg-"))  # not under pytest's root-only directory
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    if as_postgres:
+        shutil.chown(home, user="postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(home / "data"), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [
+            *as_postgres,
+            pg_ctl,
+            "-D",
+            str(home / "data"),
+            "-o",
+            options,
+            "-l",
+            str(home / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        [*as_postgres, pg_ctl, "-D", str(home / "data"), "-m", "immediate", "stop"], capture_output=True
+    )
+
+
+def test_two_searches_share_one_optuna_study_in_postgresql(tmp_path, search_recipe, postgres):
+    import optuna
+
+    tune = yaml.safe_load(search_recipe.read_text())["tune"]
+    tune.update(samples=2, scheduler={"type": "fifo"}, storage=postgres, study_name="shared")
+    edit_recipe(search_recipe, train={"epochs": 1}, tune=tune)
+    for name in ("first", "second"):  # e.g. two people, or two clusters, adding trials to one study
+        assert main(["tune", str(search_recipe), "--output", str(tmp_path / name)]) == 0
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert not (tmp_path / "first" / "study.db").exists()
+    assert (tmp_path / "second" / "plots" / "history.png").exists()
+
+
 def test_with_tune_cv_each_trials_objective_is_the_mean_over_its_folds(tmp_path, search_recipe):
     tune = yaml.safe_load(search_recipe.read_text())["tune"]
     tune.update(samples=2, metric="accuracy", cv={"folds": 2}, scheduler={})

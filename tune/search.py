@@ -212,7 +212,7 @@ def open_storage(url: str):
             reason = reason.replace(parts, "***")
         raise FtlError(
             f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {reason} (check the URL, the "
-            "database server and its Python driver, e.g. psycopg2 for postgresql://)"
+            "database server and its Python driver: pip install 'ftl[postgres]' for postgresql://)"
         ) from None
 
 
