@@ -365,3 +365,31 @@ def test_an_unreachable_study_database_is_one_line_without_its_password(
         in message
     )
     assert "s3cret" not in message and not out.exists()
+
+
+def test_group_folds_keep_each_group_on_one_side_of_every_fold_run(tmp_path, classification_recipe):
+    from launcher.data.prepare import prepare_data
+    from launcher.model.load import load_tokenizer
+    from launcher.tasks.registry import task_for
+    from tests.conftest import sentiment_rows
+
+    rows = sentiment_rows(120, seed=4)
+    lines = [f"{text}\t{label}\tuser{i % 9}" for i, (text, label) in enumerate(rows)]
+    (tmp_path / "users.tsv").write_text("sentence\tlabel\tuser\n" + "\n".join(lines) + "\n")
+    edit_recipe(classification_recipe, data={"train": "users.tsv"})
+    base = load_recipe(classification_recipe)
+    user_of = {text: f"user{i % 9}" for i, (text, _) in enumerate(rows)}
+    held_out_users = []
+    for index in range(3):
+        fold = {"folds": 3, "index": index, "group_column": "user"}
+        recipe = with_values(base.recipe, {"data.fold": fold})
+        loaded = base.__class__(recipe=recipe, path=base.path, origins=base.origins)
+        data = prepare_data(loaded, task_for(recipe.task), load_tokenizer(loaded), log=lambda _: None)
+        validation = set(data.validation_rows["user"])
+        held_out_users.append(validation)
+        assert validation == {user_of[text] for text in data.validation_rows["sentence"]}
+        # every row of a held-out user is held out: none of them trains
+        assert len(data.validation_rows) == sum(f"user{i % 9}" in validation for i in range(120))
+        assert len(data.train) + len(data.validation_rows) == 120
+    assert set().union(*held_out_users) == {f"user{i}" for i in range(9)}
+    assert all(not (a & b) for i, a in enumerate(held_out_users) for b in held_out_users[i + 1 :])

@@ -363,3 +363,18 @@ def test_ctrl_c_keeps_the_search_for_resume(tmp_path, search_recipe):
     assert "Traceback" not in log
     assert list(out.glob("trials/*/checkpoints/checkpoint-*")), "the checkpoints were removed"
     assert not (out / "trials.csv").exists()  # no summary of a search that did not end
+
+
+def test_median_stopping_within_a_time_budget(tmp_path, search_recipe):
+    tune = yaml.safe_load(search_recipe.read_text())["tune"]
+    tune.update(
+        samples=40, time_budget_s=30, scheduler={"type": "median", "grace_period": 1, "min_samples": 2}
+    )
+    edit_recipe(search_recipe, train={"epochs": 1}, tune=tune)
+    out = tmp_path / "budget"
+    started = time.monotonic()
+    assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
+    assert time.monotonic() - started < 30 + 45  # the budget, plus starting Ray and writing the outputs
+    trials = _trials(out)
+    assert 2 <= len(trials) < 40  # the budget ended the search, not the samples
+    assert any(t["status"] == "completed" for t in trials) and (out / "best.yaml").exists()

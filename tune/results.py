@@ -68,6 +68,8 @@ def collect(grid, tune_section) -> list[TrialOutcome]:
         metrics = dict(result.metrics or {})
         config = dict(result.config or {})
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+        if result.error is None and not metrics.get("training_iteration"):
+            continue  # created by the searcher but never started (the search ended first)
         if result.error is not None:
             status = "error"
         elif FINAL in metrics:
