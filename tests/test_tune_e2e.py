@@ -291,7 +291,9 @@ def _kill_family(process) -> None:
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, search_recipe):
     import psutil
 
-    edit_recipe(search_recipe, tune={**yaml.safe_load(search_recipe.read_text())["tune"], "samples": 2})
+    tune = yaml.safe_load(search_recipe.read_text())["tune"]
+    tune.update(samples=2, scheduler={"type": "fifo"})  # no scheduler may stop the trial while it is killed
+    edit_recipe(search_recipe, tune=tune)
     out = tmp_path / "search"
     process = _start(["tune", str(search_recipe), "--output", str(out)], tmp_path / "driver.log")
     try:
