@@ -43,6 +43,7 @@ def _with_tune(path, **tune):
         ),
         ({"train.lr": {"loguniform": [0, 0.1]}}, "loguniform needs bounds > 0"),
         ({"train.lr": {"uniform": [1e-3, 1e-2], "int": [1, 2]}}, "give exactly one of uniform, loguniform"),
+        ({"freeze.bottom_layers": {"int": [0, 2], "step": 0.5}}, "int needs a whole-number step, got 0.5"),
         (
             {"train.lr": {"uniform": [-0.1, 0.1]}},
             "tune.space.train.lr: uniform bound -0.1 gives an invalid recipe: train.lr: Input should be greater than 0",
@@ -352,6 +353,31 @@ def test_the_searcher_does_not_train_a_combination_twice():
     assert all(t.value == 0.5 for t in repeats if t.state.name == "COMPLETE")
     searcher.on_trial_complete("b", {"m": 0.7, "training_iteration": 1})
     assert searcher.suggest("c") in (first, second)  # every combination tried: a repeat runs rather than none
+    searcher.on_trial_result("c", {"m": 0.6, "training_iteration": 1})  # and it is a trial the study knows
+    searcher.on_trial_complete("c", {"m": 0.6, "training_iteration": 1})
+    assert len(searcher._ot_study.trials) <= 2 + 10 + 10
+
+
+def test_a_resolved_recipe_with_tune_cv_loads_again(tmp_path, classification_recipe):
+    """search.json/recipe.yaml hold every key expanded; the rules must accept what the loader wrote."""
+    recipe = load_recipe(_with_tune(classification_recipe, cv={"folds": 3})).recipe
+    assert recipe.tune.scheduler_type == "fifo" and recipe.tune.trial_resources.cpus == 1.0
+    expanded = tmp_path / "expanded.yaml"
+    expanded.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"})))
+    assert load_recipe(expanded).recipe == recipe
+
+
+def test_resuming_with_other_options_is_refused(tmp_path):
+    from launcher.errors import FtlError
+    from tune.tuner import SearchDir
+
+    record = {"kind": "cv", "folds": {"folds": 5}, "recipe": {"name": "x"}}
+    SearchDir.open(tmp_path / "cv", resume=False, record=record, verb="cross-validation")
+    assert SearchDir.open(tmp_path / "cv", resume=True, record=record, verb="cross-validation")
+    with pytest.raises(FtlError, match="--resume: folds differs from what"):
+        SearchDir.open(tmp_path / "cv", resume=True, record={**record, "folds": {"folds": 10}}, verb="cv")
+    with pytest.raises(FtlError, match="already holds files; pass --resume"):
+        SearchDir.open(tmp_path / "cv", resume=False, record=record, verb="cv")
 
 
 def test_an_unreachable_study_database_is_one_line_without_its_password(

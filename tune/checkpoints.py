@@ -24,6 +24,8 @@ def adopt_checkpoint(rundir: RunDir, source: Path) -> Path:
     """Make the checkpoint folder `source` the newest checkpoint of `rundir`; returns where it now lives."""
     state = json.loads((source / _STATE).read_text())
     target = rundir.checkpoints / f"checkpoint-{state['global_step']}"
+    for stale in rundir.checkpoints.glob(".adopt-*"):  # left by a process killed while copying
+        shutil.rmtree(stale, ignore_errors=True)
     for local in rundir.checkpoints.glob("checkpoint-*"):
         match = re.fullmatch(r"checkpoint-(\d+)", local.name)
         if match and int(match.group(1)) > state["global_step"]:

@@ -77,7 +77,13 @@ def run_cv(
     )
     setup.announce("cv", search, f"{spec.folds} folds ({spec.method}), {metric}")
     setup.start_ray(replace(loaded, recipe=first), address or recipe.distributed.address)
-    function = setup.trainable(setup.trial_setup(loaded, search), recipe)
+    # each trial here is one fold (a search's tune.cv folds inside a trial do not apply)
+    one_fold = (
+        recipe.model_copy(update={"tune": recipe.tune.model_copy(update={"cv": None})})
+        if recipe.tune
+        else recipe
+    )
+    function = setup.trainable(setup.trial_setup(loaded, search), one_fold)
     from tune.live import TrialTable
 
     table = TrialTable(
@@ -88,10 +94,8 @@ def run_cv(
         interactive=setup.is_interactive(),
         label=lambda trial: f"fold {trial.config['data.fold']['index']}",
     )
-    tuner = setup.restore(search, function) if resume else None
-    if tuner is not None:
-        tuner._local_tuner._run_config.callbacks = [table]
-    else:
+    tuner = setup.restore(search, function, table) if resume else None
+    if tuner is None:
         from ray import tune
         from ray.tune import TuneConfig, Tuner
 
@@ -104,7 +108,7 @@ def run_cv(
                 metric=metric,
                 mode=mode,
                 num_samples=1,
-                max_concurrent_trials=setup.concurrency(recipe, max_concurrent),
+                max_concurrent_trials=setup.concurrency(one_fold, max_concurrent),
             ),
             run_config=setup.run_config(search, max_failures=max_failures, callbacks=[table]),
         )

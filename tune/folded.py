@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from launcher.train.outcome import is_outcome
+from launcher.train.rundir import atomic_write
 
 
-def run_folds(setup, recipe, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
-    """Train every fold of `recipe` (a trial's recipe with tune.cv) in parallel; the mean metrics."""
+def run_folds(setup, base, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
+    """Train every fold of the base recipe (with tune.cv) with a trial's values, in parallel; the mean metrics."""
     import ray
 
+    from launcher.recipe.variants import objective as objective_of
+
+    recipe = base
+    objective, _ = objective_of(base)
     cv = recipe.tune.cv
-    resources = recipe.tune.resources
+    resources = recipe.tune.trial_resources
     task = ray.remote(_train_fold).options(
         num_cpus=resources.cpus,
         num_gpus=resources.gpus,
@@ -42,7 +47,10 @@ def run_folds(setup, recipe, values: dict[str, Any], trial_dir: Path) -> dict[st
         if len(folds) == len(per_fold):
             summary[name] = statistics.fmean(folds)
             summary[f"{name}_std"] = statistics.stdev(folds) if len(folds) > 1 else 0.0
-    (trial_dir / "cv.json").write_text(json.dumps({"per_fold": per_fold, "mean": summary}, indent=2) + "\n")
+    atomic_write(trial_dir / "cv.json", json.dumps({"per_fold": per_fold, "mean": summary}, indent=2) + "\n")
+    missing = [i for i, metrics in enumerate(per_fold) if objective not in metrics]
+    if missing:  # a report without the objective would stop the whole search; fail this trial instead
+        raise RuntimeError(f"fold(s) {missing} reported no {objective}; see {trial_dir}/fold-*/train.log")
     return summary
 
 

@@ -162,6 +162,11 @@ def write_best_recipe(loaded: LoadedRecipe, root: Path, best: TrialOutcome, metr
         f"# Best of {count} trial(s) of `ftl tune {loaded.path}`: trial {best.trial_id}, "
         f"{metric} {best.metrics.get(metric):.4f}\n# values: {values}\n# run it: ftl run {root / 'best.yaml'}\n"
     )
+    if loaded.recipe.tune.scheduler_type == "pbt":
+        header += (
+            "# PBT: these are the trial's last values; its weights grew through other trials' checkpoints and "
+            "changing values,\n# so this recipe trains with constant values and need not reach the same score\n"
+        )
     path = root / "best.yaml"
     atomic_write(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
@@ -272,8 +277,9 @@ def drop_checkpoints(search, trials: list[TrialOutcome]) -> None:
     for trial in trials:
         if trial.status == "error":
             continue
-        if trial.run_dir:
-            shutil.rmtree(Path(trial.run_dir) / "checkpoints", ignore_errors=True)
+        if trial.run_dir:  # its own, its folds' (tune.cv) and its Ray Train storage (multi-worker trials)
+            for folder in [Path(trial.run_dir) / "ray", *Path(trial.run_dir).rglob("checkpoints")]:
+                shutil.rmtree(folder, ignore_errors=True)
         for reported in search.experiment.glob(f"*{trial.trial_id}*/checkpoint_*"):
             shutil.rmtree(reported, ignore_errors=True)
 

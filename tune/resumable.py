@@ -16,28 +16,38 @@ import logging
 
 from ray.tune.search.optuna import OptunaSearch
 
-_RESAMPLES = 25
+_RESAMPLES = 10
 
 
 class ResumableOptunaSearch(OptunaSearch):
+    """`search_id` tags this search's trials in the study, which other searches may share (PostgreSQL)."""
+
+    def __init__(self, *args, search_id: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._search_id = search_id
+
     def suggest(self, trial_id: str):
         from optuna.trial import TrialState
 
-        for _ in range(_RESAMPLES):
+        for attempt in range(_RESAMPLES):
             params = super().suggest(trial_id)
             ot_trial = self._ot_trials.get(trial_id)
             if not isinstance(params, dict) or ot_trial is None:
                 return params
+            ot_trial.set_user_attr("ftl_search", self._search_id)
             earlier = self._earlier_with(ot_trial)
-            if earlier is None:
-                return params
+            if earlier is None or attempt == _RESAMPLES - 1:
+                return params  # new, or the sampler keeps proposing tried combinations: run it
             ot_trial.set_user_attr("repeat_of", earlier.number)
-            if earlier.state == TrialState.COMPLETE:
-                self._ot_study.tell(ot_trial, earlier.value)
-            else:  # still running: its value is not known yet
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            try:
+                if earlier.state == TrialState.COMPLETE:
+                    self._ot_study.tell(ot_trial, earlier.value)
+                else:  # still running: its value is not known yet
+                    self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            except RuntimeError:
+                return params  # e.g. a sampler that stops the study when its grid is used up: run it
             del self._ot_trials[trial_id]
-        return params  # every nearby combination was tried: run the repeat
+        return params
 
     def _earlier_with(self, ot_trial):
         from optuna.trial import TrialState
@@ -56,7 +66,7 @@ class ResumableOptunaSearch(OptunaSearch):
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
-            return  # replayed after a resume: the study already has this trial's outcome
+            return  # a trial the study already holds as finished (told just before a driver was killed)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         quiet = logging.getLogger("ray.tune.search.optuna.optuna_search")
@@ -77,5 +87,6 @@ class ResumableOptunaSearch(OptunaSearch):
         study = self._ot_study
         known = {trial.number for trial in self._ot_trials.values()}
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
+            mine = frozen.user_attrs.get("ftl_search") == self._search_id  # never another search's trial
+            if mine and frozen.number not in known:
                 study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)

@@ -37,14 +37,18 @@ def run_search(
             "{loguniform: [1.0e-5, 1.0e-4]}}}}"
         )
     check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
-    if tune_section.storage and tune_section.scheduler.type != "pbt":
+    if tune_section.storage and tune_section.scheduler_type != "pbt":
         open_storage(tune_section.storage)  # a shared study's database must answer before any trial starts
     metric, mode = objective(recipe)
     from tune.space import grid_size
 
     total = samples or tune_section.samples
-    if tune_section.search == "grid":
-        total = total or grid_size(tune_section)
+    if all(d.is_finite for d in tune_section.space.values()):
+        size = grid_size(tune_section)
+        total = total or (size if tune_section.search == "grid" else DEFAULT_SAMPLES)
+        if total > size:  # more would only repeat combinations
+            log(f"the space holds {size} combination(s): running {size} trial(s), not {total}")
+            total = size
     total = total or DEFAULT_SAMPLES
     search = setup.SearchDir.open(
         output,
@@ -58,7 +62,7 @@ def run_search(
         },
         verb="search",
     )
-    scheduler = "fifo" if tune_section.cv else tune_section.scheduler.type
+    scheduler = tune_section.scheduler_type
     folds = f", each the mean of {tune_section.cv.folds} folds" if tune_section.cv else ""
     setup.announce(
         "tune",
@@ -66,7 +70,7 @@ def run_search(
         f"{total} trial(s){folds}, {tune_section.search} sampler, {scheduler} scheduler, {mode}imise {metric}",
     )
     setup.start_ray(loaded, address or recipe.distributed.address)
-    pbt = tune_section.scheduler.type == "pbt"
+    pbt = tune_section.scheduler_type == "pbt"
     function = setup.trainable(setup.trial_setup(loaded, search, pbt=pbt), recipe)
     keys = list(tune_section.space)
     from tune.live import TrialTable
@@ -74,14 +78,8 @@ def run_search(
     table = TrialTable(
         metric, mode, keys, title=f"ftl tune {recipe.name}", interactive=setup.is_interactive()
     )
-    tuner = setup.restore(search, function) if resume else None
-    if resume and tuner is None:
-        log("[yellow]no search state to resume was saved; starting the search[/]")
-    if tuner is not None:
-        log("resuming: finished trials keep their results, unfinished ones continue from their checkpoints")
-        # the restored run config has no live table (callbacks are not saved); reattach it
-        tuner._local_tuner._run_config.callbacks = [table]
-    else:
+    tuner = setup.restore(search, function, table) if resume else None
+    if tuner is None:
         tuner = _new_tuner(loaded, search, function, metric, mode, total, table)
     grid = setup.fit(tuner, table, search, "search")
     return write_outputs(loaded, search, grid, metric=metric, mode=mode)
@@ -92,7 +90,7 @@ def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, t
 
     recipe = loaded.recipe
     tune_section = recipe.tune
-    pbt = tune_section.scheduler.type == "pbt"
+    pbt = tune_section.scheduler_type == "pbt"
     if pbt:  # PBT samples and perturbs itself; Ray Tune allows no searcher beside it
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -153,6 +151,7 @@ def _searcher(recipe, search, metric: str, mode: str, total: int):
             )
     storage = open_storage(study_storage(recipe, search))
     return ResumableOptunaSearch(
+        search_id=str(search.root.resolve()),
         space=optuna_space(tune_section),
         metric=metric,
         mode=mode,
@@ -172,22 +171,20 @@ def _scheduler(recipe):
 
     tune_section = recipe.tune
     scheduler = tune_section.scheduler
-    if tune_section.cv is not None:
-        return FIFOScheduler()  # a folded trial reports once, at the end: nothing to stop early
-    if scheduler.type == "asha":
+    if tune_section.scheduler_type == "asha":
         return ASHAScheduler(
             time_attr="evaluation",
             max_t=scheduler.max_evaluations or 10**6,
             grace_period=scheduler.grace_period,
             reduction_factor=scheduler.reduction_factor,
         )
-    if scheduler.type == "median":
+    if tune_section.scheduler_type == "median":
         return MedianStoppingRule(
             time_attr="evaluation",
             grace_period=scheduler.grace_period,
             min_samples_required=scheduler.min_samples,
         )
-    if scheduler.type == "pbt":
+    if tune_section.scheduler_type == "pbt":
         from tune.space import tune_domains
 
         return PopulationBasedTraining(

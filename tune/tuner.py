@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +51,18 @@ class SearchDir:
         if resume:
             if not found.record.exists():
                 raise FtlError(f"--resume: {root} holds no {verb} to resume; start it without --resume")
-            before = json.loads(found.record.read_text())
-            if before.get("recipe") != record["recipe"] or before.get("kind") != record["kind"]:
+            try:
+                before = json.loads(found.record.read_text())
+            except (OSError, ValueError) as exc:
                 raise FtlError(
-                    f"--resume: the recipe differs from the one {root} was started with (see {root}/recipe.yaml); "
-                    "resume with that recipe, or start a new search with another --output"
+                    f"--resume: {found.record} is unreadable ({exc}); start a new {verb}"
+                ) from None
+            changed = [key for key in record if before.get(key) != record[key]]
+            if changed:
+                what = "the recipe" if "recipe" in changed else ", ".join(changed)
+                raise FtlError(
+                    f"--resume: {what} differs from what {root} was started with (see {root}/search.json and "
+                    f"recipe.yaml); resume with the same recipe and options, or start anew with another --output"
                 )
             return found
         if occupied:
@@ -87,8 +93,8 @@ def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
     from launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # ftl shows its own trial table, not Ray's boxes
-    # Save the search state after every event (not every 10 s): a killed driver then never re-runs a trial
-    # that had finished. The state is a few kB per trial.
+    # Save the search state after every event (not every 10 s), so a killed driver loses at most the last event;
+    # a trial whose result was lost that way is reported from its finished run directory, not trained again.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # Ctrl+C ends ftl (Interrupted) instead of Ray Tune's graceful stop, which marks running trials as finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
@@ -108,7 +114,7 @@ def trainable(setup: TrialSetup, recipe) -> Any:
         # the trial only drives a Ray Train run or fold tasks, which reserve their own resources (Ray refuses
         # an empty reservation, hence a token of memory)
         return tune.with_resources(function, {"cpu": 0, "memory": 2**20})
-    resources = recipe.tune.resources if recipe.tune else None
+    resources = recipe.tune.trial_resources if recipe.tune else None
     cpus = resources.cpus if resources else 1.0
     gpus = resources.gpus if resources else 0.0
     return tune.with_resources(function, {"cpu": cpus, "gpu": gpus})
@@ -128,7 +134,7 @@ def concurrency(recipe, requested: int | None) -> int | None:
         d = recipe.distributed
         cpus, gpus = d.workers * d.cpus_per_worker, d.workers * d.gpus_per_worker
     else:
-        cpus, gpus = folds * recipe.tune.resources.cpus, folds * recipe.tune.resources.gpus
+        cpus, gpus = folds * recipe.tune.trial_resources.cpus, folds * recipe.tune.trial_resources.gpus
     fits = available.get("CPU", 0) // cpus
     if gpus:
         fits = min(fits, available.get("GPU", 0) // gpus)
@@ -153,15 +159,21 @@ def run_config(search: SearchDir, *, max_failures: int, callbacks: list, keep_al
     )
 
 
-def restore(search: SearchDir, function: Any) -> Any:
-    """The interrupted Tuner: finished trials keep their results, unfinished and failed ones continue."""
+def restore(search: SearchDir, function: Any, table: Any) -> Any:
+    """The interrupted Tuner (None when no state was saved): finished trials keep their results, unfinished and
+    failed ones continue from their checkpoints."""
     from ray.tune import Tuner
 
     if not Tuner.can_restore(str(search.experiment.resolve())):
+        log("[yellow]no saved state to resume; starting from the beginning[/]")
         return None
-    return Tuner.restore(
+    log("resuming: finished trials keep their results, unfinished ones continue from their checkpoints")
+    tuner = Tuner.restore(
         str(search.experiment.resolve()), function, resume_unfinished=True, resume_errored=True
     )
+    # Ray Tune does not save callbacks with the experiment: reattach the live table (no public API for this)
+    tuner._local_tuner._run_config.callbacks = [table]
+    return tuner
 
 
 class Interrupted(FtlError):
@@ -186,12 +198,6 @@ def fit(tuner: Any, table: Any, search: SearchDir, verb: str) -> Any:
 
 def is_interactive() -> bool:
     return console.is_terminal and os.environ.get("CI") is None
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
 
 
 def announce(kind: str, search: SearchDir, detail: str) -> None:

@@ -122,7 +122,9 @@ def forwarded_env(recipe) -> dict[str, str]:
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("TQDM_DISABLE", "1")
-    if recipe.distributed.gpus_per_worker == 0 and (recipe.tune is None or recipe.tune.resources.gpus == 0):
+    if recipe.distributed.gpus_per_worker == 0 and (
+        recipe.tune is None or recipe.tune.trial_resources.gpus == 0
+    ):
         env["DS_ACCELERATOR"] = "cpu"
     return env
 

@@ -9,6 +9,8 @@ one into <run>/checkpoints when it has nothing newer locally.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -92,7 +94,12 @@ def restore_from_storage(rundir: RunDir) -> Path | None:
     newer = local is None or (match is not None and int(match.group(1)) > int(local.name.split("-")[1]))
     if newer and ray.train.get_context().get_local_rank() == 0:
         target.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.to_directory(str(target))
+        # download beside it and rename: a half-downloaded folder must never look like a complete checkpoint
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        checkpoint.to_directory(str(staging))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the other workers on this node wait for the download
     return target if newer else local

@@ -336,7 +336,7 @@ def trials_checkpoint_at_every_evaluation(recipe: Recipe) -> Violation | None:
 @rule
 def pbt_mutates_only_optimizer_settings(recipe: Recipe) -> Violation | None:
     tune = recipe.tune
-    if tune is None or tune.scheduler.type != "pbt":
+    if tune is None or tune.scheduler_type != "pbt":
         return None
     if not tune.space:
         return ("tune", "space"), f"pbt needs a space over {one_of(PBT_MUTABLE_KEYS)} to perturb"
@@ -360,9 +360,9 @@ def folded_trials_report_once(recipe: Recipe) -> Violation | None:
     tune = recipe.tune
     if tune is None or tune.cv is None:
         return None
-    if "type" in tune.scheduler.model_fields_set and tune.scheduler.type != "fifo":
+    if tune.scheduler_type != "fifo":
         return ("tune", "scheduler", "type"), (
-            f"with tune.cv a trial reports once, when all its folds are done, so {tune.scheduler.type} has "
+            f"with tune.cv a trial reports once, when all its folds are done, so {tune.scheduler_type} has "
             "nothing to compare early; use fifo (the default with tune.cv)"
         )
     if recipe.distributed.needs_workers:
@@ -385,7 +385,7 @@ def folds_come_from_the_training_data(recipe: Recipe) -> Violation | None:
 @rule
 def multi_worker_trials_use_the_distributed_section(recipe: Recipe) -> Violation | None:
     tune = recipe.tune
-    if tune is None or not recipe.distributed.needs_workers or not tune.resources.model_fields_set:
+    if tune is None or not recipe.distributed.needs_workers or tune.resources is None:
         return None
     return ("tune", "resources"), (
         "each trial runs on distributed.workers Ray Train workers; size them with distributed.cpus_per_worker "

@@ -70,6 +70,8 @@ class Distribution(Section):
                 raise ValueError(f"step applies to uniform and int, not to {kind}")
             return self
         low, high = getattr(self, kind)
+        if kind in ("int", "logint") and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"{kind} needs a whole-number step, got {self.step}")
         if low > high:
             raise ValueError(f"{kind}: low {low} is greater than high {high}; write [{high}, {low}]")
         if kind.startswith("log") and low <= 0:
@@ -95,7 +97,7 @@ class Distribution(Section):
 
     @property
     def is_finite(self) -> bool:
-        return self.kind in ("choice", "grid", "int") and (self.kind != "int" or self.step in (None, 1))
+        return self.kind in ("choice", "grid", "int")
 
     def edge_values(self) -> list[Any]:
         """Values that must each give a valid recipe: every choice, or both bounds of a range."""
@@ -117,9 +119,9 @@ class Distribution(Section):
 class SchedulerSection(Section):
     """When to stop or change trials before they finish. Time counts evaluations (eval.every_steps or epochs)."""
 
-    type: Literal["fifo", "asha", "median", "pbt"] = Field(
-        "asha",
-        description="fifo runs every trial to the end; asha stops the worst trials at rungs (successive halving); "
+    type: Literal["fifo", "asha", "median", "pbt"] | None = Field(
+        None,
+        description="Default asha (fifo with tune.cv, whose trials report once). fifo runs every trial to the end; asha stops the worst trials at rungs (successive halving); "
         "median stops a trial worse than the median of others at the same point; pbt copies the best "
         "trials' checkpoints into the worst and perturbs their hyperparameters.",
     )
@@ -189,7 +191,9 @@ class TuneSection(Section):
         "to 10 (Optuna's own default of 10 would make a small search purely random).",
     )
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
-    resources: TrialResources = Field(default_factory=TrialResources)
+    resources: TrialResources | None = Field(
+        None, description="Per single-process trial; default 1 CPU. Multi-worker trials follow distributed:."
+    )
     cv: CrossValidation | None = Field(
         None, description="Make each trial's objective the mean over k folds (the folds run in parallel)."
     )
@@ -214,6 +218,15 @@ class TuneSection(Section):
             if not all(part.isidentifier() for part in parts):
                 raise ValueError(f"'{key}' is not a dotted recipe key such as train.lr")
         return space
+
+    @property
+    def scheduler_type(self) -> str:
+        """The scheduler in effect: as given, else asha (fifo when trials are k-fold means)."""
+        return self.scheduler.type or ("fifo" if self.cv is not None else "asha")
+
+    @property
+    def trial_resources(self) -> TrialResources:
+        return self.resources or TrialResources()
 
     @property
     def objective(self) -> str | None:
