@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -131,3 +132,27 @@ def env_without_hub() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return env
+
+
+@pytest.fixture(scope="module")
+def ray_after_module():
+    """Tests that start Ray in this process share it within a module and shut it down after."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def kill_process_tree(process) -> None:
+    """SIGKILL a driver and every process it started (its local Ray, trials, Ray Train workers), and wait until
+    all are gone: a worker that outlived its driver would keep writing checkpoints for a while."""
+    import psutil
+
+    family = [psutil.Process(process.pid)]
+    family += family[0].children(recursive=True)
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    process.wait()
+    psutil.wait_procs(family, timeout=60)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
 
 from launcher.cli import main
-from tests.conftest import TINY_BERT, edit_recipe
+from tests.conftest import TINY_BERT, edit_recipe, kill_process_tree
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown_after_module():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
 
 
 @pytest.fixture
@@ -112,20 +102,6 @@ def _wait_for(path, process, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
-def _kill_run(process) -> None:
-    """SIGKILL the driver and every process it started (its local Ray, the Ray Train workers), and wait until
-    all are gone: a worker that outlived its driver would keep writing checkpoints for a while."""
-    import psutil
-
-    family = [psutil.Process(process.pid)]
-    family += family[0].children(recursive=True)
-    for member in family:
-        with contextlib.suppress(psutil.Error):
-            member.kill()
-    process.wait()
-    psutil.wait_procs(family, timeout=60)
-
-
 def _final_eval_loss(run) -> float:
     return json.loads((run / "metrics.json").read_text())["eval_loss"]
 
@@ -147,7 +123,7 @@ def test_killed_two_worker_zero2_run_resumes_to_the_same_loss(tmp_path, no_dropo
     assert main(["run", str(no_dropout_recipe), *RESUMABLE, "--output", str(whole)]) == 0
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed))
     _wait_for(killed / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
-    _kill_run(process)  # the driver, its local Ray and both workers
+    kill_process_tree(process)  # the driver, its local Ray and both workers
     assert not (killed / "metrics.json").exists()
     resumed = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(killed), "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
@@ -160,7 +136,7 @@ def test_two_worker_checkpoint_resumes_on_one_worker(tmp_path, no_dropout_recipe
     run = tmp_path / "run"
     process = _ftl("run", str(no_dropout_recipe), *RESUMABLE, "--output", str(run))
     _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
-    _kill_run(process)
+    kill_process_tree(process)
     one_worker = [
         a for a in RESUMABLE if not a.startswith("distributed.workers")
     ]  # global batch 8: accumulate 2
@@ -235,7 +211,7 @@ def test_checkpoints_in_ray_storage_survive_the_loss_of_the_run_directory(tmp_pa
     run = tmp_path / "run"
     process = _ftl("run", str(no_dropout_recipe), *settings, "--output", str(run))
     _wait_for(run / "checkpoints" / "checkpoint-12" / "trainer_state.json", process)
-    _kill_run(process)
+    kill_process_tree(process)
     stored = sorted(storage.rglob("checkpoint-*/trainer_state.json"))
     assert stored, "no checkpoint reached Ray storage"
     shutil.rmtree(run / "checkpoints")  # the node (and its local disk) is gone

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import subprocess
@@ -15,18 +14,9 @@ import pytest
 import yaml
 
 from launcher.cli import main
-from tests.conftest import TINY_BERT, edit_recipe, env_without_hub, minilm_dir
+from tests.conftest import TINY_BERT, edit_recipe, env_without_hub, kill_process_tree, minilm_dir
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown_after_module():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
 
 
 @pytest.fixture
@@ -276,18 +266,6 @@ def _wait_for(condition, process, timeout_s=300.0) -> None:
         time.sleep(0.2)
 
 
-def _kill_family(process) -> None:
-    import psutil
-
-    family = [psutil.Process(process.pid)]
-    family += family[0].children(recursive=True)
-    for member in family:
-        with contextlib.suppress(psutil.Error):
-            member.kill()
-    process.wait()
-    psutil.wait_procs(family, timeout=60)
-
-
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, search_recipe):
     import psutil
 
@@ -310,7 +288,7 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, search_r
         assert process.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()
     finally:
         if process.poll() is None:
-            _kill_family(process)
+            kill_process_tree(process)
     trials = _trials(out)
     assert len(trials) == 2 and all(t["status"] in ("completed", "stopped early") for t in trials), trials
     assert "resuming from" in log_file.read_text()  # the retry continued from the checkpoint
@@ -332,7 +310,7 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path, sea
     try:
         _wait_for(lambda: len(list(out.glob("trials/*/metrics.json"))) >= 2, process)
     finally:
-        _kill_family(process)
+        kill_process_tree(process)
     finished_before = {p.parent.name for p in out.glob("trials/*/metrics.json")}
     resumed = subprocess.run(
         [sys.executable, "-m", "launcher.cli", *argv, "--resume"],
@@ -359,7 +337,7 @@ def test_ctrl_c_keeps_the_search_for_resume(tmp_path, search_recipe):
         assert process.wait(timeout=120) == 130
     finally:
         if process.poll() is None:
-            _kill_family(process)
+            kill_process_tree(process)
     log = (tmp_path / "driver.log").read_text()
     assert "error: search interrupted; its state and the trials' checkpoints are kept" in log
     assert "Traceback" not in log
