@@ -21,7 +21,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -85,7 +84,6 @@ def stage(
     """Write the job's working directory into `root` (new or empty); raise FtlError when it is too large."""
     root.mkdir(parents=True, exist_ok=True)
     data = loaded.recipe.model_dump(mode="json", exclude={"extends"})
-    _refuse_credentials(data)
     stager = _Stager(root, loaded.search_dirs)
     for split in ("train", "validation"):
         source = data["data"].get(split)
@@ -213,26 +211,6 @@ def _walk(root: Path, excludes: tuple[str, ...]) -> list[Path]:
 
 def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
-
-
-def _refuse_credentials(data: dict[str, Any]) -> None:
-    """URLs with passwords would travel in the job's files and show up in the dashboard."""
-    candidates = {
-        "tune.storage": (data.get("tune") or {}).get("storage"),
-        "distributed.storage_path": data["distributed"].get("storage_path"),
-    }
-    for key, value in candidates.items():
-        if isinstance(value, str) and "://" in value:
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                password = None
-            if password:
-                raise FtlError(
-                    f"{key}: the URL holds a password, which would travel with the job and show in the Ray "
-                    "dashboard; remove it and give it to the cluster through its environment (e.g. PGPASSWORD, "
-                    "or a .pgpass file on the cluster)"
-                )
 
 
 def _check_size(files: dict[Path, str], recipe_size: int, limit: int) -> int:

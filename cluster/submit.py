@@ -16,7 +16,7 @@ from pathlib import Path
 from cluster.client import Connection, connect
 from cluster.entry import entry_command
 from cluster.package import Staged, stage
-from cluster.storage import job_location, resolve_storage
+from cluster.storage import check_storage, job_location, resolve_storage
 from launcher.console import log, out
 from launcher.errors import FtlError
 from launcher.recipe import load_recipe
@@ -55,6 +55,8 @@ def submit(
         from launcher.recipe.variants import check_space
 
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))  # here, not on the cluster
+    if storage is not None:
+        check_storage(storage)  # a bad --storage fails before any network
     connection = connect(address, token_file=token_file, insecure=insecure, for_submission=True)
     from cluster.state import local_cluster_at
 

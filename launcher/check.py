@@ -22,11 +22,7 @@ from launcher.train.device import plan_device
 
 def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
     recipe = loaded.recipe
-    if print_recipe:
-        out.print(
-            yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"}), sort_keys=False).rstrip(),
-            markup=False,
-        )
+    reports = []  # printed once every check has passed: an error stays the only line
     if loaded.stages:
         for index, plan in enumerate(loaded.stages):
             start = plan.stage.init_from
@@ -37,14 +33,26 @@ def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
                     f"the model stage {loaded.stages[index - 1].stage.name if start == 'previous' else start} trains"
                 )
             )
-            log(f"[bold]stage {plan.stage.name}[/] ({plan.loaded.recipe.task.type}), starting from {source}")
-            _check_one(plan.loaded)
+            header = (
+                f"[bold]stage {plan.stage.name}[/] ({plan.loaded.recipe.task.type}), starting from {source}"
+            )
+            reports.append((header, _check_one(plan.loaded)))
     else:
-        _check_one(loaded)
+        reports.append((None, _check_one(loaded)))
+    if print_recipe:
+        out.print(
+            yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"}), sort_keys=False).rstrip(),
+            markup=False,
+        )
+    for header, report in reports:
+        if header:
+            log(header)
+        report()
     log(f"[bold green]ok[/]: {loaded.path} is valid")
 
 
-def _check_one(loaded: LoadedRecipe) -> None:
+def _check_one(loaded: LoadedRecipe):
+    """Check one (stage's) recipe; returns what prints its report."""
     recipe = loaded.recipe
     device = plan_device(recipe.train, recipe.distributed if recipe.distributed.address is None else None)
     quiet_transformers(recipe.log.level)
@@ -60,21 +68,29 @@ def _check_one(loaded: LoadedRecipe) -> None:
         found = _check_data(loaded, task)
     location = locate_model(recipe.model, loaded.search_dirs)
     tokenizer = load_tokenizer(loaded, location)
-    built = meta_model(loaded, task, tokenizer)  # every check before any report: an error is the only line
-    for line in found:
-        log(line)
-    log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")
-    console.print(freeze_table(block_counts(built.model, built.head_names), title=type(built.model).__name__))
+    built = meta_model(loaded, task, tokenizer)
     if recipe.tune is not None:
         from launcher.recipe.loader import where
         from launcher.recipe.variants import check_space, objective
 
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)
-        log(
+        found.append(
             f"search: {len(recipe.tune.space)} dimension(s) ({', '.join(recipe.tune.space) or 'none'}), "
             f"{mode}imise {metric}; every choice and bound gives a valid recipe"
         )
+
+    def report() -> None:
+        for line in found[:-1] if recipe.tune is not None else found:
+            log(line)
+        log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")
+        console.print(
+            freeze_table(block_counts(built.model, built.head_names), title=type(built.model).__name__)
+        )
+        if recipe.tune is not None:
+            log(found[-1])
+
+    return report
 
 
 def _check_data(loaded: LoadedRecipe, task) -> list[str]:

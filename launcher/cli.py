@@ -475,8 +475,9 @@ def _fail(message: str) -> None:
     from rich.markup import escape
 
     from launcher.console import console
+    from launcher.secrets import redact
 
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", soft_wrap=True)
 
 
 if __name__ == "__main__":

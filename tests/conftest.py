@@ -151,6 +151,19 @@ def edit_recipe(path: Path, **changes) -> Path:
     return path
 
 
+def fails(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process on a user mistake: exit code 2 and one line on stderr, no traceback."""
+    from launcher.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.strip().splitlines() if line.strip()]
+    assert code == 2, captured.err
+    assert "Traceback" not in captured.err
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
 def env_without_hub() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

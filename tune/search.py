@@ -197,37 +197,15 @@ def _scheduler(recipe):
 
 
 def open_storage(url: str):
-    """The Optuna RDB storage at `url`; a one-line error (password hidden) when it cannot be opened."""
+    """The Optuna RDB storage at `url`; a one-line error (secrets hidden) when it cannot be opened."""
     import optuna
+
+    from launcher.secrets import redact
 
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy and its drivers raise many kinds
-        reason = first_line(exc)
-        parts = _password(url)
-        if parts:
-            reason = reason.replace(parts, "***")
         raise FtlError(
-            f"tune.storage: cannot open the Optuna study storage {_safe(url)}: {reason} (check the URL, the "
-            "database server and its Python driver: pip install 'ftl[postgres]' for postgresql://)"
+            f"tune.storage: cannot open the Optuna study storage {redact(url)}: {redact(first_line(exc))} (check "
+            "the URL, the database server and its Python driver: pip install 'ftl[postgres]' for postgresql://)"
         ) from None
-
-
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _safe(url: str) -> str:
-    """A storage URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -134,7 +134,8 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
     import datasets
 
     datasets.disable_progress_bars()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
+    # its parsers log the exception they raise: the one line ftl prints below says it better
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)
     names = [str(f) for f in files]
     try:
         if fmt in ("conll", "squad"):
@@ -159,6 +160,10 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
         reason = first_line(exc)
         if "corresponds to no data" in reason:
             raise FtlError(f"{what}: {', '.join(names)} holds no rows (only a header?)") from None
+        if fmt in ("csv", "tsv", "json", "jsonl", "text"):
+            from launcher.data.diagnose import diagnose
+
+            diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
     raise FtlError(f"{what}: unsupported format {fmt}")
 

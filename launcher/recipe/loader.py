@@ -65,6 +65,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     origins = {k: v for k, v in origins.items() if k[:1] != ("extends",)}
     for override in overrides:
         _apply_override(data, origins, override)
+    _refuse_secrets(data, origins, path)
     recipe = validate(data, origins, path)
     if recipe.stages is not None:
         return LoadedRecipe(
@@ -126,6 +127,16 @@ def _stages(
         _check_rules(stage_recipe, stage_origins_, path)
         plans.append(StagePlan(stage, LoadedRecipe(stage_recipe, path, stage_origins_, overrides)))
     return plans
+
+
+def _refuse_secrets(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> None:
+    """Recipes are written to run directories, printed and shipped with jobs: no passwords or tokens in them."""
+    from launcher.secrets import find_secret
+
+    found = find_secret(data)
+    if found is not None:
+        key_path, why = found
+        raise FtlError(f"{where(origins, key_path, path)}: {dotted_key(key_path)}: {why}")
 
 
 def validate(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> Recipe:

@@ -94,6 +94,28 @@ def fp16_needs_a_gpu(recipe: Recipe) -> Violation | None:
     return None
 
 
+@rule
+def bad_step_limit_belongs_to_stop(recipe: Recipe) -> Violation | None:
+    train = recipe.train
+    if train.max_bad_steps is not None and train.nan_policy != "stop":
+        return (
+            "train",
+            "max_bad_steps",
+        ), "applies to nan_policy: stop (skip never stops); remove one of them"
+    return None
+
+
+@rule
+def skipping_bad_steps_needs_the_plain_optimizer(recipe: Recipe) -> Violation | None:
+    train = recipe.train
+    if recipe.distributed.uses_deepspeed and (train.nan_policy == "skip" or (train.max_bad_steps or 1) > 1):
+        return ("train", "nan_policy"), (
+            f"{train.nan_policy} needs a run without DeepSpeed, whose engine applies gradients itself; use "
+            "nan_policy: stop with max_bad_steps 1 (the default)"
+        )
+    return None
+
+
 # --- freezing --------------------------------------------------------------------------------------
 
 

@@ -159,6 +159,17 @@ class TrainSection(Section):
     )
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints (plus the best one).")
     early_stopping: EarlyStopping | None = Field(None, description="Stop when eval.metric stops improving.")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss is NaN or infinite is never applied to the weights. stop: the run stops "
+        "with an error after max_bad_steps such steps in a row, keeping its last good checkpoint; skip: such steps "
+        "are skipped (counted in metrics.json as skipped_steps) and training goes on.",
+    )
+    max_bad_steps: int | None = Field(
+        None,
+        ge=1,
+        description="With nan_policy stop: consecutive non-finite steps before the run stops (default 1).",
+    )
     log_every_steps: int = Field(10, gt=0, description="Log loss and learning rate every N steps.")
     dataloader_workers: int = Field(0, ge=0, description="Worker processes per data loader.")
 

@@ -43,7 +43,19 @@ def run_recipe(
 
     `callbacks` are Trainer callbacks added in every process (picklable: Ray ships them to its workers);
     `train_only` trains without evaluations, checkpoints or a final model (see `execute`)."""
+    created = next((p for p in reversed([output, *output.parents]) if not p.exists()), None)
     rundir = RunDir.open_for_run(output, resume=resume)
+    try:
+        return _run(loaded, rundir, resume=resume, train_only=train_only, callbacks=callbacks)
+    except FtlError:
+        if created is not None:  # a mistake found before training leaves no directories behind
+            rundir.remove_if_unused(up_to=created)
+        raise
+
+
+def _run(
+    loaded: LoadedRecipe, rundir: RunDir, *, resume: bool, train_only: bool, callbacks
+) -> dict[str, Any]:
     if loaded.stages:
         from launcher.train.stages import run_stages
 

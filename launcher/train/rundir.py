@@ -29,6 +29,7 @@ import yaml
 
 from launcher.errors import FtlError
 from launcher.recipe.schema import Recipe
+from launcher.secrets import redact
 
 _PACKAGES = (
     "ftl",
@@ -97,6 +98,19 @@ class RunDir:
             )
         return run
 
+    def remove_if_unused(self, up_to: Path) -> None:
+        """Delete a run directory that holds nothing but its recipe (the run failed before it began), and its
+        parents up to `up_to` when they are left empty."""
+        if not self.root.is_dir() or {p.name for p in self.root.iterdir()} - {self.recipe_file.name}:
+            return
+        self.recipe_file.unlink(missing_ok=True)
+        for directory in [self.root, *self.root.parents]:
+            if any(directory.iterdir()):
+                return
+            directory.rmdir()
+            if directory == up_to:
+                return
+
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (its trainer_state.json is written last)."""
         if not self.checkpoints.exists():
@@ -161,7 +175,7 @@ def manifest(
     return {
         "name": recipe.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [redact(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]]],
         "cwd": str(Path.cwd()),
         "host": socket.gethostname(),
         "platform": platform.platform(),
