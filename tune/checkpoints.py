@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from launcher.train.checkpoints import publish, seal
 from launcher.train.rundir import RunDir
 
 _STATE = "trainer_state.json"
@@ -41,9 +42,10 @@ def adopt_checkpoint(rundir: RunDir, source: Path) -> Path:
         state["best_model_checkpoint"] = None
         state["best_metric"] = None
         (staging / _STATE).write_text(json.dumps(state, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    seal(
+        staging, state["global_step"]
+    )  # a complete checkpoint of this run now (see launcher/train/checkpoints.py)
+    publish(staging, target)
     return target
 
 

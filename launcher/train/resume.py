@@ -9,14 +9,17 @@ from typing import Any
 from launcher.console import log
 from launcher.errors import FtlError
 from launcher.recipe.loader import LoadedRecipe
+from launcher.train.checkpoints import clear_staging
 from launcher.train.rundir import RunDir, is_main_process
 
 
 def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
-    """The newest complete checkpoint; half-written newer ones (a kill during saving) are removed."""
+    """The newest complete checkpoint; what a kill during saving left (staging, unsealed folders) is removed."""
     last = rundir.last_checkpoint()
     newest = int(last.name.split("-")[1]) if last else -1
     main = is_main_process()
+    if main:
+        clear_staging(rundir.checkpoints)
     for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() and main else []:
         step = partial.name.split("-")[-1]
         if step.isdigit() and int(step) > newest:

@@ -24,11 +24,12 @@ from launcher.tasks.registry import task_for
 from launcher.train.arguments import training_arguments
 from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, TrainOnly, replace_default_printers
 from launcher.train.device import plan_device
+from launcher.train.guard import NonFiniteGuard
 from launcher.train.layer_schedule import layer_schedule, never_unfrozen
 from launcher.train.losses import class_weights, flat_labels, weighted_cross_entropy
 from launcher.train.outcome import outcomes
 from launcher.train.resume import check_same_recipe, resume_point
-from launcher.train.rundir import TASK_STATE_FILE, RunDir, is_main_process, manifest
+from launcher.train.rundir import TASK_STATE_FILE, RunDir, honour_umask, is_main_process, manifest
 
 
 def run_recipe(
@@ -125,6 +126,8 @@ def execute(
             log(f"[bold yellow]warning[/]: {warning} (freeze.gradual)")
     trainer = _build_trainer(loaded, task, model, tokenizer, data, rundir, device)
     trainer.layer_schedule = schedule
+    guard = trainer.nonfinite_guard = NonFiniteGuard(recipe.train.nan_policy, recipe.train.max_bad_steps)
+    trainer.add_callback(guard)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     if train_only:
@@ -145,6 +148,13 @@ def execute(
         last = rundir.last_checkpoint()
         where = f"the last checkpoint is {last.name}" if last else "no checkpoint was written yet"
         raise FtlError(f"interrupted; {where}: continue with the same command plus --resume") from None
+    if guard.stopped:
+        last = rundir.last_checkpoint()
+        kept = f"the last good checkpoint is {last.name}" if last else "no checkpoint was written before it"
+        raise FtlError(
+            f"{guard.stopped}; {kept} (continue with --resume once the cause is fixed, e.g. a lower train.lr or "
+            "cleaned data; or set train.nan_policy: skip)"
+        )
 
     final = trainer.evaluate()
     for callback in trainer.callback_handler.callbacks:
@@ -158,6 +168,8 @@ def execute(
     if predictions is not None:
         metrics.update({f"eval_{name}": value for name, value in predictions.metrics.items()})
     metrics["train_steps"] = train_output.global_step
+    if guard.skipped:
+        metrics["skipped_steps"] = guard.skipped
     if before:
         metrics["before"] = outcomes(before)
         _add_changes(metrics, recipe.task.main_metric)
@@ -170,6 +182,7 @@ def execute(
         json.dumps({"task": recipe.task.type, **task.state()}, indent=1)
     )
     task.write_validation_rows(rundir.root, data.validation_rows)
+    honour_umask(rundir.model)
     rundir.write_json("log_history.json", {"log_history": trainer.state.log_history})
     rundir.write_json("metrics.json", metrics)
     rundir.write_json(

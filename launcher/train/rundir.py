@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -112,15 +111,10 @@ class RunDir:
                 return
 
     def last_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint (its trainer_state.json is written last)."""
-        if not self.checkpoints.exists():
-            return None
-        complete = [
-            p
-            for p in self.checkpoints.glob("checkpoint-*")
-            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").exists()
-        ]
-        return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+        """The newest complete checkpoint: sealed, with every file its marker lists (see checkpoints.py)."""
+        from launcher.train.checkpoints import newest_complete
+
+        return newest_complete(self.checkpoints)
 
     # ---- files ----------------------------------------------------------------------------------
     def write_recipe(self, recipe: Recipe) -> None:
@@ -147,6 +141,24 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def honour_umask(root: Path) -> None:
+    """Give what libraries wrote under `root` the modes the user's umask asks for (some write 0600 temporary
+    files and rename them; a shared project's umask 002 expects group-readable models)."""
+    umask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        wanted = (0o777 if path.is_dir() or path.stat().st_mode & 0o111 else 0o666) & ~umask
+        if path.stat().st_mode & 0o777 != wanted:
+            os.chmod(path, wanted)
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a kill never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +166,7 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

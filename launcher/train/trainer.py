@@ -7,17 +7,79 @@
   group per layer depth (and weight decay or not), each with its own learning rate, and the run's scheduler
   gated per group until the group is unfrozen. The groups' learning rates are logged as `lr/<group>`.
 * Class-weighted loss for classification tasks (`task.class_weights`).
+* Atomic checkpoints (checkpoints.py): HF writes each checkpoint into a staging folder that becomes
+  `checkpoint-N` only once sealed; a full disk is one line saying which checkpoint is kept.
+* Non-finite losses (guard.py, `train.nan_policy`): every micro-batch's loss is shown to the guard.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from transformers import Seq2SeqTrainer, Trainer
 
+from launcher.train import checkpoints
+from launcher.train.guard import NonFiniteGuard
 from launcher.train.layer_schedule import LayerSchedule
 
 
 class FtlTrainerMixin:
     layer_schedule: LayerSchedule | None = None
+    nonfinite_guard: NonFiniteGuard | None = None
+    _staging = False
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.nonfinite_guard is not None:
+            self.nonfinite_guard.observe(loss)
+        return loss
+
+    # ---- atomic checkpoints ---------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        base = super()._get_output_dir(trial)
+        return os.path.join(base, checkpoints.STAGING) if self._staging else base
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        root = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staged, final = root / checkpoints.STAGING / name, root / name
+        if self.args.should_save:
+            checkpoints.clear_staging(root)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)  # into staged; its rotation sees only the staging folder
+        except OSError as exc:
+            checkpoints.clear_staging(root)
+            raise checkpoints.save_failed(exc, name, root, checkpoints.newest_complete(root)) from None
+        finally:
+            self._staging = False
+        if self.state.best_model_checkpoint == str(staged):
+            self.state.best_model_checkpoint = str(final)
+        self.accelerator.wait_for_everyone()  # every worker's files are in
+        try:
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / "trainer_state.json"))  # with the final best path
+                checkpoints.seal(staged, self.state.global_step)
+                checkpoints.publish(staged, final)
+            self.accelerator.wait_for_everyone()
+            if self.args.local_process_index == 0 and staged.exists():  # a node without the shared filesystem
+                checkpoints.seal(staged, self.state.global_step)
+                checkpoints.publish(staged, final)
+        except OSError as exc:
+            checkpoints.clear_staging(root)
+            raise checkpoints.save_failed(exc, name, root, checkpoints.newest_complete(root)) from None
+        if self.args.should_save:
+            checkpoints.clear_staging(root)
+            rotate_checkpoints(
+                output_dir=str(root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation batches follow the dataset order (distributed: the default sharded order)."""
