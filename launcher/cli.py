@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -468,6 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _fail(
+            f"no space left on the device writing {exc.filename or 'a file'} ({exc.strerror}); free some space, "
+            "then run the same command again (with --resume for a run that has checkpoints)"
+        )
+        return 2
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 

@@ -95,7 +95,12 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def classification_recipe(tmp_path) -> Path:
     """A tiny BERT sentiment recipe on synthetic data; returns the recipe path."""
-    write_tsv(tmp_path / "train.tsv", sentiment_rows(240, seed=1))
+    return write_classification_recipe(tmp_path)
+
+
+def write_classification_recipe(folder: Path) -> Path:
+    """tiny-cls.yaml and its train.tsv in `folder` (see the classification_recipe fixture)."""
+    write_tsv(folder / "train.tsv", sentiment_rows(240, seed=1))
     recipe = {
         "name": "tiny-cls",
         "seed": 7,
@@ -111,7 +116,7 @@ def classification_recipe(tmp_path) -> Path:
         "eval": {"every_steps": 12},
         "log": {"progress": False, "tensorboard": True},
     }
-    path = tmp_path / "tiny-cls.yaml"
+    path = folder / "tiny-cls.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
