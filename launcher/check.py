@@ -11,7 +11,7 @@ import yaml
 from launcher.console import console, log, out
 from launcher.data.sources import load_source
 from launcher.model.freeze import block_counts
-from launcher.model.load import load_tokenizer, quiet_transformers
+from launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
 from launcher.model.locate import locate_model
 from launcher.model.meta import meta_model
 from launcher.recipe.loader import LoadedRecipe
@@ -80,7 +80,11 @@ def _check_one(loaded: LoadedRecipe):
             f"{mode}imise {metric}; every choice and bound gives a valid recipe"
         )
 
+    warning = remote_code_warning(loaded)
+
     def report() -> None:
+        if warning:
+            log(warning)
         for line in found[:-1] if recipe.tune is not None else found:
             log(line)
         log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")

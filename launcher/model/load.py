@@ -57,6 +57,18 @@ def load_tokenizer(loaded: LoadedRecipe, location: ModelLocation | None = None):
     return tokenizer
 
 
+def remote_code_warning(loaded: LoadedRecipe) -> str | None:
+    """The warning a recipe that opts into running a model's own code gets (None when it does not)."""
+    section = loaded.recipe.model
+    if not section.trust_remote_code:
+        return None
+    return (
+        "[bold yellow]warning[/]: model.trust_remote_code is on: Python code shipped with the model "
+        f"({section.name_or_path or 'model.config'}) runs in this process with your permissions; keep it on only "
+        "for code you have read (and pin model.revision for hub models)"
+    )
+
+
 def model_config(loaded: LoadedRecipe, task: Task, location: ModelLocation, tokenizer=None):
     from transformers import AutoConfig
 
@@ -243,6 +255,11 @@ def _hub_errors(location: ModelLocation, what: str):
         raise
     except (OSError, ValueError) as exc:
         reason = first_line(exc)
+        if "contains custom code" in reason:
+            raise FtlError(
+                f"model.trust_remote_code: {location} ships Python code of its own, which ftl runs only when the "
+                "recipe opts in; read that code, then set model.trust_remote_code: true"
+            ) from None
         hint = ""
         if location.kind == "hub":
             hint = (

@@ -16,7 +16,7 @@ from launcher.data.prepare import PreparedData
 from launcher.errors import FtlError
 from launcher.model.adapters import write_base_record
 from launcher.model.freeze import apply_freezing, block_counts
-from launcher.model.load import load_tokenizer, quiet_transformers
+from launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
 from launcher.model.locate import locate_model
 from launcher.recipe.loader import LoadedRecipe
 from launcher.report import freeze_table, human, schedule_table
@@ -107,6 +107,9 @@ def execute(
     say(
         f"[bold]{recipe.name}[/]: {recipe.task.type} on {device.name}, {device.precision}; model {location} {location.note}"
     )
+    warning = remote_code_warning(loaded)
+    if warning:  # before any of the model's code runs
+        say(warning)
     tokenizer = load_tokenizer(loaded, location)
     data = task.prepare(loaded, tokenizer, say)
     say(data_summary(data))

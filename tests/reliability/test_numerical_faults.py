@@ -27,7 +27,9 @@ def _one_error_line(capsys, argv) -> str:
     return errors[0]
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(capsys, monkeypatch, short_run, tmp_path):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    capsys, monkeypatch, short_run, tmp_path
+):
     monkeypatch.setattr(Trainer, "compute_loss", nan_losses([5]))
     out = tmp_path / "run"
     message = _one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
@@ -44,7 +46,9 @@ def test_bad_steps_are_never_applied_and_the_limit_is_configurable(capsys, monke
     message = _one_error_line(capsys, ["run", str(short_run), "train.max_bad_steps=3", "--output", str(out)])
     assert "for 3 step(s) in a row (up to step 7; train.max_bad_steps 3)" in message
     assert "the last good checkpoint is checkpoint-6" in message
-    four, six = (load_file(str(out / "checkpoints" / f"checkpoint-{n}" / "model.safetensors")) for n in (4, 6))
+    four, six = (
+        load_file(str(out / "checkpoints" / f"checkpoint-{n}" / "model.safetensors")) for n in (4, 6)
+    )
     assert all(torch.equal(four[name], six[name]) for name in four)  # steps 5 and 6 changed nothing
 
 
