@@ -177,6 +177,9 @@ def test_a_killed_worker_is_retried_by_ray_and_the_run_completes(tmp_path, no_dr
     assert manifest["resumed_from"] is not None, "the retry should continue from a checkpoint"
     assert json.loads((run / "metrics.json").read_text())["train_steps"] == 40
     assert (run / "metrics.json").stat().st_mtime > killed_at
+    history = json.loads((run / "log_history.json").read_text())["log_history"]
+    logged = [entry["step"] for entry in history if "loss" in entry]
+    assert logged == list(range(1, 41)), "a step was lost or trained twice"
 
 
 def test_bf16_zero3_trains_on_two_cpu_workers(tmp_path, no_dropout_recipe):
