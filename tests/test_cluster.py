@@ -26,7 +26,7 @@ from cluster.submit import job_env, new_job_id
 from launcher.cli import main
 from launcher.errors import FtlError
 from launcher.recipe import load_recipe
-from tests.conftest import REPO, edit_recipe, minilm_dir, sentiment_rows, write_tsv
+from tests.conftest import REPO, edit_recipe, fails, minilm_dir, sentiment_rows, write_tsv
 
 TEMPLATES = REPO / "cluster" / "templates"
 PLANTED = "planted-secret-token-7f3a9c2e51"
@@ -47,16 +47,6 @@ def _no_cluster_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("FTL_CLUSTER_DIR", str(tmp_path / "cluster-state"))
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-def fails(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.strip().splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert "Traceback" not in captured.err
-    assert len(lines) == 1, captured.err
-    return lines[0]
 
 
 def free_port() -> int:

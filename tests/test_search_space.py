@@ -386,7 +386,9 @@ def test_an_unreachable_study_database_is_one_line_without_its_password(
     _with_tune(classification_recipe, storage="postgresql://ftl@127.0.0.1:9/studies")
     out = tmp_path / "s"
     message = fails(capsys, ["tune", str(classification_recipe), "--output", str(out)])
-    assert "tune.storage: cannot open the Optuna study storage postgresql://ftl@127.0.0.1:9/studies" in message
+    assert (
+        "tune.storage: cannot open the Optuna study storage postgresql://ftl@127.0.0.1:9/studies" in message
+    )
     assert "s3cret" not in message and not out.exists()
 
 

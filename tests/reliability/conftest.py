@@ -39,6 +39,19 @@ def as_short_run(recipe: Path) -> Path:
     return edit_recipe(recipe, **RUN_SETTINGS)
 
 
+def one_error_line(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process on a failure found while running: exit code 2, no traceback, and one error
+    line (after whatever the run reported until then)."""
+    from launcher.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
 def child_env(cache: Path, **extra: str) -> dict[str, str]:
     return {**env_without_hub(), "FTL_CACHE": str(cache), **extra}
 

@@ -12,25 +12,16 @@ import torch
 from launcher.cli import main
 from launcher.train import rundir
 from launcher.train.checkpoints import STAGING
-from tests.reliability.conftest import assert_loadable
+from tests.reliability.conftest import assert_loadable, one_error_line
 from tests.reliability.faults import failing_torch_save
 
 pytestmark = pytest.mark.slow
 
 
-def _one_error_line(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, err
-    return errors[0]
-
-
 def test_disk_full_during_a_checkpoint(capsys, monkeypatch, short_run, tmp_path):
     monkeypatch.setattr(torch, "save", failing_torch_save("enospc", 4, "optimizer.pt"))
     out = tmp_path / "run"
-    message = _one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
+    message = one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
     assert "no space left on the device while writing checkpoint-4 in" in message
     assert "the previous checkpoint checkpoint-2 is intact" in message and "--resume" in message
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # no staging left
@@ -53,7 +44,7 @@ def test_disk_full_while_writing_the_results(capsys, monkeypatch, short_run, tmp
 
     monkeypatch.setattr(rundir, "atomic_write", full_for_metrics)
     out = tmp_path / "run"
-    message = _one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
+    message = one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
     assert f"no space left on the device writing {out / 'metrics.json'}" in message
     assert not (out / "metrics.json").exists()
     assert_loadable(out / "checkpoints" / "checkpoint-8")

@@ -13,18 +13,10 @@ from transformers import Trainer
 
 from launcher.cli import main
 from launcher.train.checkpoints import STAGING
-from tests.reliability.conftest import assert_loadable
+from tests.reliability.conftest import assert_loadable, one_error_line
 from tests.reliability.faults import nan_losses
 
 pytestmark = pytest.mark.slow
-
-
-def _one_error_line(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
@@ -32,7 +24,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 ):
     monkeypatch.setattr(Trainer, "compute_loss", nan_losses([5]))
     out = tmp_path / "run"
-    message = _one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
+    message = one_error_line(capsys, ["run", str(short_run), "--output", str(out)])
     assert "train.nan_policy: the loss was nan for 1 step(s) in a row (up to step 5" in message
     assert "the last good checkpoint is checkpoint-4" in message and "--resume" in message
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -43,7 +35,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 def test_bad_steps_are_never_applied_and_the_limit_is_configurable(capsys, monkeypatch, short_run, tmp_path):
     monkeypatch.setattr(Trainer, "compute_loss", nan_losses([5, 6, 7]))
     out = tmp_path / "run"
-    message = _one_error_line(capsys, ["run", str(short_run), "train.max_bad_steps=3", "--output", str(out)])
+    message = one_error_line(capsys, ["run", str(short_run), "train.max_bad_steps=3", "--output", str(out)])
     assert "for 3 step(s) in a row (up to step 7; train.max_bad_steps 3)" in message
     assert "the last good checkpoint is checkpoint-6" in message
     four, six = (

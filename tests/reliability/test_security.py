@@ -109,6 +109,7 @@ def test_secrets_in_a_recipe_or_its_overrides_are_refused_without_being_shown(
         assert text not in message
 
 
+@pytest.mark.slow
 def test_planted_secrets_appear_in_no_file_or_log(monkeypatch, tmp_path, short_run):
     """A run, a check and a staged job with every secret in the environment: grep all that ftl wrote."""
     secrets = _planted(monkeypatch)
@@ -134,6 +135,7 @@ def test_planted_secrets_appear_in_no_file_or_log(monkeypatch, tmp_path, short_r
             assert value.encode() not in content, f"${name} is in {path}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o027, 0o002])
 def test_a_run_directory_follows_the_umask(umask, tmp_path, short_run):
     out, log = tmp_path / "run", tmp_path / "log"
