@@ -2,7 +2,7 @@
 
 Two kinds: passwords inside URLs (`postgresql://user:PASSWORD@db/x`, `s3://KEY:SECRET@bucket`) and the values
 of secret environment variables (HF_TOKEN, WANDB_API_KEY, RAY_AUTH_TOKEN, ..., anything named *_TOKEN,
-*_API_KEY, *_SECRET*, *_PASSWORD). A recipe holding either is refused when it is loaded (the recipe is
+*_API_KEY, *_SECRET, *_PASSWORD, *_SECRET_ACCESS_KEY). A recipe holding either is refused when it is loaded (the recipe is
 written to the run directory, printed by `ftl check` and shipped with jobs); `redact` masks both in text ftl
 writes from elsewhere (the command line in the manifest).
 """
@@ -17,9 +17,7 @@ from typing import Any
 MASK = "***"
 # scheme://user:password@host -- the password is group 1
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@")
-_SECRET_NAME = re.compile(
-    r"(TOKEN|API_KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$|SECRET_ACCESS_KEY|^PGPASSWORD$"
-)
+_SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD|PASSWD)$|SECRET_ACCESS_KEY")  # not *_PATH, *_FILE
 _MIN_LENGTH = 8  # shorter values ("1", "true") are settings, not secrets, and would mask innocent text
 
 
