@@ -2,9 +2,9 @@
 
 Two kinds: passwords inside URLs (`postgresql://user:PASSWORD@db/x`, `s3://KEY:SECRET@bucket`) and the values
 of secret environment variables (HF_TOKEN, WANDB_API_KEY, RAY_AUTH_TOKEN, ..., anything named *_TOKEN,
-*_API_KEY, *_SECRET, *_PASSWORD, *_SECRET_ACCESS_KEY). A recipe holding either is refused when it is loaded (the recipe is
-written to the run directory, printed by `ftl check` and shipped with jobs); `redact` masks both in text ftl
-writes from elsewhere (the command line in the manifest).
+*_API_KEY, *_SECRET, *_PASSWORD, *_SECRET_ACCESS_KEY). A recipe holding either is refused when it is loaded
+(the recipe is written to the run directory, printed by `ftl check` and shipped with jobs); `redact` masks
+both in text ftl writes from elsewhere (error lines, the command line in the manifest).
 """
 
 from __future__ import annotations
