@@ -49,7 +49,7 @@ def run_recipe(
     try:
         return _run(loaded, rundir, resume=resume, train_only=train_only, callbacks=callbacks)
     except FtlError:
-        if created is not None:  # a mistake found before training leaves no directories behind
+        if created is not None and not rundir.training_started:  # a mistake found before training
             rundir.remove_if_unused(up_to=created)
         raise
 
@@ -145,6 +145,7 @@ def execute(
             rundir.write_json("metrics_before.json", before)
 
     checkpoint = resume_point(rundir, announce=announce_resume and main)
+    rundir.training_started = True
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:

@@ -50,6 +50,7 @@ TASK_STATE_FILE = "ftl_task.json"
 @dataclass
 class RunDir:
     root: Path
+    training_started: bool = False  # in this process (a failure before it leaves nothing worth keeping)
 
     @property
     def checkpoints(self) -> Path:
