@@ -58,6 +58,7 @@ def run_job(
     }
     previous = signal.signal(signal.SIGTERM, _interrupt)
     log(f"job {job_id}: {kind} {RECIPE_FILE} -> {destination}")
+    output.mkdir(parents=True, exist_ok=True)  # the job's folder holds its record however the run ends
     try:
         _run(kind, recipe_file, output, samples)
         record["outcome"] = "succeeded"
