@@ -165,6 +165,37 @@ def evaluate(
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
 
 
+@app.command("runs")
+def runs_command(
+    folder: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
+    sort: Annotated[
+        str | None,
+        typer.Option("--sort", help="A metric (best first) or a column: name, task, steps, time, started."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+):
+    """A table of the runs below a folder (search trials and stages included): task, model, status, metrics."""
+    from launcher.use.runs import list_runs
+
+    list_runs(folder, sort=sort, as_json=as_json)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.", show_default=False)],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for compare.png, compare.md and compare.json.")
+    ] = Path("."),
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", "-m", help="Also plot this eval metric (repeatable).")
+    ] = None,
+):
+    """Compare runs: recipe differences, a metric table, and training/eval curves (compare.png)."""
+    from launcher.use.compare import compare_runs
+
+    compare_runs(run_dirs, output, extra_metrics=metric or [])
+
+
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
