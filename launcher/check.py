@@ -50,14 +50,19 @@ def _check_one(loaded: LoadedRecipe) -> None:
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     if recipe.task.type == "multitask":
+        found = []
         for name, sub_task in task.tasks.items():
-            log(f"task {name} ({sub_task.config.type}):")
-            _check_data(task.sub_recipe(loaded, name), sub_task)
+            found += [
+                f"task {name} ({sub_task.config.type}):",
+                *_check_data(task.sub_recipe(loaded, name), sub_task),
+            ]
     else:
-        _check_data(loaded, task)
+        found = _check_data(loaded, task)
     location = locate_model(recipe.model, loaded.search_dirs)
     tokenizer = load_tokenizer(loaded, location)
-    built = meta_model(loaded, task, tokenizer)
+    built = meta_model(loaded, task, tokenizer)  # every check before any report: an error is the only line
+    for line in found:
+        log(line)
     log(f"model: {location} ({location.note or location.kind}); device {device.name}, {device.precision}")
     console.print(freeze_table(block_counts(built.model, built.head_names), title=type(built.model).__name__))
     if recipe.tune is not None:
@@ -72,8 +77,8 @@ def _check_one(loaded: LoadedRecipe) -> None:
         )
 
 
-def _check_data(loaded: LoadedRecipe, task) -> None:
-    """Files, columns and labels of train and validation, read as a run would read them."""
+def _check_data(loaded: LoadedRecipe, task) -> list[str]:
+    """Files, columns and labels of train and validation, read as a run would read them; the report lines."""
     data = loaded.recipe.data
     train = load_source(data.train, loaded.search_dirs, "data.train")
     task.fit(train)
@@ -82,7 +87,8 @@ def _check_data(loaded: LoadedRecipe, task) -> None:
     if data.validation is not None:
         val = load_source(data.validation, loaded.search_dirs, "data.validation")
         validation = f"{len(task.encode_raw(val)):,} rows from {val.description}"
-    log(f"data: train {len(rows):,} rows from {train.description}; validation {validation}")
+    lines = [f"data: train {len(rows):,} rows from {train.description}; validation {validation}"]
     labels = task.label_names()
     if labels:
-        log(f"labels: {', '.join(labels)}")
+        lines.append(f"labels: {', '.join(labels)}")
+    return lines

@@ -150,6 +150,50 @@ def cv_command(
     )
 
 
+@app.command(context_settings={"ignore_unknown_options": True})
+def bench(
+    recipe: RecipeArg,
+    arguments: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=VALUE overrides for every cell, then --matrix KEY=v1,v2 [KEY=v1,v2 ...]: the cells are the "
+            "cartesian product, e.g. --matrix distributed.zero_stage=0,2,3 train.batch_size=16,32.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed optimizer steps per cell.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed optimizer steps before them.")] = 3,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Results directory (default bench/<name>).")
+    ] = None,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(
+            "--peak-tflops", min=0.0, help="Peak TFLOPS per device for MFU (default: GPU table, CPU probe)."
+        ),
+    ] = None,
+    probe_seconds: Annotated[
+        float, typer.Option("--probe-seconds", min=0.1, help="Length of the CPU matmul peak probe.")
+    ] = 3.0,
+    cell_timeout: Annotated[
+        float | None, typer.Option("--cell-timeout", min=1.0, help="Seconds after which a cell is killed.")
+    ] = None,
+):
+    """Throughput of a recipe over a matrix of settings: tokens/s, step times, memory, MFU; CSV, Markdown, PNG."""
+    from launcher.bench.runner import run_bench
+
+    run_bench(
+        recipe,
+        arguments or [],
+        steps=steps,
+        warmup=warmup,
+        output=output,
+        peak_tflops=peak_tflops,
+        probe_seconds=probe_seconds,
+        cell_timeout=cell_timeout,
+    )
+
+
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],

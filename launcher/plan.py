@@ -13,6 +13,9 @@ Memory per worker, in bytes (method and sources in docs/memory-plan.md):
   for layers above the lowest trainable one; gradient checkpointing keeps s*b*h per layer plus one layer's
   full set. Plus the logits over the vocabulary (s*b*V, fp32): at the backward peak the logits, their
   log-softmax and both gradients exist together, 4 copies.
+
+FLOPs per optimizer step come from `launcher.flops`, the same counting `ftl bench` uses for MFU, with every
+sequence `seq_len` (default task.max_length) tokens long.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops, uniform_sequences
 from launcher.recipe.schema import Recipe
 from launcher.train.batching import batch_plan
 
@@ -41,6 +45,7 @@ class ModelShape:
     quantizable: int  # parameters in linear layers that bitsandbytes would quantize
     lowest_trainable_layer: int  # index; layers below it keep no activations
     has_logits_over_vocab: bool
+    flops: FlopCounts  # what the FLOP formulas need (launcher.flops)
 
 
 @dataclass
@@ -67,6 +72,8 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
     from launcher.model.freeze import find_layers, layer_pattern
 
     config = getattr(model, "config", None)
+    if not hasattr(config, "hidden_size") and hasattr(model, "encoder"):  # a multi-task model: its encoder's
+        config = model.encoder.config
     prefix, layers = find_layers(model)
     layer_re = layer_pattern(prefix)
     unique: dict[int, Any] = {}
@@ -105,6 +112,7 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
         quantizable=quantizable,
         lowest_trainable_layer=lowest,
         has_logits_over_vocab=recipe.task.type == "causal_lm",
+        flops=flop_counts(model),
     )
 
 
@@ -144,14 +152,10 @@ def plan_memory(shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None
     parts["activations"] = _activations(shape, recipe, seq_len)
     plan.parts, plan.offloaded = parts, offloaded
 
-    tokens = batches.micro * batches.accumulation * (seq_len or recipe.task.max_length)
-    plan.tokens_per_step = tokens * workers
-    attention = 12 * shape.layers * shape.hidden * (seq_len or recipe.task.max_length)
-    plan.flops_per_step = plan.tokens_per_step * (6 * p + attention)
-    backward_layers = (shape.layers - shape.lowest_trainable_layer) / max(shape.layers, 1)
-    plan.flops_per_step_trainable = plan.tokens_per_step * (
-        2 * p + 2 * p * backward_layers + 2 * t + attention
-    )
+    tokens, squares = uniform_sequences(batches.global_batch, seq_len or recipe.task.max_length)
+    plan.tokens_per_step = int(tokens)
+    plan.flops_per_step = model_flops(shape.flops, tokens, squares)
+    plan.flops_per_step_trainable = trainable_flops(shape.flops, tokens, squares)
     return plan
 
 

@@ -9,13 +9,25 @@ from launcher.model.load import load_tokenizer, quiet_transformers
 from launcher.model.meta import meta_model
 from launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
 from launcher.recipe.loader import LoadedRecipe
-from launcher.report import human
+from launcher.report import human, schedule_table
 from launcher.tasks.registry import task_for
+from launcher.train.layer_schedule import layer_schedule, never_unfrozen
 
 
 def plan_recipe(
     loaded: LoadedRecipe, *, gpu_mem: float | None = None, seq_len: int | None = None
 ) -> MemoryPlan:
+    """The plan of a recipe, or of each stage of a staged recipe in turn (the last is returned)."""
+    if not loaded.stages:
+        return _plan_one(loaded, gpu_mem=gpu_mem, seq_len=seq_len)
+    plan = None
+    for stage in loaded.stages:
+        log(f"[bold]stage {stage.stage.name}[/] ({stage.loaded.recipe.task.type})")
+        plan = _plan_one(stage.loaded, gpu_mem=gpu_mem, seq_len=seq_len)
+    return plan
+
+
+def _plan_one(loaded: LoadedRecipe, *, gpu_mem: float | None, seq_len: int | None) -> MemoryPlan:
     recipe = loaded.recipe
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
@@ -28,9 +40,17 @@ def plan_recipe(
     plan = plan_memory(shape, recipe, seq_len=seq_len)
     console.print(_table(plan, shape_total=shape.total, trainable=shape.trainable, gpu_mem=gpu_mem))
     log(
-        f"FLOPs per optimizer step: {plan.flops_per_step:.3e} (6N + attention over {plan.tokens_per_step:,} tokens); "
-        f"trainable-aware {plan.flops_per_step_trainable:.3e}"
+        f"FLOPs per optimizer step: {plan.flops_per_step:.3e} (6N + attention over {plan.tokens_per_step:,} tokens, "
+        f"N = {human(shape.flops.dense)} parameters multiplied per token); trainable-aware "
+        f"{plan.flops_per_step_trainable:.3e} ({shape.flops.trainable_dense_per_token / max(shape.flops.dense, 1):.2f}N "
+        "+ attention; the same counting as ftl bench's MFU)"
     )
+    schedule = layer_schedule(model, recipe)
+    if schedule is not None:  # discriminative learning rates and gradual unfreezing
+        used = set(schedule.depth_of.values())
+        console.print(schedule_table(schedule, used))
+        for warning in never_unfrozen(schedule, recipe, used):
+            log(f"[bold yellow]warning[/]: {warning} (freeze.gradual)")
     if gpu_mem is not None and plan.device_total > gpu_mem:
         log(
             f"[bold yellow]warning[/]: {human_bytes(plan.device_total)} per worker exceeds --gpu-mem "

@@ -83,3 +83,23 @@ def test_gradual_unfreezing_and_layer_rates_under_zero2_on_two_workers(tmp_path,
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output", str(out)]) == 0
     _check_schedule(out)
+
+
+def test_plan_shows_the_schedule_and_warns_about_groups_the_run_never_reaches(classification_recipe, capsys):
+    recipe = edit_recipe(
+        classification_recipe,
+        freeze={"gradual": {"every_steps": 5}},
+        train={"max_steps": 12, "layer_lr_decay": 0.5},
+    )
+    assert main(["plan", str(recipe)]) == 0
+    shown = capsys.readouterr().err
+    rows = {
+        line.split("│")[0].strip(): [c.strip() for c in line.split("│")[1:]]
+        for line in shown.splitlines()
+        if "│" in line
+    }
+    assert rows["head"] == ["1", "the start"]
+    assert rows["layer 1"] == ["0.5", "after 5 steps"]
+    assert rows["layer 0"] == ["0.25", "after 10 steps"]
+    assert rows["embeddings"] == ["0.125", "after 15 steps"]
+    assert "embeddings never train: the run (train.max_steps 12) ends before their turn" in shown

@@ -30,9 +30,16 @@ _FORWARDED_ENV = (
 
 
 def launch(
-    loaded: LoadedRecipe, rundir: RunDir, *, resume: bool, run_callbacks: list | None = None
+    loaded: LoadedRecipe,
+    rundir: RunDir,
+    *,
+    resume: bool,
+    run_callbacks: list | None = None,
+    train_only: bool = False,
+    trainer_callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Run the recipe on Ray Train workers. `run_callbacks` are Ray Train callbacks (e.g. Tune's reporter)."""
+    """Run the recipe on Ray Train workers. `run_callbacks` are Ray Train callbacks (e.g. Tune's reporter);
+    `trainer_callbacks` (picklable HF Trainer callbacks) and `train_only` are passed to `execute` in every worker."""
     recipe = loaded.recipe
     distributed = recipe.distributed
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
@@ -85,6 +92,8 @@ def launch(
             "run": str(rundir.root.resolve()),
             "resume": resume,
             "env": env,
+            "train_only": train_only,
+            "callbacks": list(trainer_callbacks or []),
         },
         scaling_config=ScalingConfig(
             num_workers=distributed.workers, use_gpu=device == "cuda", resources_per_worker=resources

@@ -28,12 +28,18 @@ def train_worker(config: dict[str, Any]) -> None:
         recipe=recipe, path=Path(config["recipe_path"]), dirs=[Path(d) for d in config["search_dirs"]]
     )
     rundir = RunDir(Path(config["run"]))
-    callbacks = []
+    callbacks = list(config.get("callbacks", []))
     if recipe.distributed.storage_path:
         from launcher.distributed.storage import RayStorageReporter, restore_from_storage
 
         restore_from_storage(rundir)
         callbacks.append(RayStorageReporter())
-    metrics = execute(loaded, rundir, announce_resume=config["resume"], callbacks=callbacks)
+    metrics = execute(
+        loaded,
+        rundir,
+        announce_resume=config["resume"],
+        callbacks=callbacks,
+        train_only=config.get("train_only", False),
+    )
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     ray.train.report(numbers)

@@ -267,6 +267,11 @@ class MultiTaskTask(Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head.")
 
     @property
+    def max_length(self) -> int:
+        """The longest sequence any task's batch can hold."""
+        return max(sub.task.max_length for sub in self.tasks.values())
+
+    @property
     def metrics(self) -> dict[str, str]:
         """score, loss, and every task's metrics as <task>_<metric>."""
         found = {"score": "max", "loss": "min"}

@@ -113,3 +113,15 @@ def replace_default_printers(trainer) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
+
+
+class TrainOnly(TrainerCallback):
+    """Cancel every evaluation and checkpoint the schedule asks for (a train-only run, e.g. a bench cell)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_evaluate = False
+        control.should_save = False
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self.on_step_end(args, state, control)

@@ -92,6 +92,29 @@ def describe(schedule: LayerSchedule, used_depths: set[int] | None = None) -> li
         if group.unfreeze_every is None or group.depth == 0:
             start = "the start"
         else:
-            start = f"after {group.depth * group.unfreeze_every:g} {group.unit}"
+            amount = group.depth * group.unfreeze_every
+            start = f"after {amount:g} {group.unit.rstrip('s') if amount == 1 else group.unit}"
         rows.append((group.name, f"{group.lr_factor:.4g}", start))
     return rows
+
+
+def never_unfrozen(schedule: LayerSchedule, recipe: Recipe, used_depths: set[int]) -> list[str]:
+    """Groups whose unfreezing comes after the run ends (by train.max_steps, or train.epochs for an interval
+    in epochs), so they would never train."""
+    gradual = recipe.freeze.gradual
+    if gradual is None:
+        return []
+    train = recipe.train
+    if gradual.every_steps is not None and train.max_steps is not None:
+        end, length, unit = train.max_steps, f"train.max_steps {train.max_steps}", "steps"
+    elif gradual.every_epochs is not None and train.max_steps is None:
+        end, length, unit = train.epochs, f"train.epochs {train.epochs:g}", "epochs"
+    else:
+        return []  # steps against epochs: known only once the data is loaded
+    late = [g.name for g in schedule.groups if g.depth in used_depths and g.depth * g.unfreeze_every >= end]
+    if not late:
+        return []
+    every = gradual.every_steps or gradual.every_epochs
+    return [
+        f"{', '.join(late)} never train: the run ({length}) ends before their turn (one group every {every:g} {unit})"
+    ]

@@ -22,17 +22,27 @@ from launcher.recipe.loader import LoadedRecipe
 from launcher.report import freeze_table, human, schedule_table
 from launcher.tasks.registry import task_for
 from launcher.train.arguments import training_arguments
-from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, replace_default_printers
+from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, TrainOnly, replace_default_printers
 from launcher.train.device import plan_device
-from launcher.train.layer_schedule import layer_schedule
+from launcher.train.layer_schedule import layer_schedule, never_unfrozen
 from launcher.train.losses import class_weights, flat_labels, weighted_cross_entropy
 from launcher.train.outcome import outcomes
 from launcher.train.resume import check_same_recipe, resume_point
 from launcher.train.rundir import TASK_STATE_FILE, RunDir, is_main_process, manifest
 
 
-def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train a recipe into `output`: in this process, or on Ray Train workers when the recipe scales out."""
+def run_recipe(
+    loaded: LoadedRecipe,
+    output: Path,
+    *,
+    resume: bool = False,
+    train_only: bool = False,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train a recipe into `output`: in this process, or on Ray Train workers when the recipe scales out.
+
+    `callbacks` are Trainer callbacks added in every process (picklable: Ray ships them to its workers);
+    `train_only` trains without evaluations, checkpoints or a final model (see `execute`)."""
     rundir = RunDir.open_for_run(output, resume=resume)
     if loaded.stages:
         from launcher.train.stages import run_stages
@@ -47,8 +57,8 @@ def run_recipe(loaded: LoadedRecipe, output: Path, *, resume: bool = False) -> d
     if needs_workers(loaded.recipe):
         from launcher.distributed.ray_launch import launch
 
-        return launch(loaded, rundir, resume=resume)
-    return execute(loaded, rundir, announce_resume=resume)
+        return launch(loaded, rundir, resume=resume, train_only=train_only, trainer_callbacks=callbacks)
+    return execute(loaded, rundir, announce_resume=resume, callbacks=callbacks, train_only=train_only)
 
 
 def needs_workers(recipe) -> bool:
@@ -57,9 +67,18 @@ def needs_workers(recipe) -> bool:
 
 
 def execute(
-    loaded: LoadedRecipe, rundir: RunDir, *, announce_resume: bool = False, callbacks: list | None = None
+    loaded: LoadedRecipe,
+    rundir: RunDir,
+    *,
+    announce_resume: bool = False,
+    callbacks: list | None = None,
+    train_only: bool = False,
 ) -> dict[str, Any]:
-    """The story of a run, the same in one process and in every Ray Train worker (rank 0 writes the files)."""
+    """The story of a run, the same in one process and in every Ray Train worker (rank 0 writes the files).
+
+    train_only (`ftl bench`): the same data, model and Trainer, but the schedule's evaluations and checkpoints
+    are cancelled, and the run ends after training with its training numbers in metrics.json: no evaluation,
+    no final model, no predictions."""
     started = time.perf_counter()
     recipe = loaded.recipe
     device = plan_device(recipe.train, recipe.distributed)
@@ -90,10 +109,15 @@ def execute(
     schedule = layer_schedule(model, recipe)
     if schedule is not None and main:
         console.print(schedule_table(schedule, set(schedule.depth_of.values())))
+        for warning in never_unfrozen(schedule, recipe, set(schedule.depth_of.values())):
+            log(f"[bold yellow]warning[/]: {warning} (freeze.gradual)")
     trainer = _build_trainer(loaded, task, model, tokenizer, data, rundir, device)
     trainer.layer_schedule = schedule
     for callback in callbacks or []:
         trainer.add_callback(callback)
+    if train_only:
+        trainer.add_callback(TrainOnly())
+        return _train_only(trainer, rundir, main)
 
     before = rundir.read_json("metrics_before.json")
     if recipe.eval.before_training and not before:
@@ -166,6 +190,15 @@ def execute(
 
 def _silent(message: str) -> None:
     return None
+
+
+def _train_only(trainer, rundir: RunDir, main: bool) -> dict[str, Any]:
+    output = trainer.train()
+    metrics = {"train_steps": output.global_step, **outcomes(output.metrics)}
+    metrics.update({k: v for k, v in output.metrics.items() if k == "train_runtime"})
+    if main:
+        rundir.write_json("metrics.json", metrics)
+    return metrics
 
 
 def _build_trainer(loaded, task, model, tokenizer, data: PreparedData, rundir: RunDir, device):
