@@ -203,7 +203,7 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
 ):
     """Evaluate a finished run on another file; prints JSON metrics."""
-    from launcher.train.evaluate import evaluate_run
+    from launcher.use.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, data, batch_size=batch_size)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")

@@ -1,6 +1,7 @@
-"""Using what was trained: `ftl predict`, `ftl generate`, `ftl runs`, `ftl compare` (and `ftl eval`'s loading).
+"""Using what was trained: `ftl eval`, `ftl predict`, `ftl generate`, `ftl runs`, `ftl compare`.
 
 trained.py   open a finished run: its recipe, task state, tokenizer and model (full or LoRA adapter)
+evaluate.py  score a finished run on a labelled file with the run's own task settings (HF Trainer.evaluate)
 predict.py   a file's rows through the model in batches -> JSONL with the input and the prediction fields
 generate.py  prompts (text, JSON fields, a file) -> generated text, with sampling settings and a seed
 runs.py      find run directories below a folder (trials of searches, stages) and describe each one

@@ -13,12 +13,11 @@ from launcher.recipe.data import DataSource
 from launcher.train.callbacks import replace_default_printers
 from launcher.train.device import plan_device
 from launcher.train.outcome import outcomes
+from launcher.use.trained import open_trained
 
 
 def evaluate_run(run: Path, data_file: Path, *, batch_size: int | None = None) -> dict[str, Any]:
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
-
-    from launcher.use.trained import open_trained
 
     trained = open_trained(run)  # the run's recipe, task state and tokenizer (a staged run: its last stage)
     recipe, task, tokenizer = trained.recipe, trained.task, trained.tokenizer
