@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,7 @@ def test_compare_writes_differences_metrics_and_both_runs_curves(run_folder, tmp
     assert capsys.readouterr().out.split() == [str(out / f"compare.{ext}") for ext in ("png", "md", "json")]
     report = json.loads((out / "compare.json").read_text())
     assert report["differences"] == {"name": ["alpha", "beta"], "train.lr": [0.001, 0.003]}
+    assert [run["curves_from"] for run in report["runs"]] == ["log_history.json"] * 2
     assert report["metrics"]["accuracy"] == [0.81, 0.86]
     curves = report["curves"]
     assert list(curves) == ["train/loss", "eval/loss", "eval/accuracy"]  # from log_history.json (no events)
@@ -241,6 +243,26 @@ def test_recipe_differences_are_dotted_leaf_keys():
     a = flatten({"train": {"lr": 1e-3, "epochs": 1}, "lora": None, "tags": [1, 2]})
     b = flatten({"train": {"lr": 1e-3, "epochs": 2}, "lora": {"r": 8, "alpha": 16}, "tags": [1, 2]})
     assert differences([a, b]) == {"train.epochs": [1, 2], "lora.r": [None, 8], "lora.alpha": [None, 16]}
+
+
+def test_runs_lists_what_it_cannot_read_and_bench_cells_and_compare_refuses_them(run_folder, capsys):
+    from launcher.use.runs import describe_runs
+
+    old = run_folder / "old"
+    shutil.copytree(run_folder / "alpha", old)
+    recipe = yaml.safe_load((old / "recipe.resolved.yaml").read_text())
+    recipe["train"]["lerning_rate"] = 1e-3  # a key this ftl does not know (e.g. a recipe of another version)
+    (old / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    cell = run_folder / "bench-x" / "cells" / "c1" / "run"
+    shutil.copytree(run_folder / "beta", cell)
+    shutil.rmtree(cell / "model")  # ftl bench trains its cells without saving a model
+    runs = {run.name: run for run in describe_runs(run_folder)}
+    assert runs["old"].status == "finished" and runs["old"].task == "?" and runs["old"].metrics["accuracy"]
+    assert "unknown key 'lerning_rate'" in runs["old"].error
+    assert runs["bench-x/cells/c1/run"].status == "trained, no model"
+    assert runs["bench-x/cells/c1/run"].task == "sequence_classification"
+    message = fails(capsys, ["compare", str(run_folder / "alpha"), str(old)])
+    assert "recipe.resolved.yaml:" in message and "unknown key 'lerning_rate'" in message
 
 
 def test_compare_and_predict_refuse_what_is_not_a_run(run_folder, tmp_path, capsys):
@@ -597,11 +619,47 @@ def test_predict_on_a_classifier_reproduces_eval_accuracy_from_its_own_file(trai
         assert row["predicted"] == ["negative", "positive"][row["predicted_id"]]
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert row["score"] == max(row["probabilities"].values())
+    for suffix in (".csv", ".json", ".jsonl"):  # the same rows in the other formats: the same predictions
+        other = tmp_path / f"val{suffix}"
+        if suffix == ".csv":
+            with other.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(given[0]))
+                writer.writeheader()
+                writer.writerows(given)
+        elif suffix == ".json":
+            other.write_text(json.dumps(given))
+        else:
+            other.write_text("".join(json.dumps(g) + "\n" for g in given))
+        again = tmp_path / f"preds{suffix}.jsonl"
+        assert main(["predict", str(trained["cls"]), "--data", str(other), "-o", str(again)]) == 0
+        assert [r["predicted"] for r in read_jsonl(again)] == [r["predicted"] for r in rows], suffix
     capsys.readouterr()
     assert main(["predict", str(trained["cls"]), "--data", str(val)]) == 0  # JSONL on stdout, batch 64
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["predicted"] for r in printed] == [r["predicted"] for r in rows]
     assert [r["score"] for r in printed] == pytest.approx([r["score"] for r in rows], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_on_a_staged_run_uses_its_last_stage(trained, tmp_path, capsys):
+    """A staged run's folder holds the recipe with its stages and a run folder per stage (here the classifier
+    as its last stage, copied): ftl predict uses the last stage's model."""
+    staged = tmp_path / "staged"
+    shutil.copytree(trained["cls"], staged / "classify")
+    recipe = yaml.safe_load((trained["cls"] / "recipe.resolved.yaml").read_text())
+    task = recipe.pop("task")
+    recipe["stages"] = [{"name": "first", "task": task}, {"name": "classify", "task": task}]
+    (staged / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    val = trained["data"] / "val.tsv"
+    capsys.readouterr()
+    assert main(["predict", str(staged), "--data", str(val)]) == 0
+    captured = capsys.readouterr()
+    assert "a staged run; using the model of its last stage" in captured.err
+    assert main(["predict", str(trained["cls"]), "--data", str(val)]) == 0
+    assert captured.out == capsys.readouterr().out
+    shutil.rmtree(staged / "classify" / "model")
+    message = fails(capsys, ["predict", str(staged), "--data", str(val)])
+    assert "a staged run whose last stage 'classify' has not finished" in message
 
 
 @pytest.mark.slow
@@ -784,6 +842,7 @@ def test_runs_and_compare_on_trained_runs(trained, tmp_path, capsys):
     assert main(["compare", str(trained["cls"]), str(trained["lora"]), "-o", str(out)]) == 0
     report = json.loads((out / "compare.json").read_text())
     assert report["differences"]["train.lr"] == [0.005, 0.03] and report["differences"]["lora.r"] == [None, 4]
+    assert [run["curves_from"] for run in report["runs"]] == ["tensorboard"] * 2  # the runs' event files
     history = {
         name: json.loads((trained[key] / "log_history.json").read_text())["log_history"]
         for name, key in (("cls", "cls"), ("cls-lora", "lora"))

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from launcher.console import console, log, out
 from launcher.errors import FtlError
+from launcher.recipe.loader import load_recipe
 from launcher.train.rundir import atomic_write
 from launcher.use.curves import Curves, read_curves
 from launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
@@ -36,6 +35,9 @@ class Comparison:
     differences: dict[str, list[Any]]  # dotted key -> value per run
     metrics: dict[str, list[float | None]]  # metric -> value per run
     curves: dict[str, dict[str, list[tuple[int, float]]]]  # quantity -> run name -> points (what is plotted)
+    sources: list[str] = field(
+        default_factory=list
+    )  # per run: where its curves come from (see Curves.source)
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -54,13 +56,15 @@ def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | 
         )
     names = short_names(paths)
     runs = [describe(path) for path in paths]
-    recipes = [flatten(yaml.safe_load((path / RECIPE_FILE).read_text()) or {}) for path in paths]
+    recipes = [flatten(_resolved(path)) for path in paths]
+    curves = [read_curves(path) for path in paths]
     comparison = Comparison(
         names=names,
         runs=runs,
         differences=differences(recipes),
         metrics=metric_rows(runs),
-        curves=plotted(names, [read_curves(path) for path in paths], runs, extra_metrics or []),
+        curves=plotted(names, curves, runs, extra_metrics or []),
+        sources=[c.source for c in curves],
     )
     output.mkdir(parents=True, exist_ok=True)
     comparison.files = {
@@ -81,6 +85,11 @@ def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | 
 
 
 # ---- what differs ---------------------------------------------------------------------------------
+def _resolved(run: Path) -> dict[str, Any]:
+    """The run's recipe, validated, with every default (as `ftl run` wrote it)."""
+    return load_recipe(run / RECIPE_FILE).recipe.model_dump(mode="json", exclude={"extends"})
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; lists and empty mappings are values."""
     if isinstance(data, dict) and data:
@@ -261,8 +270,8 @@ def markdown(comparison: Comparison, paths: list[Path]) -> str:
 def as_json(comparison: Comparison) -> dict[str, Any]:
     return {
         "runs": [
-            {**run.as_json(), "label": name}
-            for name, run in zip(comparison.names, comparison.runs, strict=True)
+            {**run.as_json(), "label": name, "curves_from": source}
+            for name, run, source in zip(comparison.names, comparison.runs, comparison.sources, strict=True)
         ],
         "differences": comparison.differences,
         "metrics": comparison.metrics,

@@ -1,8 +1,10 @@
 """`ftl runs DIR`: every run directory below DIR (trials of searches and folds, stages of staged runs), one row
-each, read from the files a run leaves: recipe.resolved.yaml, manifest.json, metrics.json, checkpoints/.
+each, read from the files a run leaves: recipe.resolved.yaml (validated like any recipe; a run whose recipe does not
+validate is still listed, its reason in `error`), manifest.json, metrics.json, checkpoints/.
 
 Status:
   finished               metrics.json written (the run ended and saved its model)
+  trained, no model      metrics.json but no model/ (an ftl bench cell: training only)
   failed                 its search's trials.csv says the trial failed, or its cluster job record (ftl-job.json) does
   stopped early          its search's scheduler stopped the trial (trials.csv)
   running or interrupted checkpoints but no metrics.json: still training, or killed (ftl run --resume continues it)
@@ -20,9 +22,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from launcher.errors import FtlError, did_you_mean, one_of
+from launcher.recipe.loader import load_recipe
+from launcher.recipe.schema import Recipe
 from launcher.train.outcome import is_outcome
 
 RECIPE_FILE = "recipe.resolved.yaml"
@@ -110,16 +112,26 @@ def describe(
     path: Path, root: Path | None = None, verdicts: dict[Path, tuple[str, str]] | None = None
 ) -> RunInfo:
     """What a run directory says about itself (finished or not)."""
-    recipe = _read_yaml(path / RECIPE_FILE)
     manifest = _read_json(path / "manifest.json")
     final = _read_json(path / "metrics.json")
     name = str(path.relative_to(root)) if root is not None and path != root else path.resolve().name
-    info = RunInfo(path, name, _task_name(recipe), _model_name(recipe), "finished")
-    info.main_metrics, info.modes = _metric_names(recipe)
+    info = RunInfo(path, name, "?", "?", "finished")
+    try:
+        loaded = load_recipe(path / RECIPE_FILE)
+    except FtlError as exc:  # e.g. a recipe of another ftl version: the run is still listed, with the reason
+        info.error = f"recipe: {exc}"
+    else:
+        recipes = [plan.loaded.recipe for plan in loaded.stages] or [loaded.recipe]
+        info.task = _task_name(loaded.recipe, recipes)
+        info.model = _model_name(loaded.recipe)
+        info.main_metrics = [recipes[-1].task.main_metric]
+        info.modes = dict(recipes[-1].task.metrics)
     history: list[dict[str, Any]] = []
     if final:
         info.metrics = _numbers(final)
         info.steps = final.get("train_steps")
+        if not (path / "model").is_dir():  # ftl bench's cells train without evaluating or saving a model
+            info.status = "trained, no model"
     else:
         checkpoint = _last_checkpoint(path)
         state = _read_json(checkpoint / "trainer_state.json") if checkpoint else {}
@@ -131,7 +143,7 @@ def describe(
         job = _read_json(path / "ftl-job.json").get("outcome")
         if verdict is not None and verdict[0] in ("error", "stopped early"):
             info.status = "failed" if verdict[0] == "error" else "stopped early"
-            info.error = verdict[1] or None
+            info.error = verdict[1] or info.error
         elif job in ("failed", "interrupted"):
             info.status = "failed" if job == "failed" else "interrupted"
         else:
@@ -216,14 +228,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         key.removeprefix("eval_"): float(value)
@@ -235,41 +239,21 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _task_name(recipe: dict[str, Any]) -> str:
-    if recipe.get("stages"):
-        return "stages: " + " > ".join(
-            str((s.get("task") or recipe.get("task") or {}).get("type", "?")) for s in recipe["stages"]
-        )
-    return str((recipe.get("task") or {}).get("type", "?"))
+def _task_name(recipe: Recipe, recipes: list[Recipe]) -> str:
+    if recipe.stages:
+        return "stages: " + " > ".join(stage.task.type for stage in recipes)
+    return recipe.task.type
 
 
-def _model_name(recipe: dict[str, Any]) -> str:
-    model = recipe.get("model") or {}
-    name = model.get("name_or_path") or next(iter(model.get("local_copies") or []), None)
-    if not name and model.get("config"):
-        name = f"{model['config'].get('model_type', '?')} (from config)"
+def _model_name(recipe: Recipe) -> str:
+    model = recipe.model
+    name = model.name_or_path or next(iter(model.local_copies), None)
+    if not name and model.config:
+        name = f"{model.config.get('model_type', '?')} (from config)"
     name = str(name or "?")
     if "/" in name and Path(name).is_absolute():
         name = "/".join(Path(name).parts[-2:])
-    return name + (" + LoRA" if recipe.get("lora") else "")
-
-
-def _metric_names(recipe: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """The task's main metric and metric modes (max/min), from the task section's declarations."""
-    task = recipe.get("task")
-    if recipe.get("stages"):
-        task = recipe["stages"][-1].get("task") or task
-    if not isinstance(task, dict):
-        return [], {}
-    try:
-        from pydantic import TypeAdapter
-
-        from launcher.recipe.tasks import TaskSection
-
-        section = TypeAdapter(TaskSection).validate_python(task)
-    except Exception:  # a recipe of another ftl version: no declared metrics, the table still shows the run
-        return [], {}
-    return [section.main_metric], dict(section.metrics)
+    return name + (" + LoRA" if recipe.lora else "")
 
 
 def _last_checkpoint(path: Path) -> Path | None:

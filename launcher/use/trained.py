@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from launcher.console import log
 from launcher.errors import FtlError
 from launcher.recipe.schema import Recipe
@@ -77,10 +75,10 @@ def run_root(path: Path) -> Path:
                 f"give one of them (list them with: ftl runs {path})"
             )
         return path  # RunDir.existing names what is missing
-    stages = (yaml.safe_load(recipe_file.read_text()) or {}).get("stages")
+    stages = RunDir(path).read_recipe().stages
     if not stages:
         return path
-    last = stages[-1]["name"]
+    last = stages[-1].name
     if not (path / last / "model" / "config.json").exists():
         raise FtlError(
             f"{path}: a staged run whose last stage '{last}' has not finished; finish it with ftl run --resume"
