@@ -8,4 +8,5 @@ runs.py      find run directories below a folder (trials of searches, stages) an
 curves.py    training and evaluation curves from TensorBoard event files (or log_history.json)
 compare.py   recipe differences, a metric table and a PNG of the curves of several runs
 output.py    JSONL to a file or stdout, progress bars on a terminal
+commands.py  the CLI verbs predict, generate, runs, compare (registered on launcher.cli's app)
 """
