@@ -42,9 +42,7 @@ def predict_run(
     started = time.perf_counter()
     trained = open_trained(run)
     task = trained.task.prediction_task(task_name)
-    raw = load_file(
-        data, "--data", DataSource(path=str(data), text_sample_by="line")
-    )  # a .txt: a row per line
+    raw = load_file(data, "--data", DataSource(path=str(data), text_sample_by="line"))  # .txt: a row a line
     column = task.plain_text_column()
     if raw.format == "text" and column not in (None, "text"):  # its lines are the task's text
         raw = load_file(

@@ -8,12 +8,14 @@ runs) is named as such, with an example of a run inside it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from launcher.console import log
-from launcher.errors import FtlError
+from launcher.errors import FtlError, first_line
 from launcher.recipe.schema import Recipe
 from launcher.tasks.base import Task
 from launcher.train.rundir import TASK_STATE_FILE, RunDir
@@ -33,8 +35,8 @@ class TrainedRun:
 
         from launcher.model.adapters import load_trained
 
-        with warnings.catch_warnings():  # deprecation notices of the libraries, not the user's concern
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(), _damaged(self.rundir.model, "model"):
+            warnings.simplefilter("ignore", FutureWarning)  # the libraries' deprecation notices
             model = load_trained(self.rundir.model, self.task.model_class())
         self.task.configure_model(model, self.tokenizer)
         return model.to(self.device).eval()
@@ -52,10 +54,23 @@ def open_trained(path: Path) -> TrainedRun:
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     state_file = rundir.model / TASK_STATE_FILE
-    if state_file.exists():
-        task.restore(json.loads(state_file.read_text()))
-    tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
+    with _damaged(rundir.model, "tokenizer and task state"):
+        if state_file.exists():
+            task.restore(json.loads(state_file.read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
     return TrainedRun(rundir, recipe, task, tokenizer, _device(recipe))
+
+
+@contextmanager
+def _damaged(folder: Path, what: str) -> Iterator[None]:
+    """A model folder that cannot be read (files missing, cut short, or not what they should be): one line."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:  # JSON, safetensors and tokenizer files raise these
+        raise FtlError(
+            f"{folder}: cannot load the run's {what} ({first_line(exc)}); the folder is incomplete or damaged: "
+            "run the recipe again (or ftl run --resume from its checkpoints)"
+        ) from None
 
 
 def run_root(path: Path) -> Path:
