@@ -133,10 +133,10 @@ def run_folder(tmp_path) -> Path:
     )
     with (search / "trials.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["trial", "status", "accuracy", "run_dir", "error"])
-        writer.writerow(["1", "error", "", str(failed), "CUDA out of memory"])
-        writer.writerow(["2", "stopped early", "0.5", str(stopped), ""])
-        writer.writerow(["3", "completed", "0.9", str(won), ""])
+        writer.writerow(["trial", "status", "eval_accuracy", "seconds", "run_dir", "error"])
+        writer.writerow(["1", "error", "", "3.0", str(failed), "CUDA out of memory"])
+        writer.writerow(["2", "stopped early", "0.5", "12.5", str(stopped), ""])
+        writer.writerow(["3", "completed", "0.9", "30.0", str(won), ""])
     return root
 
 
@@ -164,6 +164,9 @@ def test_runs_reads_every_state_from_the_run_directories(run_folder):
     assert runs["tune-x/trials/trial-1"].status == "failed"
     assert runs["tune-x/trials/trial-1"].error == "CUDA out of memory"
     assert runs["tune-x/trials/trial-2"].status == "stopped early"
+    # a finished search removes its trials' checkpoints: their last evaluation is in trials.csv
+    assert runs["tune-x/trials/trial-2"].metrics == {"accuracy": 0.5}
+    assert runs["tune-x/trials/trial-2"].seconds == 12.5
     assert runs["tune-x/trials/trial-3"].task == "causal_lm" and runs["alpha"].model == "org/model"
 
 

@@ -108,9 +108,7 @@ def describe_runs(root: Path) -> list[RunInfo]:
     return [describe(path, root, verdicts) for path in runs]
 
 
-def describe(
-    path: Path, root: Path | None = None, verdicts: dict[Path, tuple[str, str]] | None = None
-) -> RunInfo:
+def describe(path: Path, root: Path | None = None, verdicts: dict[Path, Verdict] | None = None) -> RunInfo:
     """What a run directory says about itself (finished or not)."""
     manifest = _read_json(path / "manifest.json")
     final = _read_json(path / "metrics.json")
@@ -126,7 +124,6 @@ def describe(
         info.model = _model_name(loaded.recipe)
         info.main_metrics = [recipes[-1].task.main_metric]
         info.modes = dict(recipes[-1].task.metrics)
-    history: list[dict[str, Any]] = []
     if final:
         info.metrics = _numbers(final)
         info.steps = final.get("train_steps")
@@ -141,14 +138,18 @@ def describe(
         info.steps = state.get("global_step")
         verdict = (verdicts or {}).get(path.resolve())
         job = _read_json(path / "ftl-job.json").get("outcome")
-        if verdict is not None and verdict[0] in ("error", "stopped early"):
-            info.status = "failed" if verdict[0] == "error" else "stopped early"
-            info.error = verdict[1] or info.error
+        if verdict is not None and verdict.status in ("error", "stopped early"):
+            info.status = "failed" if verdict.status == "error" else "stopped early"
+            info.error = verdict.error or info.error
+            info.metrics = (
+                info.metrics or verdict.metrics
+            )  # a finished search removes its trials' checkpoints
+            info.seconds = verdict.seconds
         elif job in ("failed", "interrupted"):
             info.status = "failed" if job == "failed" else "interrupted"
         else:
             info.status = "running or interrupted" if checkpoint else "incomplete"
-    info.seconds = manifest.get("wall_seconds")
+    info.seconds = manifest.get("wall_seconds", info.seconds)
     info.started = _started(path, manifest)
     return info
 
@@ -277,9 +278,19 @@ def _started(path: Path, manifest: dict[str, Any]) -> datetime | None:
         return None
 
 
-def _search_verdicts(tables: list[Path]) -> dict[Path, tuple[str, str]]:
-    """Trial run directory -> (status, error), from searches' trials.csv files."""
-    verdicts: dict[Path, tuple[str, str]] = {}
+@dataclass
+class Verdict:
+    """A trial's row of its search's trials.csv."""
+
+    status: str  # completed | stopped early | error
+    error: str
+    metrics: dict[str, float]  # its last evaluation (eval_* columns)
+    seconds: float | None
+
+
+def _search_verdicts(tables: list[Path]) -> dict[Path, Verdict]:
+    """Trial run directory -> its row of a search's trials.csv."""
+    verdicts: dict[Path, Verdict] = {}
     for table in tables:
         try:
             with table.open(encoding="utf-8") as handle:
@@ -288,8 +299,20 @@ def _search_verdicts(tables: list[Path]) -> dict[Path, tuple[str, str]]:
             continue
         for row in rows:
             if row.get("run_dir"):
-                verdicts[Path(row["run_dir"]).resolve()] = (row.get("status", ""), row.get("error", ""))
+                verdicts[Path(row["run_dir"]).resolve()] = Verdict(
+                    row.get("status", ""),
+                    row.get("error", ""),
+                    _numbers({k: _float(v) for k, v in row.items() if k and k.startswith("eval_")}),
+                    _float(row.get("seconds")),
+                )
     return verdicts
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _column(run: RunInfo, key: str):
