@@ -210,11 +210,25 @@ def test_compare_writes_differences_metrics_and_both_runs_curves(run_folder, tmp
     assert set(curves["eval/accuracy"]) == {"alpha", "beta"}
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # three charts were drawn
+    assert _line_colours(out / "compare.png") == {"C0", "C1"}  # a line for each run
     markdown = (out / "compare.md").read_text()
     assert "| train.lr | 0.001 | 0.003 |" in markdown and "| accuracy | 0.8100 | **0.8600** |" in markdown
 
     assert main(["compare", str(run_folder / "alpha"), str(run_folder / "beta"), "--output", str(out)]) == 0
     assert f"replacing {out / 'compare.png'}" in capsys.readouterr().err  # never overwritten silently
+
+
+def _line_colours(png: Path) -> set[str]:
+    """Which of matplotlib's first colours (one per run) the image draws with, in at least 200 pixels."""
+    from matplotlib import colors
+    from matplotlib.image import imread
+
+    pixels = imread(png)[..., :3].reshape(-1, 3)
+    return {
+        name
+        for name in ("C0", "C1", "C2", "C3")
+        if (np.abs(pixels - np.array(colors.to_rgb(name))).max(axis=1) < 0.02).sum() >= 200
+    }
 
 
 def test_compare_reads_tensorboard_events_and_keeps_the_last_value_of_a_step(tmp_path):
@@ -863,3 +877,4 @@ def test_runs_and_compare_on_trained_runs(trained, tmp_path, capsys):
             [logged[s] for s in sorted(logged)], rel=1e-6
         )
     assert len((out / "compare.png").read_bytes()) > 20_000
+    assert _line_colours(out / "compare.png") == {"C0", "C1"}
