@@ -193,9 +193,12 @@ def test_runs_sorts_by_a_metric_best_first_and_names_unknown_ones(run_folder, ca
 
 
 def test_compare_writes_differences_metrics_and_both_runs_curves(run_folder, tmp_path, capsys):
+    from matplotlib import style
+
     capsys.readouterr()
     out = tmp_path / "report"
-    assert main(["compare", str(run_folder / "alpha"), str(run_folder / "beta"), "--output", str(out)]) == 0
+    with style.context("ggplot"):  # what optuna's plots leave in a process: compare.png keeps its own style
+        assert main(["compare", str(run_folder / "alpha"), str(run_folder / "beta"), "-o", str(out)]) == 0
     assert capsys.readouterr().out.split() == [str(out / f"compare.{ext}") for ext in ("png", "md", "json")]
     report = json.loads((out / "compare.json").read_text())
     assert report["differences"] == {"name": ["alpha", "beta"], "train.lr": [0.001, 0.003]}
@@ -210,7 +213,7 @@ def test_compare_writes_differences_metrics_and_both_runs_curves(run_folder, tmp
     assert set(curves["eval/accuracy"]) == {"alpha", "beta"}
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # three charts were drawn
-    assert _line_colours(out / "compare.png") == {"C0", "C1"}  # a line for each run
+    assert _line_colours(out / "compare.png") == {0, 1}  # a line for each run
     markdown = (out / "compare.md").read_text()
     assert "| train.lr | 0.001 | 0.003 |" in markdown and "| accuracy | 0.8100 | **0.8600** |" in markdown
 
@@ -218,16 +221,18 @@ def test_compare_writes_differences_metrics_and_both_runs_curves(run_folder, tmp
     assert f"replacing {out / 'compare.png'}" in capsys.readouterr().err  # never overwritten silently
 
 
-def _line_colours(png: Path) -> set[str]:
-    """Which of matplotlib's first colours (one per run) the image draws with, in at least 200 pixels."""
+def _line_colours(png: Path) -> set[int]:
+    """Which runs (by position) the image draws a line for: pixels of the run's colour, at least 200."""
     from matplotlib import colors
     from matplotlib.image import imread
 
+    from launcher.use.compare import RUN_COLOURS
+
     pixels = imread(png)[..., :3].reshape(-1, 3)
     return {
-        name
-        for name in ("C0", "C1", "C2", "C3")
-        if (np.abs(pixels - np.array(colors.to_rgb(name))).max(axis=1) < 0.02).sum() >= 200
+        run
+        for run, colour in enumerate(RUN_COLOURS[:4])
+        if (np.abs(pixels - np.array(colors.to_rgb(colour))).max(axis=1) < 0.02).sum() >= 200
     }
 
 
@@ -877,4 +882,4 @@ def test_runs_and_compare_on_trained_runs(trained, tmp_path, capsys):
             [logged[s] for s in sorted(logged)], rel=1e-6
         )
     assert len((out / "compare.png").read_bytes()) > 20_000
-    assert _line_colours(out / "compare.png") == {"C0", "C1"}
+    assert _line_colours(out / "compare.png") == {0, 1}

@@ -25,6 +25,19 @@ from launcher.use.curves import Curves, read_curves
 from launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
 
 MAX_CHARTS = 8
+# matplotlib's tab10: a run's colour in every chart
+RUN_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _MISSING = "(not set)"
 
 
@@ -175,7 +188,15 @@ def plotted(
 
 
 def draw(comparison: Comparison, path: Path) -> None:
-    """One chart per quantity, a line per run, each chart with a legend (matplotlib, no display needed)."""
+    """One chart per quantity, a line per run (RUN_COLOURS, in order), each chart with a legend. Drawn in
+    matplotlib's default style whatever the process set before (optuna's plots switch to ggplot)."""
+    from matplotlib import style
+
+    with style.context("default"):
+        _draw(comparison, path)
+
+
+def _draw(comparison: Comparison, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -185,7 +206,7 @@ def draw(comparison: Comparison, path: Path) -> None:
     rows = math.ceil(count / columns)
     figure = Figure(figsize=(6.4 * columns, 3.8 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    colours = {name: f"C{i % 10}" for i, name in enumerate(comparison.names)}
+    colours = {name: RUN_COLOURS[i % len(RUN_COLOURS)] for i, name in enumerate(comparison.names)}
     if not charts:
         axes = figure.add_subplot(1, 1, 1)
         axes.text(0.5, 0.5, "no curves: the runs have no TensorBoard events or log_history.json", ha="center")
