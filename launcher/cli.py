@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from launcher.console import quiet_library_notices
 from launcher.errors import FtlError
+from launcher.use.commands import register as register_use_commands
 
 app = typer.Typer(
     name="ftl",
@@ -204,10 +205,14 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
 ):
     """Evaluate a finished run on another file; prints JSON metrics."""
-    from launcher.train.evaluate import evaluate_run
+    from launcher.use.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, data, batch_size=batch_size)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+
+
+# ftl predict, generate, runs, compare: the verbs that use finished runs (launcher/use/commands.py)
+register_use_commands(app)
 
 
 @app.command()

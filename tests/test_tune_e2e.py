@@ -71,6 +71,18 @@ def test_search_writes_trials_a_runnable_best_recipe_plots_and_the_study(tmp_pat
     assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert not list(out.glob("trials/*/checkpoints"))  # a finished search keeps final models, not checkpoints
     capsys.readouterr()
+    assert main(["runs", str(out), "--sort", "loss", "--json"]) == 0  # every trial, best first
+    listed = json.loads(capsys.readouterr().out)
+    by_dir = {Path(t["run_dir"]).resolve(): t for t in trials}
+    assert {Path(r["path"]).resolve() for r in listed} == set(by_dir)
+    for row in listed:
+        trial = by_dir[Path(row["path"]).resolve()]
+        assert row["status"] == {"completed": "finished", "error": "failed"}.get(
+            trial["status"], trial["status"]
+        )
+        assert row["metrics"]["loss"] == pytest.approx(float(trial["eval_loss"]))
+    losses = [row["metrics"]["loss"] for row in listed]
+    assert losses == sorted(losses)
     run = tmp_path / "best-run"
     assert main(["run", str(out / "best.yaml"), "--output", str(run)]) == 0
     assert json.loads((run / "metrics.json").read_text())["eval_loss"] == pytest.approx(

@@ -13,6 +13,7 @@ from typing import Any
 
 from launcher.data.sources import RawData
 from launcher.errors import FtlError, did_you_mean, one_of
+from launcher.tasks.prediction import PredictionInputs, PromptSettings, unsupported
 
 
 @dataclass
@@ -160,6 +161,39 @@ class Task(ABC):
         """Write the evaluation split's predictions for error analysis (called on every worker: predicting is
         collective; rank 0 writes). Returns the file written and any metrics found on the way."""
         return None
+
+    # ---- using the trained model (ftl predict, ftl generate) ---------------------------------------
+    def prediction_task(self, name: str | None) -> Task:
+        """The task whose head predicts (a multitask run: the one named by --task)."""
+        if name is not None:
+            raise FtlError(
+                f"--task: only multitask runs have several tasks to choose from; this is a {self.config.type} run "
+                "(leave out --task)"
+            )
+        return self
+
+    def plain_text_column(self) -> str | None:
+        """The column a plain-text file's lines fill for prediction (None: the task reads several columns)."""
+        return None
+
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """The rows of a file (no labels needed) as features or prompts for the prediction loop; raises an
+        FtlError naming the missing column when the file lacks one the task reads."""
+        raise unsupported(self.config.type, "ftl predict")
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        """Prediction fields for every input row (in order), from the loop's outputs: per feature a tuple of
+        arrays (inputs.outputs), or per prompt the generated text. Skipped rows get the fields set to None."""
+        raise unsupported(self.config.type, "ftl predict")
+
+    def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
+        """`ftl generate`: the model input for one prompt (a text, or the fields of the run's prompt template);
+        raw: the text as it is, without template or prefix."""
+        raise unsupported(self.config.type, "ftl generate")
+
+    def generation_defaults(self) -> PromptSettings:
+        """The run's generation settings and how many prompt tokens the model takes."""
+        raise unsupported(self.config.type, "ftl generate")
 
     def dataset_stats(self, dataset, tokenizer) -> dict[str, Any]:
         """Token counts of a tokenised split (reported in the log and manifest)."""

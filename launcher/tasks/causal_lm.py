@@ -13,6 +13,7 @@ from launcher.errors import FtlError
 from launcher.tasks import instruction
 from launcher.tasks.base import Predictions, Task
 from launcher.tasks.instruction import render, template_fields
+from launcher.tasks.prediction import PredictionInputs, PromptSettings
 
 IGNORE_INDEX = -100
 _PACK_BATCH_ROWS = 2000  # rows concatenated per packing batch; each batch wastes < one block
@@ -178,6 +179,86 @@ class CausalLM(Task):
         if not trainer.is_world_process_zero():
             return None
         return write_generations(directory, prompts, texts, references)
+
+    # ---- using the trained model ------------------------------------------------------------------
+    def plain_text_column(self) -> str | None:
+        c = self.config
+        if not c.instruction_tuning:
+            return c.text_column
+        fields = template_fields(c.prompt_template)
+        return fields[0] if len(fields) == 1 else None
+
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """Instruction tuning: each row's prompt from the template's columns; plain language modelling: the
+        text column, to be continued."""
+        from launcher.tasks.prediction import is_blank, require_columns
+
+        c = self.config
+        if c.instruction_tuning:
+            fields = template_fields(c.prompt_template)
+            require_columns(raw, {f"prompt_template {{{name}}}": name for name in fields})
+            values = raw.dataset.select_columns(fields).to_list()
+            prompts = [render(c.prompt_template, row) for row in values]
+            skipped = {
+                row: "every prompt field is empty"
+                for row, v in enumerate(values)
+                if all(map(is_blank, v.values()))
+            }
+        else:
+            require_columns(raw, {"text_column": c.text_column})
+            texts = raw.dataset[c.text_column]
+            prompts = ["" if text is None else str(text) for text in texts]
+            skipped = {row: f"empty '{c.text_column}'" for row, text in enumerate(texts) if is_blank(text)}
+        keep = [row for row in range(len(prompts)) if row not in skipped]
+        return PredictionInputs(
+            rows=len(prompts),
+            prompts=[prompts[row] for row in keep],
+            prompt_rows=keep,
+            prompt_settings=self.generation_defaults(),
+            skipped=skipped,
+        )
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        """generated: the generated text (the response, or the continuation of the text)."""
+        from launcher.tasks.prediction import generated_rows
+
+        return generated_rows(inputs, outputs)
+
+    def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
+        """With a prompt template: a text fills its single field, a JSON object gives its fields by name."""
+        import json
+
+        from launcher.tasks.prediction import shown
+
+        c = self.config
+        if raw or not c.instruction_tuning:
+            if isinstance(prompt, dict):
+                key = next((k for k in (c.text_column, "prompt", "text") if k in prompt), None)
+                if key is None:
+                    raise FtlError(
+                        f"prompt {shown(prompt)}: give the text in a '{c.text_column}' or 'prompt' field"
+                    )
+                return "" if prompt[key] is None else str(prompt[key])
+            return prompt
+        fields = template_fields(c.prompt_template)
+        if isinstance(prompt, str):
+            if len(fields) != 1:
+                raise FtlError(
+                    f"the run's prompt template has the fields {', '.join(fields)}: give each prompt as a JSON "
+                    f"object with them, e.g. {json.dumps(dict.fromkeys(fields, '...'))}"
+                )
+            return render(c.prompt_template, {fields[0]: prompt})
+        missing = [name for name in fields if name not in prompt]
+        if missing:
+            raise FtlError(
+                f"prompt {shown(prompt)}: no field {', '.join(repr(m) for m in missing)} "
+                f"of the run's prompt template (its fields: {', '.join(fields)})"
+            )
+        return render(c.prompt_template, prompt)
+
+    def generation_defaults(self) -> PromptSettings:
+        c = self.config
+        return PromptSettings(c.generation, c.max_length, keep_end=not c.instruction_tuning)
 
 
 def _zero3(trainer) -> bool:

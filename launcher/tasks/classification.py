@@ -10,6 +10,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.sources import RawData
 from launcher.errors import FtlError, did_you_mean, one_of
 from launcher.tasks.base import Predictions, Task
+from launcher.tasks.prediction import PredictionInputs
 
 
 class SequenceClassification(Task):
@@ -206,3 +207,56 @@ class SequenceClassification(Task):
                 )
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         return Predictions(path)
+
+    # ---- prediction without labels ----------------------------------------------------------------
+    def plain_text_column(self) -> str | None:
+        return None if self.config.text_pair_column else self.config.text_column
+
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """Rows of text (and text pairs) tokenised as in training; rows with an empty text get no prediction."""
+        from launcher.tasks.prediction import (
+            cut_note,
+            encode_features,
+            is_blank,
+            longer_than,
+            require_columns,
+        )
+
+        c = self.config
+        require_columns(raw, {"text_column": c.text_column, "text_pair_column": c.text_pair_column})
+        texts = raw.dataset[c.text_column]
+        pairs = raw.dataset[c.text_pair_column] if c.text_pair_column else None
+        keep = [i for i, text in enumerate(texts) if not is_blank(text)]
+        first = [str(texts[i]) for i in keep]
+        second = [("" if pairs[i] is None else str(pairs[i])) for i in keep] if pairs is not None else None
+        features = encode_features(tokenizer, first, second, truncation=True, max_length=c.max_length)
+        long_rows = longer_than(tokenizer, c.max_length, first, second) if first else 0
+        return PredictionInputs(
+            rows=len(texts),
+            features=features,
+            feature_rows=keep,
+            skipped={i: f"empty '{c.text_column}'" for i in set(range(len(texts))) - set(keep)},
+            notes=cut_note(long_rows, len(first), c.max_length),
+        )
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        """predicted (label name), predicted_id, score (its probability), probabilities (per label)."""
+        from launcher.tasks.prediction import softmax
+
+        names = self._names or []
+        rows: list[dict[str, Any]] = [
+            {"predicted": None, "predicted_id": None, "score": None, "probabilities": None}
+            for _ in range(inputs.rows)
+        ]
+        for row, (logits,) in zip(inputs.feature_rows, outputs, strict=True):
+            probabilities = softmax(logits)
+            best = int(probabilities.argmax())
+            rows[row] = {
+                "predicted": names[best],
+                "predicted_id": best,
+                "score": round(float(probabilities[best]), 6),
+                "probabilities": {
+                    name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)
+                },
+            }
+        return rows

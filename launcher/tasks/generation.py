@@ -65,20 +65,25 @@ def generate(
     batch_size: int,
     synced: bool = False,
     seed: int = 0,
+    keep_end: bool = False,
+    on_batch=None,
 ) -> list[str]:
     """Generate a continuation of each prompt (decoder-only: only the new tokens; encoder-decoder: the output).
 
     Prompts are tokenised as in training (the tokenizer's own special tokens) and batched longest-first, left
     padded for decoder-only models. `synced` keeps every worker
-    stepping together (DeepSpeed ZeRO-3 shards the weights, so all workers must run every forward)."""
+    stepping together (DeepSpeed ZeRO-3 shards the weights, so all workers must run every forward).
+    A prompt longer than max_input_length keeps its start, or with `keep_end` its end (a text to continue).
+    `on_batch(n)` is called after each batch of n prompts (progress)."""
     import torch
 
     decoder_only = not getattr(model.config, "is_encoder_decoder", False)
     config = generation_config(settings, tokenizer, model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: dict[int, str] = {}
-    side = tokenizer.padding_side
+    side, cut = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "left" if decoder_only else "right"
+    tokenizer.truncation_side = "left" if keep_end else cut
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -100,8 +105,10 @@ def generate(
                 generated = generated[:, batch["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             outputs.update({i: text.strip() for i, text in zip(chosen, texts, strict=True)})
+            if on_batch is not None:
+                on_batch(len(chosen))
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.truncation_side = side, cut
         model.train(was_training)
     return [outputs[i] for i in range(len(prompts))]
 

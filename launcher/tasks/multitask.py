@@ -153,6 +153,11 @@ class MultiTask(Task):
         head_names = [name for name, _ in model.named_parameters() if name.startswith("heads.")]
         return LoadedModel(model, location, head_names)
 
+    def model_class(self):
+        from launcher.model.multitask_model import MultiTaskModel
+
+        return MultiTaskModel
+
     def collator(self, tokenizer):
         from launcher.train.multitask import MultiTaskCollator
 
@@ -191,3 +196,39 @@ class MultiTask(Task):
         finally:
             trainer.preprocess_logits_for_metrics = saved
         return written
+
+    # ---- using the trained model ------------------------------------------------------------------
+    def prediction_task(self, name: str | None) -> Task:
+        """The task named by --task, predicting with its own head."""
+        from launcher.errors import did_you_mean, one_of
+
+        names = list(self.tasks)
+        if name is None:
+            raise FtlError(
+                f"--task: this multitask run has the tasks {one_of(names)}; choose one, e.g. --task {names[0]}"
+            )
+        if name not in self.tasks:
+            raise FtlError(
+                f"--task: no task '{name}' in this run{did_you_mean(name, names)}; its tasks: {one_of(names)}"
+            )
+        return HeadOf(self.tasks[name], name)
+
+
+class HeadOf:
+    """One task of a multi-task run for prediction: its rows and fields, run through its own head. The head is
+    chosen by name: a saved model's config lists its heads in sorted order, not the recipe's."""
+
+    def __init__(self, task: Task, name: str) -> None:
+        self.task, self.name = task, name
+        self.config = task.config
+
+    def plain_text_column(self) -> str | None:
+        return self.task.plain_text_column()
+
+    def encode_for_prediction(self, raw, tokenizer):
+        inputs = self.task.encode_for_prediction(raw, tokenizer)
+        inputs.constant_inputs["task_id"] = lambda model: model.task_names.index(self.name)
+        return inputs
+
+    def predictions_to_rows(self, inputs, outputs, tokenizer):
+        return self.task.predictions_to_rows(inputs, outputs, tokenizer)

@@ -52,7 +52,10 @@ class Answer:
     text: str
     start: int  # character offsets into the context (-1 for no answer)
     end: int
-    score: float
+    score: float  # start + end logit
+    feature: int = -1  # the window the answer was found in
+    start_token: int = 0  # token positions in that window (0, 0: the CLS token, no answer)
+    end_token: int = 0
 
 
 def best_answers(
@@ -76,11 +79,12 @@ def best_answers(
     answers = []
     for example, context in enumerate(contexts):
         best = Answer("", -1, -1, -np.inf)
-        null_score = np.inf
+        null_score, null_feature = np.inf, -1
         for feature in windows.get(example, []):
             starts, ends = start_logits[feature], end_logits[feature]
             spans = offsets[feature]
-            null_score = min(null_score, float(starts[0] + ends[0]))  # the CLS token: no answer here
+            if float(starts[0] + ends[0]) < null_score:  # the CLS token: no answer here
+                null_score, null_feature = float(starts[0] + ends[0]), feature
             length = len(spans)
             for s in np.argsort(starts[:length])[::-1][:n_best]:
                 if spans[s][0] < 0:
@@ -90,9 +94,10 @@ def best_answers(
                         continue
                     value = float(starts[s] + ends[e])
                     if value > best.score:
-                        best = Answer(context[spans[s][0] : spans[e][1]], spans[s][0], spans[e][1], value)
+                        text = context[spans[s][0] : spans[e][1]]
+                        best = Answer(text, spans[s][0], spans[e][1], value, feature, int(s), int(e))
         if allow_unanswerable and null_score > best.score:
-            best = Answer("", -1, -1, null_score)
+            best = Answer("", -1, -1, null_score, null_feature)
         answers.append(best)
     return answers
 

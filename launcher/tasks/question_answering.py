@@ -10,6 +10,7 @@ character span in the context, so the predicted token span maps back to the cont
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.sources import RawData
 from launcher.errors import FtlError
 from launcher.tasks.base import Predictions, Task
+from launcher.tasks.prediction import PredictionInputs
 from launcher.tasks.qa_answers import Answer, best_answers, score, squad_metrics
 from launcher.train.rundir import atomic_write
 
@@ -82,51 +84,14 @@ class QuestionAnswering(Task):
 
     # ---- windows --------------------------------------------------------------------------------
     def tokenize(self, dataset, tokenizer, split: str):
-        if not getattr(tokenizer, "is_fast", False):
-            raise FtlError(
-                "task: question answering needs a fast tokenizer (offset mapping); set model.tokenizer"
-            )
-        c = self.config
-        question_first = tokenizer.padding_side == "right"
-
-        def encode(batch: dict[str, list]) -> dict[str, list]:
-            first, second = (QUESTION, CONTEXT) if question_first else (CONTEXT, QUESTION)
-            encoded = tokenizer(
-                batch[first],
-                batch[second],
-                truncation="only_second" if question_first else "only_first",
-                max_length=c.max_length,
-                stride=c.doc_stride,
-                return_overflowing_tokens=True,
-                return_offsets_mapping=True,
-            )
-            origin = encoded.pop("overflow_to_sample_mapping")
-            offsets_of = encoded.pop("offset_mapping")
-            context_side = 1 if question_first else 0
-            out: dict[str, list] = {
-                "start_positions": [],
-                "end_positions": [],
-                **{k: [] for k in _WINDOW_COLUMNS},
-            }
-            for i, offsets in enumerate(offsets_of):
-                example = origin[i]
-                sequence_ids = encoded.sequence_ids(i)
-                spans = [
-                    list(o) if s == context_side else [-1, -1]
-                    for o, s in zip(offsets, sequence_ids, strict=True)
-                ]
-                start, end = _positions(spans, batch[ANSWERS][example])
-                out["start_positions"].append(start)
-                out["end_positions"].append(end)
-                out["example_id"].append(batch["_index"][example])
-                out["offsets"].append(spans)
-                out["context"].append(batch[CONTEXT][example])
-                out["gold"].append(batch[ANSWERS][example]["text"])
-                out["length"].append(len(offsets))
-            return {**encoded, **out}
-
+        _require_fast(tokenizer)
         indexed = dataset.add_column("_index", list(range(len(dataset))))
-        return indexed.map(encode, batched=True, batch_size=500, remove_columns=indexed.column_names)
+        return indexed.map(
+            lambda batch: windows(batch, tokenizer, self.config),
+            batched=True,
+            batch_size=500,
+            remove_columns=indexed.column_names,
+        )
 
     def dataset_stats(self, dataset, tokenizer) -> dict[str, Any]:
         return {
@@ -201,6 +166,134 @@ class QuestionAnswering(Task):
         path = directory / "qa_errors.jsonl"
         atomic_write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in wrong))
         return Predictions(path)
+
+    # ---- prediction without labels ----------------------------------------------------------------
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """Question and context columns (answers, when present, are not read), windowed as in evaluation."""
+        from launcher.tasks.prediction import is_blank, require_columns
+
+        _require_fast(tokenizer)
+        c = self.config
+        require_columns(raw, {"question_column": c.question_column, "context_column": c.context_column})
+        questions, contexts = raw.dataset[c.question_column], raw.dataset[c.context_column]
+        skipped = {}
+        for row, (question, context) in enumerate(zip(questions, contexts, strict=True)):
+            if is_blank(question) or is_blank(context):
+                skipped[row] = f"empty '{c.question_column if is_blank(question) else c.context_column}'"
+        keep = [row for row in range(len(questions)) if row not in skipped]
+        batch = {
+            QUESTION: [str(questions[row]).lstrip() for row in keep],
+            CONTEXT: [str(contexts[row]) for row in keep],
+            ANSWERS: [{"text": [], "answer_start": []} for _ in keep],
+            "_index": list(range(len(keep))),
+        }
+        found = windows(batch, tokenizer, c) if keep else {"input_ids": [], "example_id": []}
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in found]
+        windowed = sum(1 for n in Counter(found["example_id"]).values() if n > 1)
+        return PredictionInputs(
+            rows=len(questions),
+            features=[{k: list(found[k][i]) for k in keys} for i in range(len(found["input_ids"]))],
+            feature_rows=[keep[example] for example in found["example_id"]],
+            outputs=("start_logits", "end_logits"),
+            per_token=True,
+            skipped=skipped,
+            notes=[
+                f"{windowed} of {len(keep)} contexts are longer than a window (task.max_length={c.max_length}): "
+                f"searched in overlapping windows (task.doc_stride={c.doc_stride})"
+            ]
+            if windowed
+            else [],
+            state={
+                "keep": keep,
+                "contexts": batch[CONTEXT],
+                "example_id": found["example_id"],
+                "offsets": found.get("offsets", []),
+            },
+        )
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        """answer (text; empty when the question is predicted unanswerable), answer_start and answer_end
+        (character offsets into the context), score (the span's probability within its window)."""
+        from launcher.tasks.prediction import softmax
+
+        rows: list[dict[str, Any]] = [
+            {"answer": None, "answer_start": None, "answer_end": None, "score": None}
+            for _ in range(inputs.rows)
+        ]
+        if not inputs.features:
+            return rows
+        state, c = inputs.state, self.config
+        answers = best_answers(
+            [starts for starts, _ in outputs],
+            [ends for _, ends in outputs],
+            state["example_id"],
+            state["offsets"],
+            state["contexts"],
+            n_best=c.n_best,
+            max_answer_length=c.max_answer_length,
+            allow_unanswerable=c.allow_unanswerable,
+        )
+        for row, answer in zip(state["keep"], answers, strict=True):
+            rows[row] = {
+                "answer": answer.text,
+                "answer_start": answer.start if answer.start >= 0 else None,
+                "answer_end": answer.end if answer.start >= 0 else None,
+                "score": None,
+            }
+            if answer.feature >= 0:
+                starts, ends = outputs[answer.feature]
+                spans = state["offsets"][answer.feature]
+                allowed = sorted({0} | {t for t, span in enumerate(spans) if span[0] >= 0})
+                where = {token: i for i, token in enumerate(allowed)}  # CLS (no answer) and the context
+                probability = (
+                    softmax(starts[allowed])[where[answer.start_token]]
+                    * softmax(ends[allowed])[where[answer.end_token]]
+                )
+                rows[row]["score"] = round(float(probability), 6)
+        return rows
+
+
+def _require_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise FtlError(
+            "task: question answering needs a fast tokenizer (offset mapping); set model.tokenizer"
+        )
+
+
+def windows(batch: dict[str, list], tokenizer, config) -> dict[str, list]:
+    """The windows of a batch of questions (columns question, context, answers, _index): model inputs, answer
+    positions, and per window its question's _index, each token's character span in the context (-1, -1
+    outside it), the context and the gold answer texts."""
+    question_first = tokenizer.padding_side == "right"
+    first, second = (QUESTION, CONTEXT) if question_first else (CONTEXT, QUESTION)
+    encoded = tokenizer(
+        batch[first],
+        batch[second],
+        truncation="only_second" if question_first else "only_first",
+        max_length=config.max_length,
+        stride=config.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    origin = encoded.pop("overflow_to_sample_mapping")
+    offsets_of = encoded.pop("offset_mapping")
+    context_side = 1 if question_first else 0
+    out: dict[str, list] = {"start_positions": [], "end_positions": [], **{k: [] for k in _WINDOW_COLUMNS}}
+    for i, offsets in enumerate(offsets_of):
+        example = origin[i]
+        sequence_ids = encoded.sequence_ids(i)
+        spans = [
+            list(o) if s == context_side else [-1, -1] for o, s in zip(offsets, sequence_ids, strict=True)
+        ]
+        start, end = _positions(spans, batch[ANSWERS][example])
+        out["start_positions"].append(start)
+        out["end_positions"].append(end)
+        out["example_id"].append(batch["_index"][example])
+        out["offsets"].append(spans)
+        out["context"].append(batch[CONTEXT][example])
+        out["gold"].append(batch[ANSWERS][example]["text"])
+        out["length"].append(len(offsets))
+    return {**encoded, **out}
 
 
 def _answer_lists(gold: Any, where: str, column: str) -> tuple[list[str], list[int]]:

@@ -9,6 +9,16 @@ from launcher.tasks.base import Task
 
 def task_for(config: Any) -> Task:
     """Build the Task for a validated `task:` section."""
+    return implementations()[config.type](config)
+
+
+def task_types_with(hook: str) -> list[str]:
+    """The task types whose Task implements `hook` (e.g. encode_for_prediction), in registry order."""
+    return [name for name, cls in implementations().items() if getattr(cls, hook) is not getattr(Task, hook)]
+
+
+def implementations() -> dict[str, type[Task]]:
+    """task.type -> its Task class."""
     from launcher.tasks.causal_lm import CausalLM
     from launcher.tasks.classification import SequenceClassification
     from launcher.tasks.masked_lm import MaskedLM
@@ -17,7 +27,7 @@ def task_for(config: Any) -> Task:
     from launcher.tasks.seq2seq import Seq2Seq
     from launcher.tasks.token_classification import TokenClassification
 
-    implementations: dict[str, type[Task]] = {
+    return {
         "sequence_classification": SequenceClassification,
         "token_classification": TokenClassification,
         "question_answering": QuestionAnswering,
@@ -26,4 +36,3 @@ def task_for(config: Any) -> Task:
         "masked_lm": MaskedLM,
         "multitask": MultiTask,
     }
-    return implementations[config.type](config)

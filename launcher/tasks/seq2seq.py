@@ -15,6 +15,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.sources import RawData
 from launcher.errors import FtlError
 from launcher.tasks.base import Predictions, Task
+from launcher.tasks.prediction import PredictionInputs, PromptSettings
 
 IGNORE_INDEX = -100
 SOURCE, TARGET, REFERENCES = "source", "target", "references"  # normalised columns
@@ -148,3 +149,45 @@ class Seq2Seq(Task):
             return None
         texts = self.decode(output.predictions, trainer.processing_class)
         return write_generations(directory, raw_rows[SOURCE], texts, raw_rows[REFERENCES])
+
+    # ---- using the trained model ------------------------------------------------------------------
+    def plain_text_column(self) -> str | None:
+        return self.config.source_column
+
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """The source column, with the run's source_prefix, as prompts to generate from."""
+        from launcher.tasks.prediction import is_blank, require_columns
+
+        c = self.config
+        require_columns(raw, {"source_column": c.source_column})
+        sources = raw.dataset[c.source_column]
+        keep = [row for row, source in enumerate(sources) if not is_blank(source)]
+        return PredictionInputs(
+            rows=len(sources),
+            prompts=[c.source_prefix + str(sources[row]) for row in keep],
+            prompt_rows=keep,
+            prompt_settings=self.generation_defaults(),
+            skipped={row: f"empty '{c.source_column}'" for row in set(range(len(sources))) - set(keep)},
+        )
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        """generated: the generated text."""
+        from launcher.tasks.prediction import generated_rows
+
+        return generated_rows(inputs, outputs)
+
+    def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
+        """A text, or an object whose source_column field is the text; the run's source_prefix first."""
+        from launcher.tasks.prediction import shown
+
+        c = self.config
+        if isinstance(prompt, dict):
+            if c.source_column not in prompt:
+                raise FtlError(
+                    f"prompt {shown(prompt)}: no '{c.source_column}' field (the run's task.source_column)"
+                )
+            prompt = "" if prompt[c.source_column] is None else str(prompt[c.source_column])
+        return prompt if raw else c.source_prefix + prompt
+
+    def generation_defaults(self) -> PromptSettings:
+        return PromptSettings(self.config.generation, self.config.max_source_length)

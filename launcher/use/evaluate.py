@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,31 +9,22 @@ from typing import Any
 from launcher.data.prepare import prepare_eval_file
 from launcher.data.sources import load_file
 from launcher.errors import FtlError
-from launcher.model.adapters import load_trained
-from launcher.model.load import quiet_transformers
 from launcher.recipe.data import DataSource
-from launcher.tasks.registry import task_for
 from launcher.train.callbacks import replace_default_printers
 from launcher.train.device import plan_device
 from launcher.train.outcome import outcomes
-from launcher.train.rundir import TASK_STATE_FILE, RunDir
+from launcher.use.trained import open_trained
 
 
 def evaluate_run(run: Path, data_file: Path, *, batch_size: int | None = None) -> dict[str, Any]:
-    from transformers import AutoTokenizer, Seq2SeqTrainingArguments, TrainingArguments
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    rundir = RunDir.existing(run)
-    recipe = rundir.read_recipe()
-    quiet_transformers(recipe.log.level)
-    task = task_for(recipe.task)
-    state_file = rundir.model / TASK_STATE_FILE
-    if state_file.exists():
-        task.restore(json.loads(state_file.read_text()))
+    trained = open_trained(run)  # the run's recipe, task state and tokenizer (a staged run: its last stage)
+    recipe, task, tokenizer = trained.recipe, trained.task, trained.tokenizer
     train_source = recipe.data.train
     source = DataSource(path=str(data_file), text_sample_by=train_source.text_sample_by)
     raw = load_file(data_file, "--data", source)
-    tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
-    model = load_trained(rundir.model, task.model_class())
+    model = trained.load_model()
     rows, dataset = prepare_eval_file(raw, task, tokenizer)
     if len(dataset) == 0:
         raise FtlError(f"--data: {data_file} gives no evaluation examples for task {recipe.task.type}")

@@ -1,0 +1,72 @@
+"""A run's curves over training steps: every scalar of its TensorBoard event files (tensorboard's
+EventAccumulator), or, for a run without event files (log.tensorboard: false), its log_history.json.
+
+Names follow the event files: train/loss, train/learning_rate, eval/loss, eval/accuracy, ... A resumed run
+logs some steps twice; the accumulator drops the events a restart orphaned, and of what remains the last value
+of each step is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.train.outcome import is_outcome
+
+Points = list[tuple[int, float]]
+
+
+@dataclass
+class Curves:
+    source: str  # "tensorboard", "log_history.json" or "none"
+    series: dict[str, Points] = field(default_factory=dict)
+
+
+def read_curves(run: Path) -> Curves:
+    folders = sorted({event.parent for event in (run / "tensorboard").rglob("events.out.tfevents.*")})
+    if folders:
+        series: dict[str, dict[int, float]] = {}
+        for folder in folders:
+            for tag, points in _events(folder).items():
+                series.setdefault(tag, {}).update(points)
+        return Curves("tensorboard", {tag: sorted(points.items()) for tag, points in sorted(series.items())})
+    history_file = run / "log_history.json"
+    if history_file.exists():
+        history = json.loads(history_file.read_text()).get("log_history", [])
+        return Curves("log_history.json", _from_history(history))
+    return Curves("none")
+
+
+def _events(folder: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={SCALARS: 0})  # 0: keep every point
+    accumulator.Reload()
+    found: dict[str, dict[int, float]] = {}
+    for tag in accumulator.Tags().get("scalars", []):
+        if not is_outcome(tag.replace("/", "_")):
+            continue
+        points = found.setdefault(tag, {})
+        for event in accumulator.Scalars(
+            tag
+        ):  # in logged order: a later value of a step replaces an earlier one
+            points[int(event.step)] = float(event.value)
+    return found
+
+
+def _from_history(history: list[dict]) -> dict[str, Points]:
+    """log_history entries as the TensorBoard callback names them (eval_x -> eval/x, the rest train/x)."""
+    series: dict[str, dict[int, float]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if key in ("step", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if not is_outcome(key):
+                continue
+            name = "eval/" + key.removeprefix("eval_") if key.startswith("eval_") else "train/" + key
+            series.setdefault(name, {})[int(step)] = float(value)
+    return {name: sorted(points.items()) for name, points in sorted(series.items())}
