@@ -19,6 +19,7 @@ import yaml
 
 from launcher.cli import main
 from launcher.errors import FtlError
+from launcher.train.checkpoints import seal
 from tests.conftest import (
     CITIES,
     SHARED_DATA,
@@ -89,6 +90,7 @@ def _fake_run(
         checkpoint.mkdir(parents=True)
         state = {"global_step": checkpoint_step, "log_history": history or []}
         (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+        seal(checkpoint, checkpoint_step)  # complete, as ftl's Trainer leaves it
     return run
 
 
