@@ -160,6 +160,7 @@ def fails(capsys, argv: list[str]) -> str:
     """Run the CLI in this process on a user mistake: exit code 2 and one line on stderr, no traceback."""
     from launcher.cli import main
 
+    capsys.readouterr()  # only this command's output counts
     code = main(argv)
     captured = capsys.readouterr()
     lines = [line for line in captured.err.strip().splitlines() if line.strip()]

@@ -26,22 +26,11 @@ from tests.conftest import (
     TINY_BERT,
     TINY_LLAMA,
     WORDS,
+    fails,
     minilm_dir,
     ner_conll,
     sentiment_rows,
 )
-
-
-def fails(capsys, argv: list[str]) -> str:
-    """The command exits 2 with exactly one line on stderr; returns it."""
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.strip().splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert "Traceback" not in captured.err
-    assert len(lines) == 1, captured.err
-    return lines[0]
 
 
 def read_jsonl(path: Path) -> list[dict]:
