@@ -13,15 +13,10 @@ Writes benchmarks/results/padding.{md,json,csv}.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import tempfile
 from functools import partial
-from pathlib import Path
 
 from common import (
-    RESULTS,
     best_of,
     interleaved,
     machine,
@@ -30,44 +25,15 @@ from common import (
     run_rows,
     runs_text,
     write_results,
-    write_sst2_subset,
 )
-from sst2_contenders import SEED, Setup, run_ftl, run_hf_trainer
+from sst2_contenders import parse_arguments, prepare, run_ftl, run_hf_trainer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads on CPU (default 1: on a shared machine multi-threaded kernels stall on busy cores)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    import torch
-
-    from launcher.model.load import quiet_transformers
-
-    quiet_transformers()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        torch.set_num_threads(args.threads)
-    scratch = Path(tempfile.mkdtemp(prefix="ftl-padding-"))
-    os.environ["FTL_CACHE"] = str(scratch / "cache")
+    args = parse_arguments(__doc__, steps=16, warmup=2, repeats=3)
+    setup = prepare(args, scratch_prefix="ftl-padding-", max_length=128)
+    scratch, device = setup.scratch, setup.device
     info = machine()
-    train, validation = write_sst2_subset(scratch, args.rows, SEED)
-    setup = Setup(train, validation, scratch, device, args.batch, 128, args.warmup, args.steps)
     contenders = {
         "pad_to_128": partial(run_hf_trainer, setup, classic=True),
         "ftl_dynamic": partial(run_ftl, setup, group_by_length=False),

@@ -9,14 +9,16 @@ out (ftl and the HF Trainer carry launcher.bench.timer.StepTimer; the raw loop r
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import read_timing, timed_numbers
+from common import RESULTS, read_timing, timed_numbers, write_sst2_subset
 
 SEED, LR = 13, 5e-5
 
@@ -31,6 +33,43 @@ class Setup:
     max_length: int
     warmup: int
     steps: int
+
+
+def parse_arguments(doc: str | None, *, steps: int, warmup: int, repeats: int) -> argparse.Namespace:
+    """The command line shared by the SST-2 comparisons (throughput.py, padding.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on CPU (default 1: on a shared machine multi-threaded kernels stall on busy cores)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def prepare(args: argparse.Namespace, *, scratch_prefix: str, max_length: int) -> Setup:
+    """Device, threads, a scratch directory (its own tokenisation cache) and the SST-2 subset."""
+    import torch
+
+    from launcher.model.load import quiet_transformers
+
+    quiet_transformers()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix))
+    os.environ["FTL_CACHE"] = str(scratch / "cache")
+    train, validation = write_sst2_subset(scratch, args.rows, SEED)
+    return Setup(train, validation, scratch, device, args.batch, max_length, args.warmup, args.steps)
 
 
 def minilm_path() -> str:

@@ -11,15 +11,10 @@ Writes benchmarks/results/throughput.{md,json,csv}.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import tempfile
 from functools import partial
-from pathlib import Path
 
 from common import (
-    RESULTS,
     best_of,
     interleaved,
     machine,
@@ -28,44 +23,15 @@ from common import (
     run_rows,
     runs_text,
     write_results,
-    write_sst2_subset,
 )
-from sst2_contenders import SEED, Setup, run_ftl, run_hf_trainer, run_raw_loop
+from sst2_contenders import parse_arguments, prepare, run_ftl, run_hf_trainer, run_raw_loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads on CPU (default 1: on a shared machine multi-threaded kernels stall on busy cores)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    import torch
-
-    from launcher.model.load import quiet_transformers
-
-    quiet_transformers()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        torch.set_num_threads(args.threads)
-    scratch = Path(tempfile.mkdtemp(prefix="ftl-throughput-"))
-    os.environ["FTL_CACHE"] = str(scratch / "cache")
+    args = parse_arguments(__doc__, steps=30, warmup=3, repeats=9)
+    setup = prepare(args, scratch_prefix="ftl-throughput-", max_length=64)
+    scratch, device = setup.scratch, setup.device
     info = machine()
-    train, validation = write_sst2_subset(scratch, args.rows, SEED)
-    setup = Setup(train, validation, scratch, device, args.batch, 64, args.warmup, args.steps)
     contenders = {
         "ftl": partial(run_ftl, setup),
         "hf_trainer": partial(run_hf_trainer, setup),
