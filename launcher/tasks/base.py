@@ -97,6 +97,16 @@ class Task(ABC):
         """task.<key> -> column name, for the columns this task reads."""
         return {}
 
+    @staticmethod
+    def rows_with_text(raw: RawData, column: str, keep_columns: tuple[str, ...] = ()):
+        """The rows whose `column` holds non-blank text, with only that column and `keep_columns`."""
+        dataset = raw.dataset.select_columns([column, *(c for c in keep_columns if c != column)])
+        texts = dataset[column]
+        keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
+        if not keep:
+            raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{column}'")
+        return dataset.select(keep) if len(keep) != len(texts) else dataset
+
     def fit(self, train: RawData) -> None:  # noqa: B027 - optional hook
         """Learn what the task needs from the training rows (e.g. label names) before encoding."""
 

@@ -35,13 +35,7 @@ class CausalLM(Task):
         self.check_columns(raw)
         if self.config.instruction_tuning:
             return self._encode_instructions(raw, keep_columns)
-        column = self.config.text_column
-        dataset = raw.dataset.select_columns([column, *(c for c in keep_columns if c != column)])
-        texts = dataset[column]
-        keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
-        if not keep:
-            raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{column}'")
-        return dataset.select(keep) if len(keep) != len(texts) else dataset
+        return self.rows_with_text(raw, self.config.text_column, keep_columns)
 
     def _encode_instructions(self, raw: RawData, keep_columns: tuple[str, ...]):
         """Rows with a non-empty response; the prompt's columns, the response and references are kept."""

@@ -30,13 +30,7 @@ class MaskedLM(Task):
 
     def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
         self.check_columns(raw)
-        column = self.config.text_column
-        dataset = raw.dataset.select_columns([column, *(c for c in keep_columns if c != column)])
-        texts = dataset[column]
-        keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
-        if not keep:
-            raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{column}'")
-        return dataset.select(keep) if len(keep) != len(texts) else dataset
+        return self.rows_with_text(raw, self.config.text_column, keep_columns)
 
     def _masker(self, tokenizer, seed: int | None = None):
         from transformers import DataCollatorForLanguageModeling
