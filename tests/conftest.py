@@ -59,6 +59,30 @@ def ner_conll(n: int, seed: int) -> str:
     return "\n\n".join(sentences) + "\n\n"
 
 
+def summaries_jsonl(path: Path, n: int, seed: int, *, references: bool = False) -> Path:
+    """document -> summary pairs: the summary names the document's city (learnable by a tiny model);
+    references: also a list of reference summaries per row."""
+    import json
+
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for i in range(n):
+            city = rng.choice(CITIES)
+            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
+            words.insert(rng.randrange(len(words)), city)
+            summary = f"a trip to {city}"
+            row = {"id": i, "document": " ".join(words), "summary": summary}
+            if references:
+                row["references"] = [summary, f"we went to {city}"]
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
 def write_tsv(path: Path, rows, header=("sentence", "label")) -> Path:
     path.write_text("\t".join(header) + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
     return path
@@ -81,6 +105,15 @@ TINY_LLAMA = {
     "intermediate_size": 64,
     "max_position_embeddings": 256,
     "tie_word_embeddings": True,
+}
+TINY_T5 = {
+    "model_type": "t5",
+    "d_model": 32,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "num_heads": 2,
+    "d_kv": 16,
 }
 
 

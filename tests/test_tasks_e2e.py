@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher.cli import main
-from tests.conftest import CITIES, SHARED_DATA, TINY_BERT, TINY_LLAMA, WORDS, minilm_dir, ner_conll
+from tests.conftest import (
+    SHARED_DATA,
+    TINY_BERT,
+    TINY_LLAMA,
+    TINY_T5,
+    minilm_dir,
+    ner_conll,
+    summaries_jsonl,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def _write(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 def _run(argv: list[str]) -> None:
@@ -33,7 +35,7 @@ def _eval(capsys, run: Path, data: Path) -> dict:
 def test_ner_learns_entities_and_writes_its_error_analysis(tmp_path, capsys):
     (tmp_path / "train.conll").write_text(ner_conll(300, seed=1))
     (tmp_path / "dev.conll").write_text(ner_conll(60, seed=2))
-    recipe = _write(
+    recipe = write_recipe(
         tmp_path / "ner.yaml",
         {
             "name": "tiny-ner",
@@ -64,7 +66,7 @@ def test_ner_learns_entities_and_writes_its_error_analysis(tmp_path, capsys):
 
 
 def test_question_answering_on_held_out_articles(tmp_path, capsys):
-    recipe = _write(
+    recipe = write_recipe(
         tmp_path / "qa.yaml",
         {
             "name": "tiny-qa",
@@ -101,38 +103,15 @@ def test_question_answering_on_held_out_articles(tmp_path, capsys):
     assert evaluated["eval_f1"] == pytest.approx(metrics["eval_f1"], abs=1e-9)
 
 
-def _summaries(path: Path, n: int, seed: int) -> Path:
-    """document -> summary pairs: the summary names the document's city (learnable by a tiny model)."""
-    rng = random.Random(seed)
-    with path.open("w") as handle:
-        for i in range(n):
-            city = rng.choice(CITIES)
-            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
-            words.insert(rng.randrange(len(words)), city)
-            summary = f"a trip to {city}"
-            row = {"id": i, "document": " ".join(words), "summary": summary}
-            handle.write(json.dumps({**row, "references": [summary, f"we went to {city}"]}) + "\n")
-    return path
-
-
 def test_seq2seq_generates_and_scores_rouge_at_every_evaluation(tmp_path, capsys):
-    _summaries(tmp_path / "train.jsonl", 200, seed=1)
-    _summaries(tmp_path / "dev.jsonl", 24, seed=2)
-    t5 = {
-        "model_type": "t5",
-        "d_model": 32,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        "num_heads": 2,
-        "d_kv": 16,
-    }
-    recipe = _write(
+    summaries_jsonl(tmp_path / "train.jsonl", 200, seed=1, references=True)
+    summaries_jsonl(tmp_path / "dev.jsonl", 24, seed=2, references=True)
+    recipe = write_recipe(
         tmp_path / "s2s.yaml",
         {
             "name": "tiny-s2s",
             "seed": 1,
-            "model": {"config": t5, "tokenizer": minilm_dir()},
+            "model": {"config": TINY_T5, "tokenizer": minilm_dir()},
             "task": {
                 "type": "seq2seq",
                 "references_column": "references",
@@ -160,9 +139,9 @@ def test_seq2seq_generates_and_scores_rouge_at_every_evaluation(tmp_path, capsys
 
 
 def test_instruction_tuning_generates_responses_and_reports_rouge(tmp_path):
-    _summaries(tmp_path / "train.jsonl", 80, seed=1)
-    _summaries(tmp_path / "dev.jsonl", 12, seed=2)
-    recipe = _write(
+    summaries_jsonl(tmp_path / "train.jsonl", 80, seed=1, references=True)
+    summaries_jsonl(tmp_path / "dev.jsonl", 12, seed=2, references=True)
+    recipe = write_recipe(
         tmp_path / "sft.yaml",
         {
             "name": "tiny-sft",

@@ -25,11 +25,14 @@ from tests.conftest import (
     SHARED_DATA,
     TINY_BERT,
     TINY_LLAMA,
+    TINY_T5,
     WORDS,
     fails,
     minilm_dir,
     ner_conll,
     sentiment_rows,
+    summaries_jsonl,
+    write_recipe,
 )
 
 
@@ -363,7 +366,7 @@ def test_prompt_files(tmp_path):
 
 # ---- fast: token classification windows -------------------------------------------------------------
 def test_word_windows_cover_every_word_and_overlap():
-    from launcher.tasks.token_classification import word_windows
+    from launcher.tasks.ner_prediction import word_windows
 
     counts = [1, 2, 1, 3, 1, 1, 2, 1, 1, 1, 4, 1]
     windows = word_windows(counts, budget=6, overlap=2)
@@ -417,27 +420,9 @@ def test_long_text_is_tagged_in_windows_without_losing_a_word(tmp_path):
 
 
 # ---- slow: tiny trained runs ------------------------------------------------------------------------
-def _write(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def _train(recipe: Path, out: Path, *overrides: str) -> Path:
     assert main(["run", str(recipe), *overrides, "--output", str(out)]) == 0
     return out
-
-
-def _summaries(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with path.open("w") as handle:
-        for i in range(n):
-            city = rng.choice(CITIES)
-            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
-            words.insert(rng.randrange(len(words)), city)
-            handle.write(
-                json.dumps({"id": i, "document": " ".join(words), "summary": f"a trip to {city}"}) + "\n"
-            )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -463,11 +448,11 @@ def _build_runs(root: Path) -> dict[str, Path]:
         )
     (data / "train.conll").write_text(ner_conll(300, seed=1))
     (data / "dev.conll").write_text(ner_conll(60, seed=2))
-    _summaries(data / "s-train.jsonl", 120, seed=1)
-    _summaries(data / "s-dev.jsonl", 12, seed=2)
+    summaries_jsonl(data / "s-train.jsonl", 120, seed=1)
+    summaries_jsonl(data / "s-dev.jsonl", 12, seed=2)
     tiny = {"config": TINY_BERT, "tokenizer": minilm_dir()}
     quiet = {"progress": False, "tensorboard": True}
-    cls = _write(
+    cls = write_recipe(
         data / "cls.yaml",
         {
             "name": "cls",
@@ -489,7 +474,7 @@ def _build_runs(root: Path) -> dict[str, Path]:
     runs["lora"] = _train(
         cls, root / "runs" / "cls-lora", "lora={r: 4, target_modules: [query, value]}", "train.lr=3e-2"
     )
-    ner = _write(
+    ner = write_recipe(
         data / "ner.yaml",
         {
             "name": "ner",
@@ -503,7 +488,7 @@ def _build_runs(root: Path) -> dict[str, Path]:
         },
     )
     runs["ner"] = _train(ner, root / "runs" / "ner")
-    qa = _write(
+    qa = write_recipe(
         data / "qa.yaml",
         {
             "name": "qa",
@@ -521,7 +506,7 @@ def _build_runs(root: Path) -> dict[str, Path]:
         },
     )
     runs["qa"] = _train(qa, root / "runs" / "qa")
-    sft = _write(
+    sft = write_recipe(
         data / "sft.yaml",
         {
             "name": "sft",
@@ -542,21 +527,13 @@ def _build_runs(root: Path) -> dict[str, Path]:
         },
     )
     runs["sft"] = _train(sft, root / "runs" / "sft")
-    s2s = _write(
+    s2s = write_recipe(
         data / "s2s.yaml",
         {
             "name": "s2s",
             "seed": 1,
             "model": {
-                "config": {
-                    "model_type": "t5",
-                    "d_model": 32,
-                    "d_ff": 64,
-                    "num_layers": 2,
-                    "num_decoder_layers": 2,
-                    "num_heads": 2,
-                    "d_kv": 16,
-                },
+                "config": TINY_T5,
                 "tokenizer": minilm_dir(),
             },
             "task": {
@@ -573,7 +550,7 @@ def _build_runs(root: Path) -> dict[str, Path]:
         },
     )
     runs["s2s"] = _train(s2s, root / "runs" / "s2s")
-    multi = _write(
+    multi = write_recipe(
         data / "multi.yaml",
         {
             "name": "multi",

@@ -212,3 +212,29 @@ class Task(ABC):
         else:
             lengths = [len(ids) for ids in dataset["input_ids"]]
         return {"rows": len(dataset), "tokens": int(sum(lengths))}
+
+
+class LabelledTask(Task):
+    """A task whose head picks one of a fixed set of labels (per text or per word): the label names come from
+    task.labels or the training data (`fit`), are stored with the model, and size the model's head."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._names: list[str] | None = list(config.labels) if config.labels else None
+
+    def label_names(self) -> list[str] | None:
+        return self._names
+
+    def state(self) -> dict[str, Any]:
+        return {"label_names": self._names}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._names = state["label_names"]
+
+    def config_overrides(self) -> dict[str, Any]:
+        names = self._names or []
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }

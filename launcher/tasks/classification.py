@@ -9,17 +9,16 @@ from typing import Any
 from launcher.data.collate import PaddingCollator
 from launcher.data.sources import RawData
 from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.tasks.base import Predictions, Task
+from launcher.tasks.base import LabelledTask, Predictions
 from launcher.tasks.prediction import PredictionInputs
 
 
-class SequenceClassification(Task):
+class SequenceClassification(LabelledTask):
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._names: list[str] | None = list(config.labels) if config.labels else None
         self._int_labels_are_ids = bool(config.labels)
 
     @property
@@ -59,14 +58,11 @@ class SequenceClassification(Task):
                 f"({self._names[0]}); classification needs at least two"
             )
 
-    def label_names(self) -> list[str] | None:
-        return self._names
-
     def state(self) -> dict[str, Any]:
-        return {"label_names": self._names, "int_labels_are_ids": self._int_labels_are_ids}
+        return {**super().state(), "int_labels_are_ids": self._int_labels_are_ids}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._names = state["label_names"]
+        super().restore(state)
         self._int_labels_are_ids = state["int_labels_are_ids"]
 
     def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
@@ -142,14 +138,6 @@ class SequenceClassification(Task):
             batch_size=2000,
             remove_columns=[c for c in dataset.column_names if c != "labels"],
         )
-
-    def config_overrides(self) -> dict[str, Any]:
-        names = self._names or []
-        return {
-            "num_labels": len(names),
-            "id2label": dict(enumerate(names)),
-            "label2id": {name: i for i, name in enumerate(names)},
-        }
 
     def collator(self, tokenizer):
         return PaddingCollator(tokenizer)
