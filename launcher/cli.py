@@ -200,11 +200,14 @@ def evaluate(
         Path, typer.Option("--data", "-d", help="Labelled file to evaluate on.", show_default=False)
     ],
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Multitask runs: the task whose head and metrics to use.")
+    ] = None,
 ):
     """Evaluate a finished run on another file; prints JSON metrics."""
     from launcher.use.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir, data, batch_size=batch_size)
+    metrics = evaluate_run(run_dir, data, batch_size=batch_size, task_name=task)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
 
 

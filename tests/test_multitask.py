@@ -110,3 +110,42 @@ def test_multitask_recipe_mistakes(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FtlError, match=r"does not produce 'ner_f2' \(did you mean 'ner_f1'\?\)"):
         load_recipe(path)
+
+
+def _first_losses(run: Path, n: int) -> list[float]:
+    history = json.loads((run / "log_history.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry][:n]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_zero_workers_train_both_heads_as_one_worker_does(tmp_path, stage):
+    """Under DeepSpeed ZeRO every worker runs the same head at each step (the unused head gets no gradient)
+    and takes its slice of the task's global batch: 2 workers x 4 rows give one worker's losses at 8 rows."""
+    no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    recipe = _recipe(
+        tmp_path,
+        model={"config": no_dropout, "tokenizer": minilm_dir()},
+        train={"max_steps": 6, "log_every_steps": 1, "lr": 1e-3, "warmup_ratio": 0.0},
+        eval={"every_steps": 6},
+    )
+    edited = yaml.safe_load(recipe.read_text())
+    edited["task"]["dropout"] = 0.0
+    recipe.write_text(yaml.safe_dump(edited, sort_keys=False))
+    single, double = tmp_path / "one", tmp_path / "two"
+    common = [f"distributed.zero_stage={stage}", "train.group_by_length=false"]
+    assert main(["run", str(recipe), *common, "train.batch_size=8", "--output", str(single)]) == 0
+    assert (
+        main(
+            ["run", str(recipe), *common, "distributed.workers=2", "train.batch_size=4", "--output", str(double)]
+        )
+        == 0
+    )
+    reference = _first_losses(single, 6)
+    assert len(reference) == 6
+    assert _first_losses(double, 6) == pytest.approx(reference, rel=1e-3)
+    metrics = json.loads((double / "metrics.json").read_text())
+    assert {"eval_sentiment_accuracy", "eval_ner_f1", "eval_score"} <= set(metrics)
+    manifest = json.loads((double / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == stage

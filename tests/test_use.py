@@ -807,6 +807,24 @@ def test_multitask_predicts_with_the_head_of_the_task_named(trained, tmp_path, c
 
 
 @pytest.mark.slow
+def test_multitask_eval_scores_the_named_task_as_the_run_did(trained, capsys):
+    run, val, dev = trained["multi"], trained["data"] / "val.tsv", trained["data"] / "dev.conll"
+    message = fails(capsys, ["eval", str(run), "--data", str(val)])
+    assert "--task: this multitask run has the tasks sentiment, ner" in message
+    message = fails(capsys, ["eval", str(run), "--data", str(val), "--task", "nre"])
+    assert "did you mean 'ner'" in message
+    message = fails(capsys, ["eval", str(trained["cls"]), "--data", str(val), "--task", "sentiment"])
+    assert "only multitask runs have several tasks" in message
+    metrics = json.loads((run / "metrics.json").read_text())
+    sentiment = _eval(capsys, run, val, "--task", "sentiment")
+    assert sentiment["task"] == "sentiment" and sentiment["examples"] == 80
+    assert sentiment["eval_sentiment_accuracy"] == pytest.approx(metrics["eval_sentiment_accuracy"], abs=1e-12)
+    ner = _eval(capsys, run, dev, "--task", "ner")
+    for key in ("eval_ner_f1", "eval_ner_precision", "eval_ner_recall", "eval_ner_loss"):
+        assert ner[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+@pytest.mark.slow
 def test_verbs_refuse_runs_and_files_they_cannot_use(trained, tmp_path, capsys):
     message = fails(capsys, ["generate", str(trained["cls"]), "--prompt", "hello"])
     assert "a sequence_classification run cannot be used with ftl generate" in message

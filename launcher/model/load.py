@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError, first_line
+from launcher.errors import FtlError, did_you_mean, first_line
 from launcher.model.locate import ModelLocation, locate_model, locate_path
 from launcher.recipe.loader import LoadedRecipe
 from launcher.tasks.base import Task
@@ -97,11 +97,25 @@ def model_config(loaded: LoadedRecipe, task: Task, location: ModelLocation, toke
             for key, value in section.config.items():
                 if key != "model_type":
                     setattr(config, key, value)
+    _override(config, section.config_overrides)
     for key, value in overrides.items():
         setattr(config, key, value)
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     return config
+
+
+def _override(config, settings: dict[str, Any]) -> None:
+    """model.config_overrides onto a loaded config: only settings it has (a typo would otherwise be a new,
+    silently ignored attribute)."""
+    known = config.to_dict()
+    for key, value in settings.items():
+        if key not in known and not hasattr(config, key):
+            raise FtlError(
+                f"model.config_overrides.{key}: {type(config).__name__} has no setting '{key}'"
+                f"{did_you_mean(key, known)}"
+            )
+        setattr(config, key, value)
 
 
 def _special_tokens_of(config, tokenizer, settings: dict) -> None:

@@ -40,6 +40,12 @@ class ModelSection(Section):
     tokenizer: str | None = Field(
         None, description="Where to load the tokenizer from, when not the model's own."
     )
+    config_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the model's config to change before its weights load (each must be a setting "
+        "the config has), e.g. {attention_probs_dropout_prob: 0.0}: without attention dropout BERT-style "
+        "models train ~20 % faster on CPU, where dropout takes PyTorch's slow attention path.",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
     trust_remote_code: bool = Field(
         False, description="Run model code shipped with a hub model. Off by default."

@@ -94,9 +94,10 @@ class EpochDataLoader(torch.utils.data.DataLoader):
 
 
 class MultiTaskCollator:
-    """Pads a batch with its task's own collator and adds the task_id the model picks its head by."""
+    """Pads a batch with its task's own collator and adds the task_id the model picks its head by;
+    `collators` maps each task_id to its collator (a list in task order, or a mapping)."""
 
-    def __init__(self, collators: list[Any]) -> None:
+    def __init__(self, collators: list[Any] | dict[int, Any]) -> None:
         self.collators = collators
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def execute(
             "cleaned data; or set train.nan_policy: skip)"
         )
 
-    final = trainer.evaluate()
+    final = _evaluation_of_final_weights(trainer) or trainer.evaluate()
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardLogger):
             callback.close()
@@ -215,6 +215,20 @@ def execute(
     )
     _log_summary(metrics, rundir, predictions)
     return metrics
+
+
+def _evaluation_of_final_weights(trainer) -> dict[str, Any] | None:
+    """The logged evaluation of exactly the weights the run ends with, when training made one: at the last step,
+    or (eval.select_best) at the step of the best checkpoint, which HF has just reloaded. Evaluating again would
+    repeat the same numbers at the cost of a pass over the validation set; None when there is no such entry."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: v for k, v in entry.items() if k != "step"}
+    return None
 
 
 def _silent(message: str) -> None:

@@ -1,8 +1,8 @@
 """ftl's HF Trainer: the stock training loop with the few behaviours a recipe needs on top.
 
-* Evaluation and prediction read rows in order. HF 5 applies `group_by_length` to evaluation too, with a
-  seeded shuffle; metrics do not care, but predictions must line up with the rows they were made for
-  (misclassified examples, NER errors, QA answers).
+* Evaluation and prediction read rows longest first (far less padding) and put the results back in row
+  order before metrics, so predictions line up with the rows they were made for (misclassified examples,
+  NER errors, QA answers); see `eval_order.py`. (HF 5's own `group_by_length` evaluation shuffles rows.)
 * A layer schedule (discriminative learning rates, gradual unfreezing; see `layer_schedule.py`): one optimizer
   group per layer depth (and weight decay or not), each with its own learning rate, and the run's scheduler
   gated per group until the group is unfrozen. The groups' learning rates are logged as `lr/<group>`.
@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer, Trainer
 
 from launcher.train import checkpoints
+from launcher.train.eval_order import LongestFirstSampler, in_row_order, row_lengths, sampler_of
 from launcher.train.guard import NonFiniteGuard
 from launcher.train.layer_schedule import LayerSchedule
 
@@ -81,13 +82,47 @@ class FtlTrainerMixin:
                 use_mtime=True,
             )
 
+    # ---- evaluation: longest rows first, results in row order (eval_order.py) --------------------------
     def _get_eval_sampler(self, eval_dataset):
-        """Evaluation batches follow the dataset order (distributed: the default sharded order)."""
         from torch.utils.data import SequentialSampler
 
         if eval_dataset is None or self.args.world_size > 1:
-            return None
-        return SequentialSampler(eval_dataset)
+            return None  # distributed: HF's sharded order
+        lengths = row_lengths(eval_dataset)
+        if lengths is None or self.args.batch_eval_metrics or self.args.include_for_metrics:
+            return SequentialSampler(eval_dataset)
+        return LongestFirstSampler(lengths)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        from transformers.trainer_utils import EvalLoopOutput, EvalPrediction, denumpify_detensorize
+
+        sampler = sampler_of(dataloader)
+        if sampler is None:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        compute, self.compute_metrics = self.compute_metrics, None  # metrics only once rows are in order
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            self.compute_metrics = compute
+        predictions = in_row_order(output.predictions, sampler.order)
+        labels = in_row_order(output.label_ids, sampler.order)
+        metrics: dict = {}
+        if compute is not None and predictions is not None and labels is not None:
+            found = denumpify_detensorize(compute(EvalPrediction(predictions=predictions, label_ids=labels)))
+            prefix = f"{metric_key_prefix}_"
+            metrics = {(k if k.startswith(prefix) else prefix + k): v for k, v in found.items()}
+        return EvalLoopOutput(
+            predictions=predictions,
+            label_ids=labels,
+            metrics={**metrics, **output.metrics},
+            num_samples=output.num_samples,
+        )
 
     # ---- layer schedule ---------------------------------------------------------------------------
     def create_optimizer(self, model=None):
