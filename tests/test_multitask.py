@@ -138,7 +138,15 @@ def test_two_zero_workers_train_both_heads_as_one_worker_does(tmp_path, stage):
     assert main(["run", str(recipe), *common, "train.batch_size=8", "--output", str(single)]) == 0
     assert (
         main(
-            ["run", str(recipe), *common, "distributed.workers=2", "train.batch_size=4", "--output", str(double)]
+            [
+                "run",
+                str(recipe),
+                *common,
+                "distributed.workers=2",
+                "train.batch_size=4",
+                "--output",
+                str(double),
+            ]
         )
         == 0
     )

@@ -818,7 +818,9 @@ def test_multitask_eval_scores_the_named_task_as_the_run_did(trained, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     sentiment = _eval(capsys, run, val, "--task", "sentiment")
     assert sentiment["task"] == "sentiment" and sentiment["examples"] == 80
-    assert sentiment["eval_sentiment_accuracy"] == pytest.approx(metrics["eval_sentiment_accuracy"], abs=1e-12)
+    assert sentiment["eval_sentiment_accuracy"] == pytest.approx(
+        metrics["eval_sentiment_accuracy"], abs=1e-12
+    )
     ner = _eval(capsys, run, dev, "--task", "ner")
     for key in ("eval_ner_f1", "eval_ner_precision", "eval_ner_recall", "eval_ner_loss"):
         assert ner[key] == pytest.approx(metrics[key], abs=1e-6), key

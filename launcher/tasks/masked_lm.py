@@ -3,7 +3,8 @@
 Training batches are masked afresh every time (HF's DataCollatorForLanguageModeling: 80 % [MASK], 10 % random,
 10 % kept; whole-word masking masks every subword of a chosen word). Validation blocks are masked once, with a
 fixed seed, when they are tokenised, so every evaluation scores the same positions. Metrics: perplexity and
-accuracy over the masked positions.
+accuracy over the masked positions. Training projects only the masked positions onto the vocabulary
+(launcher/train/masked_positions.py), about half of a small encoder's step.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ class MaskedLM(Task):
 
     def collator(self, tokenizer):
         return MaskingCollator(tokenizer, self._masker(tokenizer))
+
+    def trainer_class(self) -> type:
+        from launcher.train.masked_positions import MaskedLMTrainer
+
+        return MaskedLMTrainer
+
+    def configure_trainer(self, trainer, data) -> None:
+        """Training projects only the masked positions onto the vocabulary (launcher/train/masked_positions.py)."""
+        from launcher.train.masked_positions import MaskedPositions
+
+        trainer.masked_positions = MaskedPositions(trainer.model)
 
     # ---- metrics --------------------------------------------------------------------------------
     def preprocess_logits_for_metrics(self):
