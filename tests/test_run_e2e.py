@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from launcher.cli import main
-from tests.conftest import REPO, edit_recipe, env_without_hub, sentiment_rows, write_tsv
+from tests.conftest import (
+    REPO,
+    TINY_BERT,
+    edit_recipe,
+    env_without_hub,
+    minilm_dir,
+    sentiment_rows,
+    write_tsv,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +121,40 @@ def test_early_stopping_ends_training_before_the_last_epoch(tmp_path, classifica
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_steps"] == 4  # first evaluation sets the best, the second fails to improve by 100
+
+
+@pytest.mark.parametrize("class_weights, tolerance", [(None, 1e-4), ("balanced", 0.15)])
+def test_gradient_accumulation_equals_the_larger_batch(
+    tmp_path, classification_recipe, class_weights, tolerance
+):
+    """2 micro-batches of 8 are one batch of 16: the same losses and gradient norms (HF on its own would add up
+    the two micro-batches' mean losses for BERT, and for any custom loss such as class weights: 2x). With class
+    weights each micro-batch's loss is its own weighted mean, so the two agree only approximately."""
+    no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    task = yaml.safe_load(classification_recipe.read_text())["task"]
+    edit_recipe(
+        classification_recipe,
+        model={"config": no_dropout, "tokenizer": minilm_dir()},
+        task={**task, "class_weights": class_weights} if class_weights else task,
+        train={
+            "max_steps": 4,
+            "log_every_steps": 1,
+            "lr": 1e-3,
+            "warmup_ratio": 0.0,
+            "group_by_length": False,
+        },
+        eval={"every_steps": 4},
+    )
+    histories = []
+    for name, settings in (
+        ("one", ["train.batch_size=16"]),
+        ("two", ["train.batch_size=8", "train.grad_accum_steps=2"]),
+    ):
+        _run(["run", str(classification_recipe), *settings, "--output", str(tmp_path / name)])
+        history = json.loads((tmp_path / name / "log_history.json").read_text())["log_history"]
+        histories.append([v for e in history if "loss" in e for v in (e["loss"], e["grad_norm"])])
+    assert len(histories[0]) == 8  # 4 steps: loss and gradient norm
+    assert histories[1] == pytest.approx(histories[0], rel=tolerance)
 
 
 def test_bf16_trains_on_cpu(tmp_path, classification_recipe):

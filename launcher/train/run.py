@@ -294,8 +294,20 @@ def _build_trainer(loaded, task, model, tokenizer, data: PreparedData, rundir: R
         callbacks=callbacks,
     )
     replace_default_printers(trainer)
+    if not task.loss_counts_items:
+        _mean_loss_per_micro_batch(trainer)
     task.configure_trainer(trainer, data)
     return trainer
+
+
+def _mean_loss_per_micro_batch(trainer) -> None:
+    """Tell HF that this task's loss is a mean over its micro-batch, so gradient accumulation divides it by the
+    accumulation steps. HF infers the opposite from any model whose forward takes **kwargs (BERT, T5, ftl's
+    multitask model), or whenever a custom loss (class weights) is set, and would then add up the micro-batches'
+    means: loss and gradients x grad_accum_steps (tested in test_run_e2e). Only the causal-LM loss really divides
+    by num_items_in_batch."""
+    trainer.model_accepts_loss_kwargs = False
+    trainer.loss_is_scaled_for_ga = False
 
 
 def _add_changes(metrics: dict[str, Any], main: str) -> None:
