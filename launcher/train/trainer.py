@@ -120,7 +120,7 @@ class FtlTrainerMixin:
         return EvalLoopOutput(
             predictions=predictions,
             label_ids=labels,
-            metrics={**metrics, **output.metrics},
+            metrics={**output.metrics, **metrics},  # HF's order: the loss first
             num_samples=output.num_samples,
         )
 
