@@ -119,10 +119,15 @@ def _first_losses(run: Path, n: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_after_module")
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_zero_workers_train_both_heads_as_one_worker_does(tmp_path, stage):
-    """Under DeepSpeed ZeRO every worker runs the same head at each step (the unused head gets no gradient)
-    and takes its slice of the task's global batch: 2 workers x 4 rows give one worker's losses at 8 rows."""
+def test_two_zero3_workers_train_both_heads_as_one_zero3_worker_does(tmp_path):
+    """Under DeepSpeed every worker runs the same head at each step (the unused head gets no gradient) and
+    takes its slice of the task's global batch: 2 ZeRO-3 workers x 4 rows (parameters, gradients and optimizer
+    state partitioned) give one worker's losses at 8 rows. ZeRO-3 is the strictest stage; stages 0-3 on a
+    single-task model are compared the same way in test_distributed.py.
+
+    The reference is one ZeRO-3 worker, not ZeRO-0 or a plain run: the flat optimizer partitions of ZeRO 1-3
+    see the idle head's gradient as zeros, so Adam's momentum (and weight decay) keep moving that head, where
+    torch.optim skips a parameter whose .grad is None. Against ZeRO-0 the losses drift by 0.4 % in 6 steps."""
     no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     recipe = _recipe(
         tmp_path,
@@ -134,14 +139,20 @@ def test_two_zero_workers_train_both_heads_as_one_worker_does(tmp_path, stage):
     edited["task"]["dropout"] = 0.0
     recipe.write_text(yaml.safe_dump(edited, sort_keys=False))
     single, double = tmp_path / "one", tmp_path / "two"
-    common = [f"distributed.zero_stage={stage}", "train.group_by_length=false"]
-    assert main(["run", str(recipe), *common, "train.batch_size=8", "--output", str(single)]) == 0
+    common = ["train.group_by_length=false"]
+    assert (
+        main(
+            ["run", str(recipe), *common, "distributed.zero_stage=3", "train.batch_size=8", "-o", str(single)]
+        )
+        == 0
+    )
     assert (
         main(
             [
                 "run",
                 str(recipe),
                 *common,
+                "distributed.zero_stage=3",
                 "distributed.workers=2",
                 "train.batch_size=4",
                 "--output",
@@ -156,4 +167,4 @@ def test_two_zero_workers_train_both_heads_as_one_worker_does(tmp_path, stage):
     metrics = json.loads((double / "metrics.json").read_text())
     assert {"eval_sentiment_accuracy", "eval_ner_f1", "eval_score"} <= set(metrics)
     manifest = json.loads((double / "manifest.json").read_text())
-    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == stage
+    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == 3
