@@ -123,7 +123,10 @@ def test_values_are_validated_and_the_trial_recipe_has_no_tune_section(classific
 
 
 def test_another_model_does_not_inherit_the_base_models_local_copies(classification_recipe):
-    edit_recipe(classification_recipe, model={"name_or_path": "org/base", "local_copies": ["/models/base"]})
+    edit_recipe(
+        classification_recipe,
+        model={"config": None, "name_or_path": "org/base", "local_copies": ["/models/base"]},
+    )
     recipe = load_recipe(classification_recipe).recipe
     trial = with_values(recipe, {"model.name_or_path": minilm_dir()})
     assert trial.model.name_or_path == minilm_dir()

@@ -214,7 +214,7 @@ def test_a_search_over_models_compares_them(tmp_path, classification_recipe, cap
         models.append(str(tmp_path / name))
     edit_recipe(
         classification_recipe,
-        model={"name_or_path": models[0]},
+        model={"config": None, "name_or_path": models[0]},
         train={"epochs": 1},
         log={"progress": False, "tensorboard": False},
         tune={

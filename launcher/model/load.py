@@ -93,10 +93,6 @@ def model_config(loaded: LoadedRecipe, task: Task, location: ModelLocation, toke
                 trust_remote_code=section.trust_remote_code,
                 **location.hf_kwargs(),
             )
-        if section.config:
-            for key, value in section.config.items():
-                if key != "model_type":
-                    setattr(config, key, value)
     _override(config, section.config_overrides)
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -110,7 +106,7 @@ def _override(config, settings: dict[str, Any]) -> None:
     silently ignored attribute)."""
     known = config.to_dict()
     for key, value in settings.items():
-        if key not in known and not hasattr(config, key):
+        if key not in known and (not hasattr(config, key) or callable(getattr(config, key))):
             raise FtlError(
                 f"model.config_overrides.{key}: {type(config).__name__} has no setting '{key}'"
                 f"{did_you_mean(key, known)}"

@@ -77,6 +77,21 @@ def checkpoints_follow_evaluations_when_selecting_best(recipe: Recipe) -> Violat
     return None
 
 
+# --- model -----------------------------------------------------------------------------------------
+
+
+@rule
+def config_builds_from_scratch(recipe: Recipe) -> Violation | None:
+    model = recipe.model
+    if model.config is not None and (model.name_or_path or model.local_copies):
+        source = "name_or_path" if model.name_or_path else "local_copies"
+        return ("model", "config"), (
+            f"model.config builds a randomly initialised model, model.{source} loads a pretrained one: give "
+            "one (model.config=null); to change a pretrained model's settings use model.config_overrides"
+        )
+    return None
+
+
 # --- optimisation ----------------------------------------------------------------------------------
 
 

@@ -6,12 +6,10 @@ masked. For a small encoder that decoder is the largest matmul of the step (Mini
 more FLOPs than its six layers together), so most of a step went into logits nobody reads.
 
 In training, a forward pre-hook on the decoder hands it only the masked positions' hidden states; the model
-returns logits [masked positions, vocabulary] and the loss is their cross entropy. It is reduced as HF's
-Trainer assumes of a model that takes num_items_in_batch (its gradient-accumulation scaling depends on it): the
-sum over num_items_in_batch, which for one micro-batch per step is the mean over its masked tokens, BERT's own
-loss. (Under gradient accumulation it is the token-weighted mean of the accumulated batch, where BERT's own
-per-micro-batch mean would be added up un-divided by HF.) Models whose forward takes no loss kwargs: the mean. Same loss and gradients, computed on the rows that count. Evaluation runs the model
-unchanged: its metrics read the logits at every position.
+returns logits [masked positions, vocabulary] and the loss is their mean cross entropy: BERT's own loss (a
+per-micro-batch mean, which the Trainer divides by the accumulation steps), computed on the rows that count.
+Evaluation runs the model unchanged: its metrics read the logits at every position. A single process driving
+several GPUs (HF's nn.DataParallel splits the batch across replicas that share the hook) decodes in full.
 """
 
 from __future__ import annotations
@@ -43,19 +41,17 @@ class MaskedPositions:
         hidden = args[0]
         return (hidden[self.positions.to(hidden.device)], *args[1:])
 
-    def loss(self, outputs, labels, num_items_in_batch=None):
-        from transformers.loss.loss_utils import fixed_cross_entropy
+    def loss(self, outputs, targets):
+        """Mean cross entropy of the masked positions' logits against their labels (`targets`, 1-D)."""
+        from torch.nn.functional import cross_entropy
 
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        targets = labels[labels != IGNORE_INDEX]
         if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise RuntimeError(
                 f"masked-LM decoder returned logits of shape {tuple(logits.shape)} for {targets.shape[0]} masked "
                 "positions: this model reshapes after its output embeddings, so only-masked decoding does not apply"
             )
-        return fixed_cross_entropy(
-            logits.float(), targets.to(logits.device), num_items_in_batch, IGNORE_INDEX
-        )
+        return cross_entropy(logits.float(), targets.to(logits.device))
 
 
 class MaskedLMTrainer(FtlTrainerMixin, Trainer):
@@ -63,19 +59,19 @@ class MaskedLMTrainer(FtlTrainerMixin, Trainer):
 
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs=False, num_items_in_batch=None):
         selector = self.masked_positions
-        if selector is None or not selector.active or not model.training or "labels" not in inputs:
+        if (
+            selector is None
+            or not selector.active
+            or not model.training
+            or "labels" not in inputs
+            or self.args.n_gpu > 1  # nn.DataParallel: each replica sees a slice of the batch
+        ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        accepts = self.model_accepts_loss_kwargs  # does the model's own loss divide by num_items_in_batch?
-        if self.compute_loss_func is not None or (self.args.average_tokens_across_devices and not accepts):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def loss(outputs, labels, num_items_in_batch=None):  # HF pops the labels and hands them here
-            return selector.loss(outputs, labels, num_items_in_batch if accepts else None)
-
-        selector.positions = inputs["labels"] != IGNORE_INDEX
-        self.compute_loss_func = loss
+        labels = inputs["labels"]
+        selector.positions = labels != IGNORE_INDEX
         try:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+            loss = selector.loss(outputs, labels[selector.positions])
         finally:
-            self.compute_loss_func = None
             selector.positions = None
+        return (loss, outputs) if return_outputs else loss

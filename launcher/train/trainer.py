@@ -86,12 +86,18 @@ class FtlTrainerMixin:
     def _get_eval_sampler(self, eval_dataset):
         from torch.utils.data import SequentialSampler
 
-        if eval_dataset is None or self.args.world_size > 1:
+        args = self.args
+        if eval_dataset is None or args.world_size > 1:
             return None  # distributed: HF's sharded order
-        lengths = row_lengths(eval_dataset)
-        if lengths is None or self.args.batch_eval_metrics or self.args.include_for_metrics:
+        if (  # reordering needs every row's result, concatenated in one array per output
+            args.batch_eval_metrics
+            or args.include_for_metrics
+            or not args.eval_do_concat_batches
+            or args.dataloader_drop_last
+        ):
             return SequentialSampler(eval_dataset)
-        return LongestFirstSampler(lengths)
+        lengths = row_lengths(eval_dataset)
+        return SequentialSampler(eval_dataset) if lengths is None else LongestFirstSampler(lengths)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
