@@ -36,8 +36,8 @@ def machine() -> dict[str, Any]:
     import psutil
     import torch
 
-    from launcher.bench.timer import _device_name
-    from launcher.train.rundir import git_sha
+    from ftl.launcher.bench.timer import _device_name
+    from ftl.launcher.train.rundir import git_sha
 
     cuda = torch.cuda.is_available()
     versions = {}
@@ -117,9 +117,9 @@ def paired_ratio(samples: dict[str, list[dict[str, Any]]], key: str, a: str, b: 
 
 def timed_numbers(timing: dict[str, Any]) -> dict[str, float]:
     """tokens/s, samples/s, non-pad share and step times of one StepTimer record file (timed steps only)."""
-    from launcher.bench.matrix import Cell
-    from launcher.bench.peak import Peak
-    from launcher.bench.results import summarise
+    from ftl.launcher.bench.matrix import Cell
+    from ftl.launcher.bench.peak import Peak
+    from ftl.launcher.bench.results import summarise
 
     result = summarise(Cell(1, ()), [timing], lambda *a: Peak(None, "fp32", "not used"))
     if not result.ok:

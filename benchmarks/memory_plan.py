@@ -62,12 +62,12 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     import psutil
     from transformers import Trainer, TrainingArguments
 
-    from launcher.data.prepare import prepare_data
-    from launcher.model.freeze import apply_freezing
-    from launcher.model.load import load_model, load_tokenizer, quiet_transformers
-    from launcher.plan import plan_memory, shape_of
-    from launcher.recipe import load_recipe
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.data.prepare import prepare_data
+    from ftl.launcher.model.freeze import apply_freezing
+    from ftl.launcher.model.load import load_model, load_tokenizer, quiet_transformers
+    from ftl.launcher.plan import plan_memory, shape_of
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.tasks.registry import task_for
 
     loaded = load_recipe(recipe, overrides)
     quiet_transformers()

@@ -48,10 +48,10 @@ def data_stats(loaded) -> dict[str, dict[str, float]]:
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from launcher.data.collate import BlockCollator, PaddingCollator
-    from launcher.data.sources import load_source
-    from launcher.model.load import load_tokenizer
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.data.collate import BlockCollator, PaddingCollator
+    from ftl.launcher.data.sources import load_source
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.tasks.registry import task_for
 
     recipe = loaded.recipe
     tokenizer = load_tokenizer(loaded)
@@ -110,10 +110,10 @@ def data_stats(loaded) -> dict[str, dict[str, float]]:
 
 
 def run_ftl_packed(scratch: Path, warmup: int, steps: int) -> dict[str, Any]:
-    from launcher.bench.matrix import bench_overrides
-    from launcher.bench.timer import StepTimer
-    from launcher.recipe import load_recipe
-    from launcher.train.run import run_recipe
+    from ftl.launcher.bench.matrix import bench_overrides
+    from ftl.launcher.bench.timer import StepTimer
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.train.run import run_recipe
 
     work = Path(tempfile.mkdtemp(dir=scratch))
     loaded = load_recipe(RECIPE, ["train.device=cpu", *bench_overrides(warmup, steps)])
@@ -137,8 +137,8 @@ def run_naive_padded(scratch: Path, warmup: int, steps: int, texts: list[str]) -
     )
     from transformers.trainer_callback import PrinterCallback
 
-    from launcher.bench.timer import StepTimer
-    from launcher.locations import package_dir
+    from ftl.launcher.bench.timer import StepTimer
+    from ftl.launcher.locations import package_dir
 
     set_seed(SEED)
     # the package's __init__ imports `llm` (installed with --no-deps): find its directory without importing it
@@ -213,9 +213,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from launcher.data.sources import load_source
-    from launcher.model.load import quiet_transformers
-    from launcher.recipe import load_recipe
+    from ftl.launcher.data.sources import load_source
+    from ftl.launcher.model.load import quiet_transformers
+    from ftl.launcher.recipe import load_recipe
 
     quiet_transformers()
     torch.set_num_threads(args.threads)

@@ -60,7 +60,7 @@ def prepare(args: argparse.Namespace, *, scratch_prefix: str, max_length: int) -
     """Device, threads, a scratch directory (its own tokenisation cache) and the SST-2 subset."""
     import torch
 
-    from launcher.model.load import quiet_transformers
+    from ftl.launcher.model.load import quiet_transformers
 
     quiet_transformers()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,9 +82,9 @@ def run_ftl(setup: Setup, *, group_by_length: bool = True) -> dict[str, Any]:
     """ftl's Run (the path of `ftl run` / `ftl bench`), with dynamic padding (its only mode)."""
     import yaml
 
-    from launcher.bench.timer import StepTimer
-    from launcher.recipe import load_recipe
-    from launcher.train.run import run_recipe
+    from ftl.launcher.bench.timer import StepTimer
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.train.run import run_recipe
 
     recipe = {
         "name": "bench-ftl",
@@ -151,7 +151,7 @@ def run_hf_trainer(setup: Setup, *, classic: bool = False) -> dict[str, Any]:
     )
     from transformers.trainer_callback import PrinterCallback
 
-    from launcher.bench.timer import StepTimer
+    from ftl.launcher.bench.timer import StepTimer
 
     set_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

@@ -84,8 +84,8 @@ def recipe(data: Path, tune: dict) -> dict:
 def search(data: Path, scratch: Path, name: str, tune: dict) -> dict:
     import yaml
 
-    from launcher.recipe import load_recipe
-    from tune.search import run_search
+    from ftl.launcher.recipe import load_recipe
+    from ftl.tune.search import run_search
 
     path = scratch / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe(data, tune), sort_keys=False))

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 DASHBOARD_PORT = 8265
 ADDRESS_ENV = "FTL_RAY_ADDRESS"
@@ -88,7 +88,7 @@ def resolve_address(raw: str | None) -> Address:
     ray_address = os.environ.get("RAY_ADDRESS", "").strip()
     if ray_address.startswith(("http://", "https://")):
         return parse_address(ray_address, "$RAY_ADDRESS")
-    from cluster.state import running_local_cluster
+    from ftl.cluster.state import running_local_cluster
 
     local = running_local_cluster()
     if local is not None:

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.address import Address
-from launcher.errors import FtlError
+from ftl.cluster.address import Address
+from ftl.launcher.errors import FtlError
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -46,7 +46,7 @@ def resolve_token(address: Address, token_file: Path | None = None) -> Token | N
     if os.environ.get(TOKEN_PATH_ENV, "").strip():
         path = Path(os.environ[TOKEN_PATH_ENV]).expanduser()
         return _read_token(path, f"${TOKEN_PATH_ENV} ({path})", required=True)
-    from cluster.state import local_cluster_at
+    from ftl.cluster.state import local_cluster_at
 
     local = local_cluster_at(address)
     if local is not None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.address import Address, check_reachable, resolve_address
-from cluster.auth import Token, auth_headers, check_safe, redact, resolve_token, secrets_of
-from launcher.errors import FtlError, did_you_mean, first_line
+from ftl.cluster.address import Address, check_reachable, resolve_address
+from ftl.cluster.auth import Token, auth_headers, check_safe, redact, resolve_token, secrets_of
+from ftl.launcher.errors import FtlError, did_you_mean, first_line
 
 # Ray's client reads these instead of the address it is given; ftl decides the address itself.
 _ADDRESS_OVERRIDES = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")

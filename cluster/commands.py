@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from launcher.cli_types import OverridesArg, RecipeArg
-from launcher.errors import FtlError
+from ftl.launcher.cli_types import OverridesArg, RecipeArg
+from ftl.launcher.errors import FtlError
 
 AddressOpt = Annotated[
     str | None,
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Start a local Ray head (prints its dashboard URL)."""
-        from cluster.local import start
+        from ftl.cluster.local import start
 
         if not local:
             raise FtlError(
@@ -71,14 +71,14 @@ def register(app: typer.Typer) -> None:
     @cluster_app.command("stop")
     def cluster_stop():
         """Stop the local cluster ftl started (only its own processes)."""
-        from cluster.local import stop
+        from ftl.cluster.local import stop
 
         stop()
 
     @cluster_app.command("status")
     def cluster_status():
         """Whether the local cluster runs; its address, token file and storage."""
-        from cluster.local import status
+        from ftl.cluster.local import status
 
         status()
 
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ):
         """Submit a recipe (or with --tune its search) as a Ray Job; prints the job id."""
-        from cluster.submit import submit as submit_job
+        from ftl.cluster.submit import submit as submit_job
 
         if samples is not None and not tune:
             raise FtlError("--samples: applies to a search; add --tune")
@@ -143,14 +143,14 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     ):
         """List the cluster's jobs."""
-        from cluster.jobs import list_jobs
+        from ftl.cluster.jobs import list_jobs
 
         list_jobs(address, token_file=token_file, as_json=as_json)
 
     @app.command()
     def status(job: JobArg, address: AddressOpt = None, token_file: TokenFileOpt = None):
         """A job's status (stdout) and what it runs (stderr)."""
-        from cluster.jobs import status as job_status
+        from ftl.cluster.jobs import status as job_status
 
         job_status(job, address, token_file=token_file)
 
@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ):
         """A job's logs."""
-        from cluster.jobs import logs as job_logs
+        from ftl.cluster.jobs import logs as job_logs
 
         code = job_logs(job, address, follow=follow, token_file=token_file)
         if code:
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def stop(job: JobArg, address: AddressOpt = None, token_file: TokenFileOpt = None):
         """Stop a running job and wait until it has stopped."""
-        from cluster.jobs import stop as stop_job
+        from ftl.cluster.jobs import stop as stop_job
 
         stop_job(job, address, token_file=token_file)
 
@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Copy a job's run directory from its storage to <output>/<job-id> (prints that path)."""
-        from cluster.jobs import fetch as fetch_job
+        from ftl.cluster.jobs import fetch as fetch_job
 
         fetch_job(job, output, address, storage=storage, token_file=token_file)
 
@@ -208,6 +208,6 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[int | None, typer.Option("--samples", min=1)] = None,
     ):
         """Inside a submitted job: run the staged recipe into <storage>/<job-id>."""
-        from cluster.entry import run_job
+        from ftl.cluster.entry import run_job
 
         run_job(kind, job_id, storage, samples=samples)

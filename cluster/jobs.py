@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.client import Connection, connect
-from launcher.console import log, out
-from launcher.errors import FtlError
+from ftl.cluster.client import Connection, connect
+from ftl.launcher.console import log, out
+from ftl.launcher.errors import FtlError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
@@ -120,7 +120,7 @@ def fetch(
     token_file: Path | None = None,
 ) -> Path:
     """Copy <storage>/<job-id>/ to <output>/<job-id>/; the storage comes from the job's metadata unless given."""
-    from cluster.storage import check_storage, copy_tree, exists, job_location
+    from ftl.cluster.storage import check_storage, copy_tree, exists, job_location
 
     job_status = None
     if storage is None:

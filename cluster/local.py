@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.state import LocalCluster, clear_state, process_matches, read_state, state_dir, write_state
-from launcher.console import log, out
-from launcher.errors import FtlError
+from ftl.cluster.state import LocalCluster, clear_state, process_matches, read_state, state_dir, write_state
+from ftl.launcher.console import log, out
+from ftl.launcher.errors import FtlError
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import FtlError
-from launcher.locations import find_local, looks_local
-from launcher.recipe.loader import LoadedRecipe, load_recipe
+from ftl.launcher.errors import FtlError
+from ftl.launcher.locations import find_local, looks_local
+from ftl.launcher.recipe.loader import LoadedRecipe, load_recipe
 
 RECIPE_FILE = "recipe.yaml"
 FILES = "files"

@@ -88,7 +88,7 @@ def running_local_cluster() -> LocalCluster | None:
 
 def local_cluster_at(address) -> LocalCluster | None:
     """The running local cluster when `address` (a cluster.address.Address) is its dashboard."""
-    from cluster.address import parse_address
+    from ftl.cluster.address import parse_address
 
     cluster = running_local_cluster()
     if cluster is None:

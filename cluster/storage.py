@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from launcher.errors import FtlError, first_line
+from ftl.launcher.errors import FtlError, first_line
 
 STORAGE_ENV = "FTL_STORAGE"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

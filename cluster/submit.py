@@ -13,13 +13,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from cluster.client import Connection, connect
-from cluster.entry import entry_command
-from cluster.package import Staged, stage
-from cluster.storage import check_storage, job_location, resolve_storage
-from launcher.console import log, out
-from launcher.errors import FtlError
-from launcher.recipe import load_recipe
+from ftl.cluster.client import Connection, connect
+from ftl.cluster.entry import entry_command
+from ftl.cluster.package import Staged, stage
+from ftl.cluster.storage import check_storage, job_location, resolve_storage
+from ftl.launcher.console import log, out
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
 
 # Path-valued settings: forwarded only to a cluster on this machine (elsewhere the paths mean nothing).
 _LOCAL_PATH_ENV = ("FTL_CACHE", "FTL_DATA_HOME", "HF_HOME", "HF_DATASETS_CACHE", "TORCH_EXTENSIONS_DIR")
@@ -51,14 +51,14 @@ def submit(
             raise FtlError(
                 f"{recipe_path}: --tune: the recipe has no tune.space to search; add a tune: section"
             )
-        from launcher.recipe.loader import where
-        from launcher.recipe.variants import check_space
+        from ftl.launcher.recipe.loader import where
+        from ftl.launcher.recipe.variants import check_space
 
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))  # here, not on the cluster
     if storage is not None:
         check_storage(storage)  # a bad --storage fails before any network
     connection = connect(address, token_file=token_file, insecure=insecure, for_submission=True)
-    from cluster.state import local_cluster_at
+    from ftl.cluster.state import local_cluster_at
 
     local = local_cluster_at(connection.address)
     where = resolve_storage(storage, local_cluster_storage=local.storage if local else None)
@@ -86,7 +86,7 @@ def submit(
     if not follow:
         log(f"follow it: ftl logs {job_id} --follow; fetch it: ftl fetch {job_id} --output runs/")
         return 0
-    from cluster.jobs import follow_logs
+    from ftl.cluster.jobs import follow_logs
 
     return follow_logs(connection, job_id)
 
@@ -114,7 +114,7 @@ def job_env(connection: Connection, recipe) -> dict[str, str]:
     """The job's environment: ftl's settings (data homes, caches, offline mode) and streaming logs.
 
     Never a token: the cluster's own processes authenticate the job's driver."""
-    from launcher.distributed.ray_launch import forwarded_env
+    from ftl.launcher.distributed.ray_launch import forwarded_env
 
     env = forwarded_env(recipe)
     if not connection.address.is_loopback:
@@ -131,6 +131,6 @@ def _driver_gpus(gpus: float | None, recipe, single: bool) -> float:
 
 
 def _secrets(connection: Connection) -> tuple[str, ...]:
-    from cluster.auth import secrets_of
+    from ftl.cluster.auth import secrets_of
 
     return secrets_of(connection.address, connection.token)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import yaml
 
-from launcher.console import console, log, out
-from launcher.data.sources import load_source
-from launcher.model.freeze import block_counts
-from launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
-from launcher.model.locate import locate_model
-from launcher.model.meta import meta_model
-from launcher.recipe.loader import LoadedRecipe
-from launcher.report import freeze_table
-from launcher.tasks.registry import task_for
-from launcher.train.device import plan_device
+from ftl.launcher.console import console, log, out
+from ftl.launcher.data.sources import load_source
+from ftl.launcher.model.freeze import block_counts
+from ftl.launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
+from ftl.launcher.model.locate import locate_model
+from ftl.launcher.model.meta import meta_model
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.report import freeze_table
+from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.device import plan_device
 
 
 def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
@@ -70,8 +70,8 @@ def _check_one(loaded: LoadedRecipe):
     tokenizer = load_tokenizer(loaded, location)
     built = meta_model(loaded, task, tokenizer)
     if recipe.tune is not None:
-        from launcher.recipe.loader import where
-        from launcher.recipe.variants import check_space, objective
+        from ftl.launcher.recipe.loader import where
+        from ftl.launcher.recipe.variants import check_space, objective
 
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)

@@ -16,11 +16,11 @@ try:  # recent typer vendors click; older typer uses click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as cli_errors
 
-from cluster.commands import register as register_cluster_commands
-from launcher.cli_types import OverridesArg, RecipeArg
-from launcher.console import quiet_library_notices
-from launcher.errors import FtlError
-from launcher.use.commands import register as register_use_commands
+from ftl.cluster.commands import register as register_cluster_commands
+from ftl.launcher.cli_types import OverridesArg, RecipeArg
+from ftl.launcher.console import quiet_library_notices
+from ftl.launcher.errors import FtlError
+from ftl.launcher.use.commands import register as register_use_commands
 
 app = typer.Typer(
     name="ftl",
@@ -37,8 +37,8 @@ def check(
     recipe: RecipeArg, overrides: OverridesArg = None, quiet: bool = typer.Option(False, "--quiet", "-q")
 ):
     """Validate a recipe, its data and model; print the resolved recipe and the freezing table."""
-    from launcher.check import check_recipe
-    from launcher.recipe import load_recipe
+    from ftl.launcher.check import check_recipe
+    from ftl.launcher.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
     check_recipe(loaded, print_recipe=not quiet)
@@ -56,9 +56,9 @@ def plan(
     ] = None,
 ):
     """Estimate parameters, per-worker memory and FLOPs per step (no weights are loaded)."""
-    from launcher.plan import parse_memory
-    from launcher.plan_report import plan_recipe
-    from launcher.recipe import load_recipe
+    from ftl.launcher.plan import parse_memory
+    from ftl.launcher.plan_report import plan_recipe
+    from ftl.launcher.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
     plan_recipe(loaded, gpu_mem=parse_memory(gpu_mem) if gpu_mem else None, seq_len=seq_len)
@@ -79,8 +79,8 @@ def run(
     ] = None,
 ):
     """Fine-tune: train, evaluate and write the run directory."""
-    from launcher.recipe import load_recipe
-    from launcher.train.run import run_recipe
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.train.run import run_recipe
 
     extra = [f"distributed.address={address}"] if address else []
     loaded = load_recipe(recipe, [*(overrides or []), *extra])
@@ -105,8 +105,8 @@ def tune_command(
     ] = None,
 ):
     """Search the recipe's tune.space: Optuna samples, Ray Tune runs the trials in parallel."""
-    from launcher.recipe import load_recipe
-    from tune.search import run_search
+    from ftl.launcher.recipe import load_recipe
+    from ftl.tune.search import run_search
 
     loaded = load_recipe(recipe, overrides or [])
     run_search(
@@ -135,8 +135,8 @@ def cv_command(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster to run the folds on.")] = None,
 ):
     """Cross-validate the recipe: k folds as parallel trials, per-fold metrics and mean ± std."""
-    from launcher.recipe import load_recipe
-    from tune.cv import run_cv
+    from ftl.launcher.recipe import load_recipe
+    from ftl.tune.cv import run_cv
 
     loaded = load_recipe(recipe, overrides or [])
     run_cv(
@@ -179,7 +179,7 @@ def bench(
     ] = None,
 ):
     """Throughput of a recipe over a matrix of settings: tokens/s, step times, memory, MFU; CSV, Markdown, PNG."""
-    from launcher.bench.runner import run_bench
+    from ftl.launcher.bench.runner import run_bench
 
     run_bench(
         recipe,
@@ -205,7 +205,7 @@ def evaluate(
     ] = None,
 ):
     """Evaluate a finished run on another file; prints JSON metrics."""
-    from launcher.use.evaluate import evaluate_run
+    from ftl.launcher.use.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, data, batch_size=batch_size, task_name=task)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
@@ -227,8 +227,8 @@ def export(
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16 weights.")] = "fp32",
 ):
     """Write a run's model as a standalone Hugging Face model (from_pretrained loads it)."""
-    from launcher.errors import FtlError
-    from launcher.export import export_run
+    from ftl.launcher.errors import FtlError
+    from ftl.launcher.export import export_run
 
     if dtype not in ("fp32", "bf16"):
         raise FtlError(f"--dtype: '{dtype}' is not supported; use fp32 or bf16")
@@ -239,7 +239,7 @@ def export(
 @app.command()
 def schema():
     """Print the recipe JSON Schema (for editor completion and validation)."""
-    from launcher.recipe.schema import Recipe
+    from ftl.launcher.recipe.schema import Recipe
 
     document = Recipe.model_json_schema()
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(message: str) -> None:
     from rich.markup import escape
 
-    from launcher.console import console
-    from launcher.secrets import redact
+    from ftl.launcher.console import console
+    from ftl.launcher.secrets import redact
 
     console.print(f"[bold red]error:[/] {escape(redact(message))}", soft_wrap=True)
 

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-from launcher.errors import FtlError
-from launcher.model.adapters import is_adapter, load_trained
-from launcher.model.load import quiet_transformers
-from launcher.tasks.registry import task_for
-from launcher.train.rundir import TASK_STATE_FILE, RunDir
+from ftl.launcher.errors import FtlError
+from ftl.launcher.model.adapters import is_adapter, load_trained
+from ftl.launcher.model.load import quiet_transformers
+from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir
 
 
 def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32") -> Path:

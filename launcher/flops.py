@@ -128,7 +128,7 @@ def flop_counts(model: Any) -> FlopCounts:
     """
     import torch
 
-    from launcher.model.freeze import layer_pattern, layers_or_none
+    from ftl.launcher.model.freeze import layer_pattern, layers_or_none
 
     found = layers_or_none(model)
     layer_re = layer_pattern(found[0]) if found else None

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops, uniform_sequences
-from launcher.recipe.schema import Recipe
-from launcher.train.batching import batch_plan
+from ftl.launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops, uniform_sequences
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.train.batching import batch_plan
 
 GIB = 1024**3
 _QUANT_BYTES = {4: 0.5, 8: 1.0}
@@ -69,7 +69,7 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
 
     import torch
 
-    from launcher.model.freeze import find_layers, layer_pattern
+    from ftl.launcher.model.freeze import find_layers, layer_pattern
 
     config = getattr(model, "config", None)
     if not hasattr(config, "hidden_size") and hasattr(model, "encoder"):  # a multi-task model: its encoder's
@@ -187,7 +187,7 @@ def parse_memory(text: str) -> float:
     """'80GB', '80 GiB', '24G', '512MB' -> bytes (GB is read as GiB, as GPU vendors quote it)."""
     import re
 
-    from launcher.errors import FtlError
+    from ftl.launcher.errors import FtlError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])(i?B)?\s*", text, re.IGNORECASE)
     if not match:

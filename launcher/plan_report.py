@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from launcher.console import console, log
-from launcher.model.load import load_tokenizer, quiet_transformers
-from launcher.model.meta import meta_model
-from launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
-from launcher.recipe.loader import LoadedRecipe
-from launcher.report import human, schedule_table
-from launcher.tasks.registry import task_for
-from launcher.train.layer_schedule import layer_schedule, never_unfrozen
+from ftl.launcher.console import console, log
+from ftl.launcher.model.load import load_tokenizer, quiet_transformers
+from ftl.launcher.model.meta import meta_model
+from ftl.launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.report import human, schedule_table
+from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
 
 
 def plan_recipe(
@@ -32,7 +32,7 @@ def _plan_one(loaded: LoadedRecipe, *, gpu_mem: float | None, seq_len: int | Non
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     if task.label_names() is None and recipe.task.type == "sequence_classification":
-        from launcher.data.sources import load_source
+        from ftl.launcher.data.sources import load_source
 
         task.fit(load_source(recipe.data.train, loaded.search_dirs, "data.train"))
     model = meta_model(loaded, task, load_tokenizer(loaded)).model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from launcher.model.freeze import BlockCount
+from ftl.launcher.model.freeze import BlockCount
 
 
 def human(count: int) -> str:
@@ -63,7 +63,7 @@ def _collapse(blocks: list[BlockCount]) -> list[BlockCount]:
 
 def schedule_table(schedule, used_depths: set[int] | None = None) -> Table:
     """Discriminative learning rates and gradual unfreezing: each layer group's lr factor and first step."""
-    from launcher.train.layer_schedule import describe
+    from ftl.launcher.train.layer_schedule import describe
 
     table = Table(title="layer schedule", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("group")

@@ -191,7 +191,7 @@ def edit_recipe(path: Path, **changes) -> Path:
 
 def fails(capsys, argv: list[str]) -> str:
     """Run the CLI in this process on a user mistake: exit code 2 and one line on stderr, no traceback."""
-    from launcher.cli import main
+    from ftl.launcher.cli import main
 
     capsys.readouterr()  # only this command's output counts
     code = main(argv)

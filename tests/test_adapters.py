@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from launcher.bench.matrix import Cell, Dimension, expand, parse_dimensions, split_arguments, split_values
-from launcher.bench.peak import Peak, cpu_probe
-from launcher.bench.results import (
+from ftl.launcher.bench.matrix import Cell, Dimension, expand, parse_dimensions, split_arguments, split_values
+from ftl.launcher.bench.peak import Peak, cpu_probe
+from ftl.launcher.bench.results import (
     CellResult,
     percentile,
     summarise,
@@ -17,8 +17,8 @@ from launcher.bench.results import (
     write_json,
     write_markdown,
 )
-from launcher.cli import main
-from launcher.errors import FtlError
+from ftl.launcher.cli import main
+from ftl.launcher.errors import FtlError
 
 
 # ---- the matrix --------------------------------------------------------------------------------------
@@ -200,8 +200,8 @@ def test_result_files_record_failed_cells(tmp_path):
 
 
 def test_a_cell_killed_or_out_of_memory_or_over_time_is_named_so(tmp_path):
-    from launcher.bench.cell import _out_of_memory
-    from launcher.bench.runner import _outcome
+    from ftl.launcher.bench.cell import _out_of_memory
+    from ftl.launcher.bench.runner import _outcome
 
     (tmp_path / "cell.log").write_text("step 3/23  loss 0.69\n")
     killed = _outcome(tmp_path, -9, False, None)
@@ -279,15 +279,15 @@ def test_two_by_two_matrix_with_a_failing_cell(capsys, classification_recipe, tm
 def test_measured_flops_per_step_equal_the_plan_and_nothing_is_evaluated_or_saved(lm_recipe, tmp_path):
     """Packed blocks are all task.max_length long, so the FLOPs the timer measures per step must be exactly
     the plan's; evaluations and checkpoints the schedule asks for at every step are cancelled."""
-    from launcher.bench.matrix import bench_overrides
-    from launcher.bench.timer import StepTimer
-    from launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops
-    from launcher.model.load import load_tokenizer
-    from launcher.model.meta import meta_model
-    from launcher.plan import plan_memory, shape_of
-    from launcher.recipe import load_recipe
-    from launcher.tasks.registry import task_for
-    from launcher.train.run import run_recipe
+    from ftl.launcher.bench.matrix import bench_overrides
+    from ftl.launcher.bench.timer import StepTimer
+    from ftl.launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.model.meta import meta_model
+    from ftl.launcher.plan import plan_memory, shape_of
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.tasks.registry import task_for
+    from ftl.launcher.train.run import run_recipe
 
     overrides = ["freeze.bottom_layers=1", "freeze.embeddings=true", "eval.every_steps=1"]
     loaded = load_recipe(lm_recipe, [*overrides, *bench_overrides(1, 2)])
@@ -313,7 +313,7 @@ def test_measured_flops_per_step_equal_the_plan_and_nothing_is_evaluated_or_save
 
 
 def test_the_table_reports_cells_line_by_line_off_a_terminal(capsys):
-    from launcher.bench.table import BenchTable
+    from ftl.launcher.bench.table import BenchTable
 
     results = [CellResult("cell-01", {"lora.target_modules": "[query]"}, "pending")]
     table = BenchTable(results, ["lora.target_modules"], title="t")

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.address import is_loopback, parse_address, resolve_address
-from cluster.auth import Token, check_safe, redact, resolve_token
-from cluster.client import Connection
-from cluster.entry import JOB_RECORD, entry_command
-from cluster.package import FILES, RECIPE_FILE, stage
-from cluster.storage import check_storage, copy_tree, exists, resolve_storage
-from cluster.submit import job_env, new_job_id
-from launcher.cli import main
-from launcher.errors import FtlError
-from launcher.recipe import load_recipe
+from ftl.cluster.address import is_loopback, parse_address, resolve_address
+from ftl.cluster.auth import Token, check_safe, redact, resolve_token
+from ftl.cluster.client import Connection
+from ftl.cluster.entry import JOB_RECORD, entry_command
+from ftl.cluster.package import FILES, RECIPE_FILE, stage
+from ftl.cluster.storage import check_storage, copy_tree, exists, resolve_storage
+from ftl.cluster.submit import job_env, new_job_id
+from ftl.launcher.cli import main
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
 from tests.conftest import REPO, edit_recipe, fails, minilm_dir, sentiment_rows, write_tsv
 
 TEMPLATES = REPO / "cluster" / "templates"
@@ -341,7 +341,7 @@ def test_a_model_over_rays_limit_is_refused_before_anything_is_copied(
     with pytest.raises(FtlError) as error:
         stage(load_recipe(classification_recipe), tmp_path / "job")
     assert "files/model/big-model/model.safetensors (2048.0 MiB)" in str(error.value)
-    from cluster.package import working_dir_limit
+    from ftl.cluster.package import working_dir_limit
 
     assert f"over Ray's {working_dir_limit() / 2**20:.1f} MiB limit" in str(error.value)
     assert not any(p.is_file() for p in (tmp_path / "job").rglob("*"))
@@ -459,7 +459,7 @@ def test_cluster_verbs_without_a_cluster(capsys):
 
 
 def _record(pid: int, create_time: float, tmp_path: Path) -> None:
-    from cluster.state import LocalCluster, write_state
+    from ftl.cluster.state import LocalCluster, write_state
 
     write_state(
         LocalCluster(
@@ -487,7 +487,7 @@ def test_a_second_local_cluster_is_refused(capsys, tmp_path):
 def test_a_recycled_pid_is_not_the_cluster(capsys, tmp_path):
     import psutil
 
-    from cluster.state import state_path
+    from ftl.cluster.state import state_path
 
     me = psutil.Process()
     _record(me.pid, me.create_time() - 1000.0, tmp_path)  # same pid, another process's creation time

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def local_cluster(tmp_path_factory):
     """One local head for the module (state dir under tmp); stopped at the end, its processes checked gone."""
     import psutil
 
-    from cluster.state import read_state, state_path
+    from ftl.cluster.state import read_state, state_path
 
     saved = {
         name: os.environ.get(name) for name in ("FTL_CLUSTER_DIR", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

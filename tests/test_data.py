@@ -9,15 +9,15 @@ from collections import Counter
 import datasets
 import pytest
 
-from launcher.data.collate import PaddingCollator
-from launcher.data.prepare import prepare_data
-from launcher.data.sources import load_source
-from launcher.data.splits import carve_validation, subsample
-from launcher.errors import FtlError
-from launcher.model.load import load_tokenizer
-from launcher.recipe import load_recipe
-from launcher.recipe.data import DataSource
-from launcher.tasks.registry import task_for
+from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.prepare import prepare_data
+from ftl.launcher.data.sources import load_source
+from ftl.launcher.data.splits import carve_validation, subsample
+from ftl.launcher.errors import FtlError
+from ftl.launcher.model.load import load_tokenizer
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.recipe.data import DataSource
+from ftl.launcher.tasks.registry import task_for
 from tests.conftest import SHARED_DATA, sentiment_rows
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import TINY_BERT, edit_recipe, kill_process_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
@@ -82,7 +82,7 @@ def _ftl(*args: str, **kwargs):
     from tests.conftest import REPO, env_without_hub
 
     return subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", *args],
+        [sys.executable, "-m", "ftl.launcher.cli", *args],
         cwd=REPO,
         env=env_without_hub(),
         stdout=subprocess.DEVNULL,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from launcher.cli import main
-from launcher.train.eval_order import LongestFirstSampler, in_row_order
+from ftl.launcher.cli import main
+from ftl.launcher.train.eval_order import LongestFirstSampler, in_row_order
 from tests.conftest import TINY_BERT, edit_recipe, minilm_dir
 
 
@@ -29,8 +29,8 @@ def test_trainer_predictions_and_metrics_follow_the_dataset_order(tmp_path):
     import datasets
     from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-    from launcher.data.collate import PaddingCollator
-    from launcher.train.trainer import FtlTrainer
+    from ftl.launcher.data.collate import PaddingCollator
+    from ftl.launcher.train.trainer import FtlTrainer
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(

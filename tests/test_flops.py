@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.bench.peak import gpu_peak, matmul_dtype
-from launcher.flops import FlopCounts, flop_counts, mfu, model_flops, trainable_flops, uniform_sequences
-from launcher.model.load import load_tokenizer
-from launcher.model.meta import meta_model
-from launcher.recipe import load_recipe
-from launcher.tasks.registry import task_for
+from ftl.launcher.bench.peak import gpu_peak, matmul_dtype
+from ftl.launcher.flops import FlopCounts, flop_counts, mfu, model_flops, trainable_flops, uniform_sequences
+from ftl.launcher.model.load import load_tokenizer
+from ftl.launcher.model.meta import meta_model
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.tasks.registry import task_for
 
 # Tiny BERT of conftest (hidden 32, 2 layers, 2 heads, intermediate 64) for sequence classification, by hand:
 #   per layer: query, key, value, attention output 4 x (32*32 + 32) = 4224, two LayerNorms 2 x 64 = 128,
@@ -139,7 +139,7 @@ def test_fp32_uses_the_tf32_peak_only_when_pytorch_may_use_tf32():
 
 
 def test_plan_flops_per_step_use_the_same_counting(lm_recipe):
-    from launcher.plan import plan_memory, shape_of
+    from ftl.launcher.plan import plan_memory, shape_of
 
     overrides = ["train.grad_accum_steps=2", "distributed.workers=2", "freeze.bottom_layers=1"]
     loaded = load_recipe(lm_recipe, overrides)

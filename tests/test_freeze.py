@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.errors import FtlError
-from launcher.model.freeze import apply_freezing, block_counts, find_layers, parse_layer_spec
-from launcher.model.load import load_model, load_tokenizer
-from launcher.recipe import load_recipe
-from launcher.tasks.registry import task_for
+from ftl.launcher.errors import FtlError
+from ftl.launcher.model.freeze import apply_freezing, block_counts, find_layers, parse_layer_spec
+from ftl.launcher.model.load import load_model, load_tokenizer
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.tasks.registry import task_for
 
 
 def _model(recipe_path, *overrides):

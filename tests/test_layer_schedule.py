@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import edit_recipe
 
 LR, DECAY, EVERY = 1e-2, 0.5, 2

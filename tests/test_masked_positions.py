@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from launcher.train.masked_positions import IGNORE_INDEX, MaskedPositions
+from ftl.launcher.train.masked_positions import IGNORE_INDEX, MaskedPositions
 from tests.conftest import TINY_BERT
 
 
@@ -56,7 +56,7 @@ def test_only_masked_decoding_gives_the_models_own_loss_and_gradients():
 def test_the_trainer_computes_the_same_training_loss_either_way(tmp_path):
     from transformers import TrainingArguments
 
-    from launcher.train.masked_positions import MaskedLMTrainer
+    from ftl.launcher.train.masked_positions import MaskedLMTrainer
 
     ids, labels = _batch()
     model = _model()

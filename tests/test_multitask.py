@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from launcher.cli import main
-from launcher.errors import FtlError
-from launcher.recipe import load_recipe
+from ftl.launcher.cli import main
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
 from tests.conftest import TINY_BERT, minilm_dir, ner_conll, sentiment_rows, write_tsv
 
 
@@ -78,7 +78,7 @@ def test_both_heads_learn_and_each_task_reports_its_metrics(tmp_path):
 
 
 def test_task_batch_sampler_draws_tasks_by_temperature_and_keeps_workers_in_step():
-    from launcher.train.multitask import TaskBatchSampler, task_probabilities
+    from ftl.launcher.train.multitask import TaskBatchSampler, task_probabilities
 
     sizes = [900, 100]
     assert task_probabilities(sizes, "proportional", 2.0) == pytest.approx([0.9, 0.1])

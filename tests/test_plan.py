@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.cli import main
-from launcher.model.freeze import apply_freezing
-from launcher.model.load import load_model, load_tokenizer
-from launcher.plan import parse_memory, plan_memory, shape_of
-from launcher.recipe import load_recipe
-from launcher.tasks.registry import task_for
+from ftl.launcher.cli import main
+from ftl.launcher.model.freeze import apply_freezing
+from ftl.launcher.model.load import load_model, load_tokenizer
+from ftl.launcher.plan import parse_memory, plan_memory, shape_of
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.tasks.registry import task_for
 
 
 def _plan(recipe_path, *overrides):

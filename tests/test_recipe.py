@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from launcher.errors import FtlError
-from launcher.recipe import load_recipe
-from launcher.recipe.schema import Recipe
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.recipe.schema import Recipe
 
 
 def test_repository_recipes_validate():

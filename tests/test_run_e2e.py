@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import (
     REPO,
     TINY_BERT,
@@ -178,7 +178,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, classificatio
         "eval.every_steps=4",
         "train.keep_checkpoints=2",
     ]
-    command = [sys.executable, "-m", "launcher.cli", "run", str(classification_recipe), *settings]
+    command = [sys.executable, "-m", "ftl.launcher.cli", "run", str(classification_recipe), *settings]
     env = env_without_hub()
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 import yaml
 
-from launcher.cli import main
-from launcher.recipe import load_recipe
-from launcher.recipe.folds import FoldSplit, KFold
-from launcher.recipe.variants import InvalidVariant, objective, with_values
+from ftl.launcher.cli import main
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.recipe.folds import FoldSplit, KFold
+from ftl.launcher.recipe.variants import InvalidVariant, objective, with_values
 from tests.conftest import edit_recipe, fails, minilm_dir
 
 SPACE = {"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": [8, 16]}
@@ -147,7 +147,7 @@ def test_objective_defaults_to_the_tasks_main_metric_and_its_direction(classific
 def test_optuna_space_round_trips_every_kind_of_value(classification_recipe):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from tune.space import decode, grid_size, optuna_space
+    from ftl.tune.space import decode, grid_size, optuna_space
 
     space = {
         "train.lr": {"loguniform": [1e-5, 1e-3]},
@@ -180,7 +180,7 @@ def test_optuna_space_round_trips_every_kind_of_value(classification_recipe):
 
 
 def _folds(n, labels=None, groups=None, **spec):
-    from launcher.data.folds import fold_of_rows
+    from ftl.launcher.data.folds import fold_of_rows
 
     kfold = KFold(**spec)
     method = spec.get(
@@ -220,7 +220,7 @@ def test_contiguous_folds_keep_file_order():
 
 
 def test_impossible_folds_are_one_line_errors():
-    from launcher.errors import FtlError
+    from ftl.launcher.errors import FtlError
 
     with pytest.raises(FtlError, match="3 row\\(s\\) cannot be split into 5 folds"):
         _folds(3, folds=5)
@@ -233,9 +233,9 @@ def test_impossible_folds_are_one_line_errors():
 def test_fold_runs_partition_the_training_data(classification_recipe):
     """Each fold's validation rows are disjoint from the others' and from its own training rows; together they
     are all the training rows (max_train_rows applied first)."""
-    from launcher.data.prepare import prepare_data
-    from launcher.model.load import load_tokenizer
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.data.prepare import prepare_data
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.tasks.registry import task_for
 
     edit_recipe(classification_recipe, data={"train": "train.tsv", "max_train_rows": 200})
     base = load_recipe(classification_recipe)
@@ -256,10 +256,10 @@ def test_fold_runs_partition_the_training_data(classification_recipe):
 
 
 def test_group_column_must_exist(classification_recipe):
-    from launcher.data.prepare import prepare_data
-    from launcher.errors import FtlError
-    from launcher.model.load import load_tokenizer
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.data.prepare import prepare_data
+    from ftl.launcher.errors import FtlError
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.tasks.registry import task_for
 
     fold = {"folds": 2, "index": 0, "group_column": "usr"}
     loaded = load_recipe(edit_recipe(classification_recipe, data={"train": "train.tsv", "fold": fold}))
@@ -280,8 +280,8 @@ def _checkpoint(folder, step, best=None):
 
 
 def test_adopted_checkpoint_replaces_newer_local_ones_and_forgets_a_foreign_best(tmp_path):
-    from launcher.train.rundir import RunDir
-    from tune.checkpoints import adopt_checkpoint
+    from ftl.launcher.train.rundir import RunDir
+    from ftl.tune.checkpoints import adopt_checkpoint
 
     run = RunDir(tmp_path / "trial")
     _checkpoint(run.checkpoints / "checkpoint-4", 4)
@@ -301,7 +301,7 @@ def test_pbt_refresh_sets_the_new_lr_and_weight_decay_on_a_restored_optimizer():
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from tune.checkpoints import OptimizerSettingsRefresh
+    from ftl.tune.checkpoints import OptimizerSettingsRefresh
 
     weights = torch.nn.Parameter(torch.ones(2))
     bias = torch.nn.Parameter(torch.zeros(2))
@@ -322,7 +322,7 @@ def test_pbt_refresh_sets_the_new_lr_and_weight_decay_on_a_restored_optimizer():
 
 def test_search_outputs_a_yaml_that_ftl_check_accepts(tmp_path, classification_recipe):
     """best.yaml is the full recipe: relative data paths are rewritten for its new directory."""
-    from tune.results import TrialOutcome, write_best_recipe
+    from ftl.tune.results import TrialOutcome, write_best_recipe
 
     loaded = load_recipe(_with_tune(classification_recipe))
     best = TrialOutcome("abc", "completed", {"train.lr": 2e-3}, {"eval_accuracy": 0.75}, None)
@@ -339,7 +339,7 @@ def test_the_searcher_does_not_train_a_combination_twice():
     from optuna.distributions import CategoricalDistribution
     from optuna.samplers import RandomSampler
 
-    from tune.resumable import ResumableOptunaSearch
+    from ftl.tune.resumable import ResumableOptunaSearch
 
     searcher = ResumableOptunaSearch(
         space={"train.lr": CategoricalDistribution([1e-3, 1e-2])},
@@ -370,8 +370,8 @@ def test_a_resolved_recipe_with_tune_cv_loads_again(tmp_path, classification_rec
 
 
 def test_resuming_with_other_options_is_refused(tmp_path):
-    from launcher.errors import FtlError
-    from tune.tuner import SearchDir
+    from ftl.launcher.errors import FtlError
+    from ftl.tune.tuner import SearchDir
 
     record = {"kind": "cv", "folds": {"folds": 5}, "recipe": {"name": "x"}}
     SearchDir.open(tmp_path / "cv", resume=False, record=record, verb="cross-validation")
@@ -396,9 +396,9 @@ def test_an_unreachable_study_database_is_one_line_without_its_password(
 
 
 def test_group_folds_keep_each_group_on_one_side_of_every_fold_run(tmp_path, classification_recipe):
-    from launcher.data.prepare import prepare_data
-    from launcher.model.load import load_tokenizer
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.data.prepare import prepare_data
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.tasks.registry import task_for
     from tests.conftest import sentiment_rows
 
     rows = sentiment_rows(120, seed=4)

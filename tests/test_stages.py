@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.cli import main
-from launcher.errors import FtlError
-from launcher.recipe import load_recipe
+from ftl.launcher.cli import main
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
 from tests.conftest import TINY_BERT, minilm_dir, sentiment_rows, write_tsv
 
 
@@ -117,8 +117,8 @@ def test_masked_lm_evaluation_masks_the_same_positions_every_time():
     import datasets
     from transformers import AutoTokenizer
 
-    from launcher.recipe.tasks import MaskedLMTask
-    from launcher.tasks.masked_lm import MaskedLM
+    from ftl.launcher.recipe.tasks import MaskedLMTask
+    from ftl.launcher.tasks.masked_lm import MaskedLM
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     rows = datasets.Dataset.from_dict({"text": [text for text, _ in sentiment_rows(200, seed=2)]})
@@ -137,8 +137,8 @@ def test_masked_lm_evaluation_masks_the_same_positions_every_time():
 def test_balanced_class_weights_and_oversampling_by_hand():
     import datasets
 
-    from launcher.data.splits import oversample
-    from launcher.train.losses import class_weights
+    from ftl.launcher.data.splits import oversample
+    from ftl.launcher.train.losses import class_weights
 
     labels = [0] * 6 + [1] * 2 + [2] * 4
     assert class_weights("balanced", labels, ["a", "b", "c"]) == pytest.approx([12 / 18, 12 / 6, 12 / 12])
@@ -154,7 +154,7 @@ def test_balanced_class_weights_and_oversampling_by_hand():
 def test_weighted_loss_matches_a_hand_computation():
     import torch
 
-    from launcher.train.losses import weighted_cross_entropy
+    from ftl.launcher.train.losses import weighted_cross_entropy
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 1, -100])
@@ -168,7 +168,7 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatc
     import os
     import time
 
-    from launcher.distributed.extensions import STALE_AFTER_S, remove_stale_locks
+    from ftl.launcher.distributed.extensions import STALE_AFTER_S, remove_stale_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     old, fresh = tmp_path / "op_a", tmp_path / "op_b"

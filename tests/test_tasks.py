@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.data.readers import read_conll, read_squad
-from launcher.data.splits import carve_validation
-from launcher.errors import FtlError
+from ftl.launcher.data.readers import read_conll, read_squad
+from ftl.launcher.data.splits import carve_validation
+from ftl.launcher.errors import FtlError
 from tests.conftest import minilm_dir
 
 
@@ -98,8 +98,8 @@ def test_group_split_keeps_every_group_on_one_side():
 
 
 def _ner_task(**settings):
-    from launcher.recipe.tasks import TokenClassificationTask
-    from launcher.tasks.token_classification import TokenClassification
+    from ftl.launcher.recipe.tasks import TokenClassificationTask
+    from ftl.launcher.tasks.token_classification import TokenClassification
 
     labels = ["O", "B-loc", "I-loc", "B-per", "I-per"]
     return TokenClassification(
@@ -138,8 +138,8 @@ def test_all_subword_alignment_continues_b_tags_as_i_tags_in_training_only(token
 
 
 def test_entity_scores_and_error_kinds_by_hand():
-    from launcher.tasks.ner_errors import entities, sentence_errors
-    from launcher.tasks.token_classification import entity_scores
+    from ftl.launcher.tasks.ner_errors import entities, sentence_errors
+    from ftl.launcher.tasks.token_classification import entity_scores
 
     gold = [["B-per", "I-per", "O", "B-loc", "O", "B-org"]]
     predicted = [["B-per", "I-per", "O", "B-per", "B-misc", "O"]]
@@ -152,7 +152,7 @@ def test_entity_scores_and_error_kinds_by_hand():
 
 
 def test_squad_normalisation_and_scores():
-    from launcher.tasks.qa_answers import exact_match, score, token_f1
+    from ftl.launcher.tasks.qa_answers import exact_match, score, token_f1
 
     assert exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
     assert token_f1("the big red barn", "red barn door") == pytest.approx(2 * (2 / 3) * (2 / 3) / (4 / 3))
@@ -163,8 +163,8 @@ def test_squad_normalisation_and_scores():
 def test_answer_positions_and_the_best_span_over_windows():
     import numpy as np
 
-    from launcher.tasks.qa_answers import best_answers
-    from launcher.tasks.question_answering import _positions
+    from ftl.launcher.tasks.qa_answers import best_answers
+    from ftl.launcher.tasks.question_answering import _positions
 
     context = "Paris is the capital of France."
     # window tokens: [CLS] q [SEP] Paris is the capital of France . [SEP]
@@ -201,7 +201,7 @@ def test_answer_positions_and_the_best_span_over_windows():
 
 
 def test_instruction_labels_mask_exactly_the_prompt(tokenizer):
-    from launcher.tasks.instruction import IGNORE_INDEX, encode
+    from ftl.launcher.tasks.instruction import IGNORE_INDEX, encode
 
     prompt, response = "Summarise this abstract please:\nwords words\nTL;DR:", "a short summary"
     ids, labels = encode(tokenizer, prompt, response, max_length=64)
@@ -212,7 +212,7 @@ def test_instruction_labels_mask_exactly_the_prompt(tokenizer):
 
 
 def test_a_long_prompt_loses_its_middle_not_its_cue_or_the_response(tokenizer):
-    from launcher.tasks.instruction import IGNORE_INDEX, encode
+    from ftl.launcher.tasks.instruction import IGNORE_INDEX, encode
 
     cue = "TL;DR:"
     prompt = "Instruction first. " + "filler " * 200 + cue
@@ -229,7 +229,7 @@ def test_a_long_prompt_loses_its_middle_not_its_cue_or_the_response(tokenizer):
 
 
 def test_rouge_takes_the_best_reference():
-    from launcher.tasks.generation import rouge
+    from ftl.launcher.tasks.generation import rouge
 
     scores = rouge(["the cat sat on the mat"], [["a dog barked", "the cat sat on the mat"]])
     assert scores["rouge1"] == pytest.approx(1.0) and scores["rougeLsum"] == pytest.approx(1.0)
@@ -237,8 +237,8 @@ def test_rouge_takes_the_best_reference():
 
 
 def test_rename_applies_where_the_old_column_exists(tmp_path):
-    from launcher.data.sources import load_source
-    from launcher.recipe.data import DataSource
+    from ftl.launcher.data.sources import load_source
+    from ftl.launcher.recipe.data import DataSource
 
     (tmp_path / "a.jsonl").write_text('{"tokens": ["a"], "ner_tags": ["O"]}\n')
     (tmp_path / "b.jsonl").write_text('{"tokens": ["a"], "tags": ["O"]}\n')

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import (
     SHARED_DATA,
     TINY_BERT,

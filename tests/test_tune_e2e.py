@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import TINY_BERT, edit_recipe, env_without_hub, kill_process_tree, minilm_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
@@ -263,7 +263,7 @@ def test_population_based_training_exploits_checkpoints(tmp_path, search_recipe)
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", *argv],
+        [sys.executable, "-m", "ftl.launcher.cli", *argv],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env_without_hub(),
@@ -327,7 +327,7 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path, sea
         kill_process_tree(process)
     finished_before = {p.parent.name for p in out.glob("trials/*/metrics.json")}
     resumed = subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *argv, "--resume"],
+        [sys.executable, "-m", "ftl.launcher.cli", *argv, "--resume"],
         capture_output=True,
         text=True,
         env=env_without_hub(),

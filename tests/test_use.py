@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from launcher.cli import main
-from launcher.errors import FtlError
-from launcher.train.checkpoints import seal
+from ftl.launcher.cli import main
+from ftl.launcher.errors import FtlError
+from ftl.launcher.train.checkpoints import seal
 from tests.conftest import (
     CITIES,
     SHARED_DATA,
@@ -135,7 +135,7 @@ def run_folder(tmp_path) -> Path:
 
 
 def test_runs_reads_every_state_from_the_run_directories(run_folder):
-    from launcher.use.runs import describe_runs
+    from ftl.launcher.use.runs import describe_runs
 
     runs = {run.name: run for run in describe_runs(run_folder)}
     assert set(runs) == {
@@ -165,7 +165,7 @@ def test_runs_reads_every_state_from_the_run_directories(run_folder):
 
 
 def test_runs_sorts_by_a_metric_best_first_and_names_unknown_ones(run_folder, capsys):
-    from launcher.use.runs import describe_runs, sort_runs
+    from ftl.launcher.use.runs import describe_runs, sort_runs
 
     runs = describe_runs(run_folder)
     by_accuracy = [run.name for run in sort_runs(runs, "accuracy")]
@@ -220,7 +220,7 @@ def _line_colours(png: Path) -> set[int]:
     from matplotlib import colors
     from matplotlib.image import imread
 
-    from launcher.use.compare import RUN_COLOURS
+    from ftl.launcher.use.compare import RUN_COLOURS
 
     pixels = imread(png)[..., :3].reshape(-1, 3)
     return {
@@ -233,7 +233,7 @@ def _line_colours(png: Path) -> set[int]:
 def test_compare_reads_tensorboard_events_and_keeps_the_last_value_of_a_step(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from launcher.use.curves import read_curves
+    from ftl.launcher.use.curves import read_curves
 
     run = tmp_path / "run"
     writer = SummaryWriter(log_dir=str(run / "tensorboard"))
@@ -254,7 +254,7 @@ def test_compare_reads_tensorboard_events_and_keeps_the_last_value_of_a_step(tmp
 
 
 def test_recipe_differences_are_dotted_leaf_keys():
-    from launcher.use.compare import differences, flatten
+    from ftl.launcher.use.compare import differences, flatten
 
     a = flatten({"train": {"lr": 1e-3, "epochs": 1}, "lora": None, "tags": [1, 2]})
     b = flatten({"train": {"lr": 1e-3, "epochs": 2}, "lora": {"r": 8, "alpha": 16}, "tags": [1, 2]})
@@ -262,7 +262,7 @@ def test_recipe_differences_are_dotted_leaf_keys():
 
 
 def test_runs_lists_what_it_cannot_read_and_bench_cells_and_compare_refuses_them(run_folder, capsys):
-    from launcher.use.runs import describe_runs
+    from ftl.launcher.use.runs import describe_runs
 
     old = run_folder / "old"
     shutil.copytree(run_folder / "alpha", old)
@@ -299,8 +299,8 @@ def test_compare_and_predict_refuse_what_is_not_a_run(run_folder, tmp_path, caps
 
 
 def test_tasks_that_cannot_predict_say_which_can():
-    from launcher.recipe.tasks import MaskedLMTask
-    from launcher.tasks.masked_lm import MaskedLM
+    from ftl.launcher.recipe.tasks import MaskedLMTask
+    from ftl.launcher.tasks.masked_lm import MaskedLM
 
     task = MaskedLM(MaskedLMTask(type="masked_lm"))
     with pytest.raises(FtlError) as predicted:
@@ -315,8 +315,8 @@ def test_tasks_that_cannot_predict_say_which_can():
 
 # ---- fast: prompts and decoding ---------------------------------------------------------------------
 def test_prompts_fill_the_template_by_field():
-    from launcher.recipe.tasks import CausalLMTask
-    from launcher.tasks.causal_lm import CausalLM
+    from ftl.launcher.recipe.tasks import CausalLMTask
+    from ftl.launcher.tasks.causal_lm import CausalLM
 
     one = CausalLM(
         CausalLMTask(type="causal_lm", prompt_template="Q: {question}\nA:", response_column="answer")
@@ -337,8 +337,8 @@ def test_prompts_fill_the_template_by_field():
 
 
 def test_decoding_options_turn_sampling_on_and_off():
-    from launcher.recipe.tasks import GenerationSettings
-    from launcher.use.generate import Decoding, decoding_settings
+    from ftl.launcher.recipe.tasks import GenerationSettings
+    from ftl.launcher.use.generate import Decoding, decoding_settings
 
     greedy = GenerationSettings()
     assert not decoding_settings(greedy, Decoding()).do_sample
@@ -351,7 +351,7 @@ def test_decoding_options_turn_sampling_on_and_off():
 
 
 def test_prompt_files(tmp_path):
-    from launcher.use.generate import read_prompts
+    from ftl.launcher.use.generate import read_prompts
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     assert read_prompts(tmp_path / "p.txt") == ["first prompt", "second prompt"]
@@ -366,7 +366,7 @@ def test_prompt_files(tmp_path):
 
 # ---- fast: token classification windows -------------------------------------------------------------
 def test_word_windows_cover_every_word_and_overlap():
-    from launcher.tasks.ner_prediction import word_windows
+    from ftl.launcher.tasks.ner_prediction import word_windows
 
     counts = [1, 2, 1, 3, 1, 1, 2, 1, 1, 1, 4, 1]
     windows = word_windows(counts, budget=6, overlap=2)
@@ -382,9 +382,9 @@ def test_word_windows_cover_every_word_and_overlap():
 def test_long_text_is_tagged_in_windows_without_losing_a_word(tmp_path):
     """Made-up logits that say each word's index: every word of a text 4x longer than max_length is tagged,
     from the window where it has the most context, and entities keep their character offsets."""
-    from launcher.data.sources import load_file
-    from launcher.recipe.tasks import TokenClassificationTask
-    from launcher.tasks.token_classification import TokenClassification
+    from ftl.launcher.data.sources import load_file
+    from ftl.launcher.recipe.tasks import TokenClassificationTask
+    from ftl.launcher.tasks.token_classification import TokenClassification
 
     names = ["O", "B-per", "I-per"]
     task = TokenClassification(
@@ -668,7 +668,7 @@ def test_predict_from_a_lora_adapter_matches_its_eval(trained, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_predict_tags_conll_words_and_plain_text(trained, tmp_path, capsys):
-    from launcher.tasks.token_classification import entity_scores
+    from ftl.launcher.tasks.token_classification import entity_scores
 
     dev = trained["data"] / "dev.conll"
     out = tmp_path / "ner.jsonl"
@@ -701,7 +701,7 @@ def test_predict_tags_conll_words_and_plain_text(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_predict_answers_questions_with_spans_and_reproduces_eval_f1(trained, tmp_path, capsys):
-    from launcher.tasks.qa_answers import squad_metrics
+    from ftl.launcher.tasks.qa_answers import squad_metrics
 
     validation = trained["qa"] / "validation.jsonl"
     out = tmp_path / "qa.jsonl"
@@ -711,7 +711,7 @@ def test_predict_answers_questions_with_spans_and_reproduces_eval_f1(trained, tm
     for row in rows:
         assert row["context"][row["answer_start"] : row["answer_end"]] == row["answer"]
         assert 0.0 <= row["score"] <= 1.0
-    from launcher.tasks.qa_answers import Answer
+    from ftl.launcher.tasks.qa_answers import Answer
 
     scores = squad_metrics(
         [Answer(r["answer"], 0, 0, 0.0) for r in rows], [r["answers"]["text"] for r in rows]
@@ -843,7 +843,7 @@ def test_verbs_refuse_runs_and_files_they_cannot_use(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_runs_and_compare_on_trained_runs(trained, tmp_path, capsys):
-    from launcher.use.runs import describe_runs
+    from ftl.launcher.use.runs import describe_runs
 
     runs = {run.name: run for run in describe_runs(trained["cls"].parent)}
     assert set(runs) == {"cls", "cls-lora", "ner", "qa", "sft", "s2s", "multi"}

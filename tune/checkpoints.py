@@ -15,8 +15,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from launcher.train.checkpoints import publish, seal
-from launcher.train.rundir import RunDir
+from ftl.launcher.train.checkpoints import publish, seal
+from ftl.launcher.train.rundir import RunDir
 
 _STATE = "trainer_state.json"
 

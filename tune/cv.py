@@ -17,15 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.console import console, log
-from launcher.errors import FtlError
-from launcher.recipe.folds import KFold
-from launcher.recipe.loader import LoadedRecipe
-from launcher.recipe.variants import InvalidVariant, objective, with_values
-from launcher.train.outcome import is_outcome
-from launcher.train.rundir import atomic_write
-from tune import tuner as setup
-from tune.results import collect, drop_checkpoints
+from ftl.launcher.console import console, log
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.folds import KFold
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.recipe.variants import InvalidVariant, objective, with_values
+from ftl.launcher.train.outcome import is_outcome
+from ftl.launcher.train.rundir import atomic_write
+from ftl.tune import tuner as setup
+from ftl.tune.results import collect, drop_checkpoints
 
 
 def fold_spec(recipe, folds: int | None, group_by: str | None) -> KFold:
@@ -84,7 +84,7 @@ def run_cv(
         else recipe
     )
     function = setup.trainable(setup.trial_setup(loaded, search), one_fold)
-    from tune.live import TrialTable
+    from ftl.tune.live import TrialTable
 
     table = TrialTable(
         metric,

@@ -13,15 +13,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from launcher.train.outcome import is_outcome
-from launcher.train.rundir import atomic_write
+from ftl.launcher.train.outcome import is_outcome
+from ftl.launcher.train.rundir import atomic_write
 
 
 def run_folds(setup, base, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     """Train every fold of the base recipe (with tune.cv) with a trial's values, in parallel; the mean metrics."""
     import ray
 
-    from launcher.recipe.variants import objective as objective_of
+    from ftl.launcher.recipe.variants import objective as objective_of
 
     recipe = base
     objective, _ = objective_of(base)
@@ -59,11 +59,11 @@ def _train_fold(setup, values: dict[str, Any], run_dir: str) -> dict[str, Any]:
     import os
 
     os.environ.update(setup.env)
-    from launcher.recipe.loader import LoadedRecipe
-    from launcher.recipe.schema import Recipe
-    from launcher.train.run import execute
-    from launcher.train.rundir import RunDir
-    from tune.trial import finished_run, output_to, trial_recipe
+    from ftl.launcher.recipe.loader import LoadedRecipe
+    from ftl.launcher.recipe.schema import Recipe
+    from ftl.launcher.train.run import execute
+    from ftl.launcher.train.rundir import RunDir
+    from ftl.tune.trial import finished_run, output_to, trial_recipe
 
     recipe = trial_recipe(Recipe.model_validate(setup.base), values)
     loaded = LoadedRecipe(

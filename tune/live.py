@@ -8,8 +8,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from launcher.console import console
-from tune.space import shown
+from ftl.launcher.console import console
+from ftl.tune.space import shown
 
 _STATUS = {
     "PENDING": "[dim]pending[/]",
@@ -87,7 +87,7 @@ class TrialTable(Callback):
     def _render(self):
         from rich.table import Table
 
-        from tune.results import short_names
+        from ftl.tune.results import short_names
 
         table = Table(title=self.title, title_justify="left")
         for column in [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from launcher.console import log
+from ftl.launcher.console import log
 
 _PLOTS = {
     "history.png": "plot_optimization_history",
@@ -26,7 +26,7 @@ def write_plots(recipe, search) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
-    from tune.search import study_name, study_storage
+    from ftl.tune.search import study_name, study_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

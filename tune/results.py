@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
-from launcher.console import console, log
-from launcher.locations import find_local, looks_local
-from launcher.recipe.loader import LoadedRecipe
-from launcher.train.outcome import is_outcome
-from launcher.train.rundir import atomic_write
-from tune.space import decode, shown
-from tune.trial import FINAL, trial_recipe
+from ftl.launcher.console import console, log
+from ftl.launcher.locations import find_local, looks_local
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.train.outcome import is_outcome
+from ftl.launcher.train.rundir import atomic_write
+from ftl.tune.space import decode, shown
+from ftl.tune.trial import FINAL, trial_recipe
 
 
 @dataclass
@@ -111,7 +111,7 @@ def write_outputs(loaded: LoadedRecipe, search, grid, *, metric: str, mode: str)
     write_trials_csv(search.root / "trials.csv", trials, keys, metric)
     if results.best is not None:
         results.best_recipe = write_best_recipe(loaded, search.root, results.best, metric, len(trials))
-    from tune.plots import write_plots
+    from ftl.tune.plots import write_plots
 
     results.plots = write_plots(loaded.recipe, search)
     if not tune_section.keep_checkpoints:

@@ -11,12 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from launcher.console import log
-from launcher.errors import FtlError, first_line
-from launcher.recipe.loader import LoadedRecipe, where
-from launcher.recipe.variants import check_space, objective
-from tune import tuner as setup
-from tune.results import SearchResults, write_outputs
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.recipe.loader import LoadedRecipe, where
+from ftl.launcher.recipe.variants import check_space, objective
+from ftl.tune import tuner as setup
+from ftl.tune.results import SearchResults, write_outputs
 
 DEFAULT_SAMPLES = 8
 
@@ -40,7 +40,7 @@ def run_search(
     if tune_section.storage and tune_section.scheduler_type != "pbt":
         open_storage(tune_section.storage)  # a shared study's database must answer before any trial starts
     metric, mode = objective(recipe)
-    from tune.space import grid_size
+    from ftl.tune.space import grid_size
 
     total = samples or tune_section.samples
     if all(d.is_finite for d in tune_section.space.values()):
@@ -73,7 +73,7 @@ def run_search(
     pbt = tune_section.scheduler_type == "pbt"
     function = setup.trainable(setup.trial_setup(loaded, search, pbt=pbt), recipe)
     keys = list(tune_section.space)
-    from tune.live import TrialTable
+    from ftl.tune.live import TrialTable
 
     table = TrialTable(
         metric, mode, keys, title=f"ftl tune {recipe.name}", interactive=setup.is_interactive()
@@ -94,7 +94,7 @@ def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, t
     if pbt:  # PBT samples and perturbs itself; Ray Tune allows no searcher beside it
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from tune.space import tune_domains
+        from ftl.tune.space import tune_domains
 
         param_space, searcher = (
             tune_domains(tune_section),
@@ -131,8 +131,8 @@ def study_name(recipe) -> str:
 def _searcher(recipe, search, metric: str, mode: str, total: int):
     import optuna
 
-    from tune.resumable import ResumableOptunaSearch
-    from tune.space import grid_space, optuna_space
+    from ftl.tune.resumable import ResumableOptunaSearch
+    from ftl.tune.space import grid_space, optuna_space
 
     tune_section = recipe.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,7 +185,7 @@ def _scheduler(recipe):
             min_samples_required=scheduler.min_samples,
         )
     if tune_section.scheduler_type == "pbt":
-        from tune.space import tune_domains
+        from ftl.tune.space import tune_domains
 
         return PopulationBasedTraining(
             time_attr="evaluation",
@@ -200,7 +200,7 @@ def open_storage(url: str):
     """The Optuna RDB storage at `url`; a one-line error (secrets hidden) when it cannot be opened."""
     import optuna
 
-    from launcher.secrets import redact
+    from ftl.launcher.secrets import redact
 
     try:
         return optuna.storages.RDBStorage(url)

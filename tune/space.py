@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from launcher.recipe.search import Distribution, TuneSection
+from ftl.launcher.recipe.search import Distribution, TuneSection
 
 _PRIMITIVE = (type(None), bool, int, float, str)
 

@@ -32,14 +32,14 @@ class TrialSetup:
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune function trainable."""
     os.environ.update(setup.env)
-    from launcher.console import quiet_library_notices
+    from ftl.launcher.console import quiet_library_notices
 
     quiet_library_notices()
     from ray import tune
 
-    from launcher.recipe.loader import LoadedRecipe
-    from launcher.recipe.schema import Recipe
-    from tune.space import decode
+    from ftl.launcher.recipe.loader import LoadedRecipe
+    from ftl.launcher.recipe.schema import Recipe
+    from ftl.tune.space import decode
 
     base = Recipe.model_validate(setup.base)
     values = decode(config, base.tune) if base.tune is not None else dict(config)
@@ -51,7 +51,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     )
     rundir_path.mkdir(parents=True, exist_ok=True)
     if base.tune is not None and base.tune.cv is not None and "data.fold" not in config:
-        from tune.folded import run_folds
+        from ftl.tune.folded import run_folds
 
         means = run_folds(setup, base, values, rundir_path)
         tune.report({**means, "evaluation": 1, FINAL: 1, "run_dir": str(rundir_path)})
@@ -60,8 +60,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if metrics is None:
         with output_to(rundir_path / "train.log"):
             metrics = _train(loaded, rundir_path, pbt=setup.pbt)
-    from launcher.distributed.storage import evaluation_count
-    from launcher.train.rundir import RunDir
+    from ftl.launcher.distributed.storage import evaluation_count
+    from ftl.launcher.train.rundir import RunDir
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     history = RunDir(rundir_path).read_json("log_history.json").get("log_history", [])
@@ -70,7 +70,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 def trial_recipe(base, values: dict[str, Any]):
     """The base recipe with a trial's values; the trial keeps its best checkpoint by the search's metric."""
-    from launcher.recipe.variants import objective, with_values
+    from ftl.launcher.recipe.variants import objective, with_values
 
     metric, _ = objective(base)
     return with_values(base, {"eval.metric": metric.removeprefix("eval_"), **values})
@@ -81,7 +81,7 @@ def finished_run(rundir_path: Path, recipe) -> dict[str, Any] | None:
 
     A driver killed after a trial finished but before it recorded the result restarts that trial on resume;
     the finished run is then reported again instead of being trained again."""
-    from launcher.train.rundir import RunDir
+    from ftl.launcher.train.rundir import RunDir
 
     rundir = RunDir(rundir_path)
     metrics = rundir.read_json("metrics.json")
@@ -105,10 +105,10 @@ def trial_dir_name(config: dict[str, Any], trial_id: str) -> str:
 def _train(loaded, rundir_path: Path, *, pbt: bool) -> dict[str, Any]:
     from ray import tune
 
-    from launcher.distributed.storage import RayStorageReporter
-    from launcher.train.run import execute
-    from launcher.train.rundir import RunDir
-    from tune.checkpoints import OptimizerSettingsRefresh, adopt_checkpoint
+    from ftl.launcher.distributed.storage import RayStorageReporter
+    from ftl.launcher.train.run import execute
+    from ftl.launcher.train.rundir import RunDir
+    from ftl.tune.checkpoints import OptimizerSettingsRefresh, adopt_checkpoint
 
     recipe = loaded.recipe
     rundir = RunDir(rundir_path)
@@ -135,7 +135,7 @@ def _train_on_workers(loaded, rundir) -> dict[str, Any]:
     """A multi-worker trial: Ray Train workers report through Ray Train, which forwards to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from launcher.distributed.ray_launch import launch
+    from ftl.launcher.distributed.ray_launch import launch
 
     recipe = loaded.recipe
     if recipe.distributed.storage_path is None:  # workers report checkpoints only through Ray storage

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from launcher.console import console, log
-from launcher.errors import FtlError
-from launcher.recipe.loader import LoadedRecipe
-from launcher.train.rundir import atomic_write
-from tune.trial import TrialSetup
+from ftl.launcher.console import console, log
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.train.rundir import atomic_write
+from ftl.tune.trial import TrialSetup
 
 EXPERIMENT = "ray"
 
@@ -77,7 +77,7 @@ class SearchDir:
 
 
 def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -> TrialSetup:
-    from launcher.distributed.ray_launch import forwarded_env
+    from ftl.launcher.distributed.ray_launch import forwarded_env
 
     return TrialSetup(
         base=loaded.recipe.model_dump(mode="json", exclude={"extends"}),
@@ -90,7 +90,7 @@ def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -
 
 
 def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
-    from launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
+    from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # ftl shows its own trial table, not Ray's boxes
     # Save the search state after every event (not every 10 s), so a killed driver loses at most the last event;
@@ -107,7 +107,7 @@ def trainable(setup: TrialSetup, recipe) -> Any:
     """The trial function with its setup and the resources one trial reserves."""
     from ray import tune
 
-    from tune.trial import run_trial
+    from ftl.tune.trial import run_trial
 
     function = tune.with_parameters(run_trial, setup=setup)
     if recipe.distributed.needs_workers or _folds_per_trial(recipe) > 1:

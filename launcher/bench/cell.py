@@ -1,4 +1,4 @@
-"""One bench cell, in its own process: `python -m launcher.bench.cell SPEC.json`.
+"""One bench cell, in its own process: `python -m ftl.launcher.bench.cell SPEC.json`.
 
 Loads the recipe with the cell's overrides, trains `warmup + steps` optimizer steps through the same Run as
 `ftl run` (in this process, or on Ray Train workers when the cell scales out) with the StepTimer attached,
@@ -15,13 +15,13 @@ from pathlib import Path
 
 
 def run_cell(spec: dict) -> dict:
-    from launcher.errors import FtlError, first_line
-    from launcher.recipe import load_recipe
+    from ftl.launcher.errors import FtlError, first_line
+    from ftl.launcher.recipe import load_recipe
 
     cell_dir = Path(spec["cell_dir"])
     try:
-        from launcher.bench.timer import StepTimer
-        from launcher.train.run import run_recipe
+        from ftl.launcher.bench.timer import StepTimer
+        from ftl.launcher.train.run import run_recipe
 
         loaded = load_recipe(spec["recipe"], spec["overrides"])
         timer = StepTimer(cell_dir, warmup=spec["warmup"], steps=spec["steps"])
@@ -46,12 +46,12 @@ def main(argv: list[str]) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from launcher.console import quiet_library_notices
+    from ftl.launcher.console import quiet_library_notices
 
     quiet_library_notices()
     spec = json.loads(Path(argv[0]).read_text())
     result = run_cell(spec)
-    from launcher.train.rundir import atomic_write
+    from ftl.launcher.train.rundir import atomic_write
 
     atomic_write(Path(spec["cell_dir"]) / "cell.json", json.dumps(result))
     ray = sys.modules.get("ray")  # a cell that scaled out started a private local Ray: stop it cleanly

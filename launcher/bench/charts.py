@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.bench.results import CellResult
+from ftl.launcher.bench.results import CellResult
 
 
 def write_charts(folder: Path, results: list[CellResult], title: str) -> list[Path]:

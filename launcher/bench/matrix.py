@@ -11,8 +11,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import FtlError, did_you_mean
-from launcher.recipe.loader import LoadedRecipe, load_recipe
+from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.recipe.loader import LoadedRecipe, load_recipe
 
 MATRIX_FLAG = "--matrix"
 OPTIONS = (
@@ -151,8 +151,8 @@ def validate(
     recipe: Path, overrides: list[str], dimensions: list[Dimension], cells: list[Cell], fixed: list[str]
 ) -> dict[str, LoadedRecipe]:
     """Load the recipe once per cell (overrides, then the cell's values, then `fixed`); cell name -> recipe."""
-    from launcher.recipe.keypaths import key_path_problem
-    from launcher.recipe.schema import Recipe
+    from ftl.launcher.recipe.keypaths import key_path_problem
+    from ftl.launcher.recipe.schema import Recipe
 
     base = load_recipe(recipe, overrides)
     raw = base.recipe.model_dump(mode="json")

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.bench.matrix import Cell, Dimension
-from launcher.bench.peak import Peak, matmul_dtype
-from launcher.flops import FlopCounts, mfu, model_flops, trainable_flops
+from ftl.launcher.bench.matrix import Cell, Dimension
+from ftl.launcher.bench.peak import Peak, matmul_dtype
+from ftl.launcher.flops import FlopCounts, mfu, model_flops, trainable_flops
 
 MIB = 1024**2
 

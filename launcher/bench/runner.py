@@ -22,10 +22,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from launcher.bench.charts import write_charts
-from launcher.bench.matrix import Cell, bench_overrides, expand, parse_dimensions, split_arguments, validate
-from launcher.bench.peak import Peak, cpu_probe, given_peak, gpu_peak
-from launcher.bench.results import (
+from ftl.launcher.bench.charts import write_charts
+from ftl.launcher.bench.matrix import (
+    Cell,
+    bench_overrides,
+    expand,
+    parse_dimensions,
+    split_arguments,
+    validate,
+)
+from ftl.launcher.bench.peak import Peak, cpu_probe, given_peak, gpu_peak
+from ftl.launcher.bench.results import (
     CellResult,
     read_timings,
     summarise,
@@ -33,9 +40,9 @@ from launcher.bench.results import (
     write_json,
     write_markdown,
 )
-from launcher.bench.table import BenchTable
-from launcher.console import log
-from launcher.errors import FtlError
+from ftl.launcher.bench.table import BenchTable
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError
 
 
 def run_bench(
@@ -151,7 +158,7 @@ def _run_cell(cell: Cell, spec: dict, table: BenchTable, peaks: _Peaks, timeout:
     started = time.monotonic()
     with (cell_dir / "cell.log").open("wb") as cell_log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "launcher.bench.cell", str(cell_dir / "spec.json")],
+            [sys.executable, "-m", "ftl.launcher.bench.cell", str(cell_dir / "spec.json")],
             stdout=cell_log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -253,7 +260,7 @@ def _context(
 ) -> dict:
     from importlib import metadata
 
-    from launcher.train.rundir import git_sha
+    from ftl.launcher.train.rundir import git_sha
 
     versions = {}
     for package in ("ftl", "torch", "transformers", "deepspeed", "ray", "peft"):

@@ -6,8 +6,8 @@ import time
 
 from rich.markup import escape
 
-from launcher.bench.results import CellResult
-from launcher.console import console
+from ftl.launcher.bench.results import CellResult
+from ftl.launcher.console import console
 
 _STATUS = {
     "pending": "[dim]pending[/]",

@@ -24,7 +24,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from launcher.train.rundir import atomic_write
+from ftl.launcher.train.rundir import atomic_write
 
 
 class StepTimer(TrainerCallback):
@@ -38,7 +38,7 @@ class StepTimer(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         import torch
 
-        from launcher.flops import flop_counts
+        from ftl.launcher.flops import flop_counts
 
         self._rank = int(os.environ.get("RANK", "0"))
         self._cuda = args.device.type == "cuda"

@@ -9,7 +9,7 @@ import csv
 import json
 from pathlib import Path
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 
 def diagnose(files: list[Path], fmt: str, what: str) -> None:

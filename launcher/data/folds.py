@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from launcher.errors import FtlError
-from launcher.recipe.folds import KFold
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.folds import KFold
 
 
 def resolve_method(spec: KFold, task_split_method: str) -> str:

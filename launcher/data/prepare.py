@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import __version__
-from launcher.data.sources import RawData, load_source
-from launcher.data.splits import carve_validation, oversample, subsample
-from launcher.recipe.loader import LoadedRecipe
-from launcher.tasks.base import Task
+from ftl.launcher import __version__
+from ftl.launcher.data.sources import RawData, load_source
+from ftl.launcher.data.splits import carve_validation, oversample, subsample
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.tasks.base import Task
 
 CACHE_ENV = "FTL_CACHE"
 _CACHE_FORMAT = 1
@@ -180,7 +180,7 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
 
 def _fold_rows(train_raw: RawData, task: Task, data, *, seed: int):
     """max_train_rows of train, split into k folds: (every fold but data.fold.index, that fold)."""
-    from launcher.data.folds import fold_of_rows, resolve_method, split_fold
+    from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 
     spec = data.fold
     group = spec.group_column
@@ -207,7 +207,7 @@ def _fold_rows(train_raw: RawData, task: Task, data, *, seed: int):
 
 
 def _check_group_column(raw: RawData, group: str, key: str) -> None:
-    from launcher.errors import FtlError, did_you_mean, one_of
+    from ftl.launcher.errors import FtlError, did_you_mean, one_of
 
     columns = raw.dataset.column_names
     if group not in columns:

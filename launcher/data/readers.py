@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 CONLL_TOKENS, CONLL_TAGS = "tokens", "tags"
 SQUAD_COLUMNS = ("id", "title", "context", "question", "answers")

@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.data import readers
-from launcher.errors import FtlError, first_line
-from launcher.locations import find_local, looked_in
-from launcher.recipe.data import DataSource
+from ftl.launcher.data import readers
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.locations import find_local, looked_in
+from ftl.launcher.recipe.data import DataSource
 
 EXTENSION_FORMATS = {
     ".csv": "csv",
@@ -161,7 +161,7 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
         if "corresponds to no data" in reason:
             raise FtlError(f"{what}: {', '.join(names)} holds no rows (only a header?)") from None
         if fmt in ("csv", "tsv", "json", "jsonl", "text"):
-            from launcher.data.diagnose import diagnose
+            from ftl.launcher.data.diagnose import diagnose
 
             diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
@@ -169,7 +169,7 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
 
 
 def _renamed(dataset, mapping: dict[str, str], what: str):
-    from launcher.errors import did_you_mean, one_of
+    from ftl.launcher.errors import did_you_mean, one_of
 
     columns = dataset.column_names
     applicable = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 
 def carve_validation(

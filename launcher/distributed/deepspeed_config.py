@@ -7,9 +7,9 @@ import importlib
 from functools import lru_cache
 from typing import Any
 
-from launcher.errors import FtlError, did_you_mean
-from launcher.recipe.schema import Recipe
-from launcher.train.batching import batch_plan
+from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.train.batching import batch_plan
 
 _CONSTANT_MODULES = (
     "deepspeed.runtime.constants",

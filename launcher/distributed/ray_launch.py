@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from launcher.console import log
-from launcher.errors import FtlError, first_line
-from launcher.recipe.loader import LoadedRecipe
-from launcher.train.rundir import RunDir
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.train.rundir import RunDir
 
 # Settings a worker must see exactly as the driver does (data homes, caches, offline mode).
 _FORWARDED_ENV = (
@@ -44,12 +44,12 @@ def launch(
     distributed = recipe.distributed
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
     if distributed.uses_deepspeed:
-        from launcher.distributed.deepspeed_config import deepspeed_config, validate_deepspeed_config
+        from ftl.launcher.distributed.deepspeed_config import deepspeed_config, validate_deepspeed_config
 
         validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
     checkpoint = rundir.last_checkpoint()
     if distributed.uses_deepspeed and checkpoint is not None:
-        from launcher.distributed.reshard import universal_for
+        from ftl.launcher.distributed.reshard import universal_for
 
         extra = universal_for(checkpoint, distributed.workers)
         if extra:
@@ -67,7 +67,7 @@ def launch(
                 }
             )
     if distributed.address is None:
-        from launcher.train.device import plan_device
+        from ftl.launcher.train.device import plan_device
 
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
         warm_data_cache(loaded)
@@ -75,7 +75,7 @@ def launch(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from launcher.distributed.worker import train_worker
+    from ftl.launcher.distributed.worker import train_worker
 
     env = forwarded_env(recipe)
     connect(distributed.address, env)
@@ -210,8 +210,8 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
 
 def warm_data_cache(loaded: LoadedRecipe) -> None:
     """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising."""
-    from launcher.model.load import load_tokenizer, quiet_transformers
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.model.load import load_tokenizer, quiet_transformers
+    from ftl.launcher.tasks.registry import task_for
 
     data = loaded.recipe.data
     if data is not None and not data.cache:

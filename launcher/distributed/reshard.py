@@ -6,8 +6,8 @@ import re
 from argparse import Namespace
 from pathlib import Path
 
-from launcher.console import log
-from launcher.errors import FtlError
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError
 
 _OPTIM_FILE = re.compile(r".*zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from launcher.train.rundir import RunDir
+from ftl.launcher.train.rundir import RunDir
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
 

@@ -10,18 +10,18 @@ from typing import Any
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. Restarted by Ray after a failure: `execute` resumes from the last checkpoint."""
     os.environ.update(config["env"])
-    from launcher.console import log, quiet_library_notices
-    from launcher.distributed.extensions import remove_stale_locks, use_private_extensions_dir
+    from ftl.launcher.console import log, quiet_library_notices
+    from ftl.launcher.distributed.extensions import remove_stale_locks, use_private_extensions_dir
 
     quiet_library_notices()
     use_private_extensions_dir()
     remove_stale_locks(log=log if int(os.environ.get("RANK", "0")) == 0 else (lambda message: None))
     import ray.train
 
-    from launcher.recipe.loader import LoadedRecipe
-    from launcher.recipe.schema import Recipe
-    from launcher.train.run import execute
-    from launcher.train.rundir import RunDir
+    from ftl.launcher.recipe.loader import LoadedRecipe
+    from ftl.launcher.recipe.schema import Recipe
+    from ftl.launcher.train.run import execute
+    from ftl.launcher.train.rundir import RunDir
 
     recipe = Recipe.model_validate(config["recipe"])
     loaded = LoadedRecipe(
@@ -30,7 +30,7 @@ def train_worker(config: dict[str, Any]) -> None:
     rundir = RunDir(Path(config["run"]))
     callbacks = list(config.get("callbacks", []))
     if recipe.distributed.storage_path:
-        from launcher.distributed.storage import RayStorageReporter, restore_from_storage
+        from ftl.launcher.distributed.storage import RayStorageReporter, restore_from_storage
 
         restore_from_storage(rundir)
         callbacks.append(RayStorageReporter())

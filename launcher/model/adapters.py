@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError, first_line
-from launcher.model.locate import ModelLocation
-from launcher.recipe.schema import Recipe
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.model.locate import ModelLocation
+from ftl.launcher.recipe.schema import Recipe
 
 BASE_FILE = "ftl_base.json"
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -95,7 +95,7 @@ def load_trained(directory: Path, auto_class, *, merge: bool = False):
     """A trained model from <run>/model: a full model, or base + adapter (merged into the base if asked)."""
     import torch
 
-    from launcher.model.load import forget_gguf_origin
+    from ftl.launcher.model.load import forget_gguf_origin
 
     if not is_adapter(directory):
         return auto_class.from_pretrained(str(directory))

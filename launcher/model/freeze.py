@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from launcher.errors import FtlError, did_you_mean
-from launcher.recipe.schema import FreezeSection
+from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.recipe.schema import FreezeSection
 
 _LAYER_CONTAINER_NAMES = ("layers", "layer", "h", "blocks", "block")
 

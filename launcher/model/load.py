@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError, did_you_mean, first_line
-from launcher.model.locate import ModelLocation, locate_model, locate_path
-from launcher.recipe.loader import LoadedRecipe
-from launcher.tasks.base import Task
+from ftl.launcher.errors import FtlError, did_you_mean, first_line
+from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.tasks.base import Task
 
 
 @dataclass
@@ -160,7 +160,7 @@ def load_model(
         config = dense.model.config
     loaded_model = _pretrained(loaded, location, config, auto)
     if adapters:
-        from launcher.model.adapters import add_lora
+        from ftl.launcher.model.adapters import add_lora
 
         peft_model = add_lora(
             loaded_model.model,
@@ -215,7 +215,7 @@ def _pretrained(loaded: LoadedRecipe, location: ModelLocation, config, auto) -> 
     section = loaded.recipe.model
     extra = location.hf_kwargs()
     if loaded.recipe.quantization is not None:
-        from launcher.model.adapters import bitsandbytes_config
+        from ftl.launcher.model.adapters import bitsandbytes_config
 
         extra.update(
             quantization_config=bitsandbytes_config(loaded.recipe),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import FtlError
-from launcher.locations import looks_local, package_dir
-from launcher.recipe.schema import ModelSection
+from ftl.launcher.errors import FtlError
+from ftl.launcher.locations import looks_local, package_dir
+from ftl.launcher.recipe.schema import ModelSection
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from launcher.model.freeze import apply_freezing
-from launcher.model.load import LoadedModel
-from launcher.recipe.loader import LoadedRecipe
-from launcher.tasks.base import Task
+from ftl.launcher.model.freeze import apply_freezing
+from ftl.launcher.model.load import LoadedModel
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.tasks.base import Task
 
 
 def meta_model(loaded: LoadedRecipe, task: Task, tokenizer) -> LoadedModel:
@@ -15,7 +15,7 @@ def meta_model(loaded: LoadedRecipe, task: Task, tokenizer) -> LoadedModel:
     if recipe.lora is None:
         apply_freezing(built.model, recipe.freeze, built.head_names)
         return built
-    from launcher.model.adapters import add_lora
+    from ftl.launcher.model.adapters import add_lora
 
     plain = recipe.model_copy(update={"quantization": None})  # bitsandbytes cannot quantize meta tensors
     model = add_lora(built.model, plain, task.peft_task_type, gradient_checkpointing=False)

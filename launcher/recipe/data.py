@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from launcher.recipe.folds import FoldSplit
-from launcher.recipe.section import Section
+from ftl.launcher.recipe.folds import FoldSplit
+from ftl.launcher.recipe.section import Section
 
 
 class DataSource(Section):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section
 
 FoldMethod = Literal["auto", "stratified", "random", "contiguous", "group"]
 

@@ -8,8 +8,8 @@ from typing import Any, Union
 
 from pydantic import BaseModel
 
-from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.recipe.tasks import TASK_TYPES
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.recipe.tasks import TASK_TYPES
 
 FREE_FORM = object()  # a dict[str, Any] field: any key is allowed below it
 

@@ -11,13 +11,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.recipe import rules
-from launcher.recipe.keypaths import check_key_path, display_path, dotted_key, model_at
-from launcher.recipe.schema import Recipe
-from launcher.recipe.stages import StageSection, stage_data, stage_origins
-from launcher.recipe.tasks import TASK_TYPES
-from launcher.recipe.yaml_source import KeyPath, Origin, merge, merge_origins, read_yaml
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.recipe import rules
+from ftl.launcher.recipe.keypaths import check_key_path, display_path, dotted_key, model_at
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.recipe.stages import StageSection, stage_data, stage_origins
+from ftl.launcher.recipe.tasks import TASK_TYPES
+from ftl.launcher.recipe.yaml_source import KeyPath, Origin, merge, merge_origins, read_yaml
 
 _OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)=(?P<value>.*)$", re.S)
 _MAX_EXTENDS_DEPTH = 16
@@ -131,7 +131,7 @@ def _stages(
 
 def _refuse_secrets(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> None:
     """Recipes are written to run directories, printed and shipped with jobs: no passwords or tokens in them."""
-    from launcher.secrets import find_secret
+    from ftl.launcher.secrets import find_secret
 
     found = find_secret(data)
     if found is not None:

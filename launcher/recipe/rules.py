@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from launcher.errors import did_you_mean, one_of
-from launcher.recipe.schema import Recipe
+from ftl.launcher.errors import did_you_mean, one_of
+from ftl.launcher.recipe.schema import Recipe
 
 Violation = tuple[tuple[Any, ...], str]
 Rule = Callable[[Recipe], Violation | None]
@@ -351,4 +351,4 @@ def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
 
 
 # The search section's rules register themselves in RULES as well.
-from launcher.recipe import search_rules  # noqa: E402, F401
+from ftl.launcher.recipe import search_rules  # noqa: E402, F401

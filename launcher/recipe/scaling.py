@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section
 
 
 class DistributedSection(Section):

@@ -10,12 +10,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from launcher.recipe.data import DataSection
-from launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
-from launcher.recipe.search import TuneSection
-from launcher.recipe.section import Section
-from launcher.recipe.stages import StageSection
-from launcher.recipe.tasks import TaskSection
+from ftl.launcher.recipe.data import DataSection
+from ftl.launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
+from ftl.launcher.recipe.search import TuneSection
+from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.stages import StageSection
+from ftl.launcher.recipe.tasks import TaskSection
 
 
 class ModelSection(Section):

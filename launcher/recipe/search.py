@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from launcher.recipe.folds import KFold
-from launcher.recipe.section import Section
+from ftl.launcher.recipe.folds import KFold
+from ftl.launcher.recipe.section import Section
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from launcher.errors import did_you_mean, one_of
-from launcher.recipe.rules import Violation, rule
-from launcher.recipe.schema import Recipe
+from ftl.launcher.errors import did_you_mean, one_of
+from ftl.launcher.recipe.rules import Violation, rule
+from ftl.launcher.recipe.schema import Recipe
 
 # --- search and cross-validation ---------------------------------------------------------------------
 
@@ -20,7 +20,7 @@ PBT_MUTABLE_KEYS = ("train.lr", "train.weight_decay", "train.max_grad_norm")
 
 @rule
 def search_space_keys_are_recipe_keys(recipe: Recipe) -> Violation | None:
-    from launcher.recipe.keypaths import key_path_problem
+    from ftl.launcher.recipe.keypaths import key_path_problem
 
     if recipe.tune is None:
         return None

@@ -10,8 +10,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from launcher.recipe.data import DataSection
-from launcher.recipe.section import Section
+from ftl.launcher.recipe.data import DataSection
+from ftl.launcher.recipe.section import Section
 
 
 class SequenceClassificationTask(Section):

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.errors import FtlError
-from launcher.recipe import rules
-from launcher.recipe.keypaths import display_path
-from launcher.recipe.schema import Recipe
-from launcher.recipe.yaml_source import merge
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import rules
+from ftl.launcher.recipe.keypaths import display_path
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.recipe.yaml_source import merge
 
 # A different model does not inherit where the base model's files were, or how to build it.
 _MODEL_IDENTITY = ("local_copies", "gguf_file", "config", "revision", "tokenizer")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 KeyPath = tuple[Any, ...]
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.data.sources import RawData
-from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.tasks.prediction import PredictionInputs, PromptSettings, unsupported
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings, unsupported
 
 
 @dataclass
@@ -43,19 +43,19 @@ class Task(ABC):
     # ---- the run's building blocks (a multi-task run replaces them) ------------------------------
     def prepare(self, loaded, tokenizer, log):
         """Tokenised train and validation splits (cached)."""
-        from launcher.data.prepare import prepare_data
+        from ftl.launcher.data.prepare import prepare_data
 
         return prepare_data(loaded, self, tokenizer, log=log)
 
     def build_model(self, loaded, tokenizer, base_dir: Path | None, *, meta: bool = False):
         """The model to fine-tune (pretrained, quantized and with adapters as the recipe says); meta=True: shapes
         only, on the meta device (for `ftl check` and `ftl plan`)."""
-        from launcher.model.load import load_model
+        from ftl.launcher.model.load import load_model
 
         return load_model(loaded, self, tokenizer, base_dir=base_dir, meta=meta)
 
     def trainer_class(self) -> type:
-        from launcher.train.trainer import FtlSeq2SeqTrainer, FtlTrainer
+        from ftl.launcher.train.trainer import FtlSeq2SeqTrainer, FtlTrainer
 
         return FtlSeq2SeqTrainer if self.generates_in_evaluation else FtlTrainer
 
@@ -66,7 +66,7 @@ class Task(ABC):
         """validation.jsonl: the exact validation rows, in the recipe's columns, for `ftl eval --data`."""
         import json
 
-        from launcher.train.rundir import atomic_write
+        from ftl.launcher.train.rundir import atomic_write
 
         exported = self.export_rows(rows)
         atomic_write(

@@ -7,13 +7,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from launcher.data.collate import BlockCollator, PaddingCollator
-from launcher.data.sources import RawData
-from launcher.errors import FtlError
-from launcher.tasks import instruction
-from launcher.tasks.base import Predictions, Task
-from launcher.tasks.instruction import render, template_fields
-from launcher.tasks.prediction import PredictionInputs, PromptSettings
+from ftl.launcher.data.collate import BlockCollator, PaddingCollator
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks import instruction
+from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.instruction import render, template_fields
+from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 
 IGNORE_INDEX = -100
 _PACK_BATCH_ROWS = 2000  # rows concatenated per packing batch; each batch wastes < one block
@@ -152,7 +152,7 @@ class CausalLM(Task):
         c = self.config
         if not c.instruction_tuning or c.generate_rows == 0:
             return None
-        from launcher.tasks.generation import generate, write_generations
+        from ftl.launcher.tasks.generation import generate, write_generations
 
         rows = raw_rows.select(range(min(c.generate_rows, len(raw_rows)))).to_list()
         prompts = [render(c.prompt_template, row) for row in rows]
@@ -185,7 +185,7 @@ class CausalLM(Task):
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Instruction tuning: each row's prompt from the template's columns; plain language modelling: the
         text column, to be continued."""
-        from launcher.tasks.prediction import is_blank, require_columns
+        from ftl.launcher.tasks.prediction import is_blank, require_columns
 
         c = self.config
         if c.instruction_tuning:
@@ -214,7 +214,7 @@ class CausalLM(Task):
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
         """generated: the generated text (the response, or the continuation of the text)."""
-        from launcher.tasks.prediction import generated_rows
+        from ftl.launcher.tasks.prediction import generated_rows
 
         return generated_rows(inputs, outputs)
 
@@ -222,7 +222,7 @@ class CausalLM(Task):
         """With a prompt template: a text fills its single field, a JSON object gives its fields by name."""
         import json
 
-        from launcher.tasks.prediction import shown
+        from ftl.launcher.tasks.prediction import shown
 
         c = self.config
         if raw or not c.instruction_tuning:

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launcher.data.collate import PaddingCollator
-from launcher.data.sources import RawData
-from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.tasks.base import LabelledTask, Predictions
-from launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.tasks.base import LabelledTask, Predictions
+from ftl.launcher.tasks.prediction import PredictionInputs
 
 
 class SequenceClassification(LabelledTask):
@@ -202,7 +202,7 @@ class SequenceClassification(LabelledTask):
 
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Rows of text (and text pairs) tokenised as in training; rows with an empty text get no prediction."""
-        from launcher.tasks.prediction import (
+        from ftl.launcher.tasks.prediction import (
             cut_note,
             encode_features,
             is_blank,
@@ -229,7 +229,7 @@ class SequenceClassification(LabelledTask):
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
         """predicted (label name), predicted_id, score (its probability), probabilities (per label)."""
-        from launcher.tasks.prediction import softmax
+        from ftl.launcher.tasks.prediction import softmax
 
         names = self._names or []
         rows: list[dict[str, Any]] = [

@@ -117,8 +117,8 @@ def write_generations(directory: Path, sources: list[str], texts: list[str], ref
     """generations.jsonl (worst ROUGE-L first) and the mean ROUGE as metrics."""
     import json
 
-    from launcher.tasks.base import Predictions
-    from launcher.train.rundir import atomic_write
+    from ftl.launcher.tasks.base import Predictions
+    from ftl.launcher.train.rundir import atomic_write
 
     scores = rouge_per_row(texts, references)
     rows = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 IGNORE_INDEX = -100
 _PROMPT_TAIL = 24  # tokens kept from the end of a cut prompt (the cue right before the response)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from launcher.data.collate import NON_INPUT_COLUMNS
-from launcher.data.sources import RawData
-from launcher.errors import FtlError
-from launcher.tasks.base import Task
+from ftl.launcher.data.collate import NON_INPUT_COLUMNS
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.base import Task
 
 IGNORE_INDEX = -100
 _PACK_BATCH_ROWS = 1000
@@ -108,13 +108,13 @@ class MaskedLM(Task):
         return MaskingCollator(tokenizer, self._masker(tokenizer))
 
     def trainer_class(self) -> type:
-        from launcher.train.masked_positions import MaskedLMTrainer
+        from ftl.launcher.train.masked_positions import MaskedLMTrainer
 
         return MaskedLMTrainer
 
     def configure_trainer(self, trainer, data) -> None:
         """Training projects only the masked positions onto the vocabulary (launcher/train/masked_positions.py)."""
-        from launcher.train.masked_positions import MaskedPositions
+        from ftl.launcher.train.masked_positions import MaskedPositions
 
         trainer.masked_positions = MaskedPositions(trainer.model)
 
@@ -167,6 +167,6 @@ class MaskingCollator:
         rows = [{k: v for k, v in f.items() if k not in NON_INPUT_COLUMNS} for f in features]
         if "labels" not in rows[0]:
             return self.masker(rows)
-        from launcher.data.collate import PaddingCollator
+        from ftl.launcher.data.collate import PaddingCollator
 
         return PaddingCollator(self.tokenizer, label_pad_id=IGNORE_INDEX)(rows)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import FtlError
-from launcher.tasks.base import Predictions, Task
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.base import Predictions, Task
 
 _HEAD_KINDS = {"sequence_classification": "sequence", "token_classification": "token"}
 
@@ -33,14 +33,14 @@ class MultiTask(Task):
     auto_model = "AutoModel"
 
     def __init__(self, config: Any) -> None:
-        from launcher.tasks.registry import task_for
+        from ftl.launcher.tasks.registry import task_for
 
         super().__init__(config)
         self.tasks = {name: task_for(sub.task) for name, sub in config.tasks.items()}
 
     def sub_recipe(self, loaded, name: str):
         """A single-task recipe for one task: the shared sections with that task's task and data."""
-        from launcher.recipe.loader import LoadedRecipe
+        from ftl.launcher.recipe.loader import LoadedRecipe
 
         sub = self.config.tasks[name]
         recipe = loaded.recipe.model_copy(update={"task": sub.task, "data": sub.data, "tune": None})
@@ -50,8 +50,8 @@ class MultiTask(Task):
 
     # ---- data -----------------------------------------------------------------------------------
     def prepare(self, loaded, tokenizer, log):
-        from launcher.data.prepare import PreparedData, prepare_data
-        from launcher.train.multitask import MultiTaskDataset
+        from ftl.launcher.data.prepare import PreparedData, prepare_data
+        from ftl.launcher.train.multitask import MultiTaskDataset
 
         prepared = {}
         for name, task in self.tasks.items():
@@ -99,7 +99,7 @@ class MultiTask(Task):
             task.restore(state["tasks"][name])
 
     def write_validation_rows(self, directory: Path, rows) -> None:
-        from launcher.train.rundir import atomic_write
+        from ftl.launcher.train.rundir import atomic_write
 
         for name, task in self.tasks.items():
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in task.export_rows(rows[name]))
@@ -107,9 +107,9 @@ class MultiTask(Task):
 
     # ---- model and training ---------------------------------------------------------------------
     def build_model(self, loaded, tokenizer, base_dir: Path | None, *, meta: bool = False):
-        from launcher.model import multitask_model
-        from launcher.model.load import LoadedModel, model_config
-        from launcher.model.locate import locate_model
+        from ftl.launcher.model import multitask_model
+        from ftl.launcher.model.load import LoadedModel, model_config
+        from ftl.launcher.model.locate import locate_model
 
         recipe = loaded.recipe
         location = locate_model(recipe.model, loaded.search_dirs)
@@ -134,7 +134,7 @@ class MultiTask(Task):
 
             for name, sub in self.config.tasks.items():  # label names from the data when the recipe has none
                 if self.tasks[name].label_names() is None:
-                    from launcher.data.sources import load_source
+                    from ftl.launcher.data.sources import load_source
 
                     where = f"task.tasks.{name}.data.train"
                     self.tasks[name].fit(load_source(sub.data.train, loaded.search_dirs, where))
@@ -154,22 +154,22 @@ class MultiTask(Task):
         return LoadedModel(model, location, head_names)
 
     def model_class(self):
-        from launcher.model.multitask_model import MultiTaskModel
+        from ftl.launcher.model.multitask_model import MultiTaskModel
 
         return MultiTaskModel
 
     def collator(self, tokenizer):
-        from launcher.train.multitask import MultiTaskCollator
+        from ftl.launcher.train.multitask import MultiTaskCollator
 
         return MultiTaskCollator([task.collator(tokenizer) for task in self.tasks.values()])
 
     def trainer_class(self) -> type:
-        from launcher.train.multitask import MultiTaskTrainer
+        from ftl.launcher.train.multitask import MultiTaskTrainer
 
         return MultiTaskTrainer
 
     def configure_trainer(self, trainer, data) -> None:
-        from launcher.train.multitask import task_probabilities
+        from ftl.launcher.train.multitask import task_probabilities
 
         sizes = [len(split) for split in data.train.splits]
         trainer.multitask = MultiTaskSpec(
@@ -180,7 +180,7 @@ class MultiTask(Task):
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
         """Each task's error analysis in <run>/<task>/ (predicting with that task's head)."""
-        from launcher.train.multitask import TaskView
+        from ftl.launcher.train.multitask import TaskView
 
         written = None
         saved = trainer.preprocess_logits_for_metrics
@@ -200,7 +200,7 @@ class MultiTask(Task):
     # ---- using the trained model ------------------------------------------------------------------
     def prediction_task(self, name: str | None) -> Task:
         """The task named by --task, predicting with its own head."""
-        from launcher.errors import did_you_mean, one_of
+        from ftl.launcher.errors import did_you_mean, one_of
 
         names = list(self.tasks)
         if name is None:

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from launcher.train.rundir import atomic_write
+from ftl.launcher.train.rundir import atomic_write
 
 ERROR_KINDS = ("wrong_type", "wrong_span", "missed", "spurious")
 
@@ -64,7 +64,7 @@ def write_error_analysis(
     *,
     strict: bool,
 ) -> Path:
-    from launcher.tasks.token_classification import entity_scores
+    from ftl.launcher.tasks.token_classification import entity_scores
 
     counts: dict[str, Counter] = {}
     lines: list[tuple[int, dict[str, Any]]] = []

@@ -12,14 +12,14 @@ import re
 from collections import Counter
 from typing import Any
 
-from launcher.data.sources import RawData
-from launcher.errors import FtlError
-from launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.prediction import PredictionInputs
 
 
 def encode_words(raw: RawData, tokenizer, *, column: str, max_length: int) -> PredictionInputs:
     """Features for every window of every row of `column` (a list of words or a text per row)."""
-    from launcher.tasks.prediction import require_columns
+    from ftl.launcher.tasks.prediction import require_columns
 
     if not getattr(tokenizer, "is_fast", False):
         raise FtlError("ftl predict: token classification needs a fast tokenizer (word alignment)")
@@ -85,8 +85,8 @@ def encode_words(raw: RawData, tokenizer, *, column: str, max_length: int) -> Pr
 def tag_words(inputs: PredictionInputs, outputs: list, names: list[str]) -> list[dict[str, Any]]:
     """predicted_tags (one per word), entities [{type, start, end (word span, end exclusive), text, score,
     and for plain text char_start, char_end}] and, for plain text input, the words the text was split into."""
-    from launcher.tasks.ner_errors import entities
-    from launcher.tasks.prediction import softmax
+    from ftl.launcher.tasks.ner_errors import entities
+    from ftl.launcher.tasks.prediction import softmax
 
     if not inputs.features:
         return [{"predicted_tags": None, "entities": None} for _ in range(inputs.rows)]

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.data.sources import RawData
-from launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
 
 # Verbs that use a trained model, and the Task hook each one needs (a task supports a verb when it overrides it).
 VERB_HOOKS = {"ftl predict": "encode_for_prediction", "ftl generate": "generation_prompt"}
@@ -50,7 +50,7 @@ class PredictionInputs:
 
 def unsupported(task_type: str, verb: str) -> FtlError:
     """'ftl predict does not support masked_lm runs; it supports ...' (one line)."""
-    from launcher.tasks.registry import task_types_with
+    from ftl.launcher.tasks.registry import task_types_with
 
     others = [t for t in task_types_with(VERB_HOOKS[verb]) if t != task_type]
     elsewhere = [v for v, hook in VERB_HOOKS.items() if v != verb and task_type in task_types_with(hook)]

@@ -14,13 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from launcher.data.collate import PaddingCollator
-from launcher.data.sources import RawData
-from launcher.errors import FtlError
-from launcher.tasks.base import Predictions, Task
-from launcher.tasks.prediction import PredictionInputs
-from launcher.tasks.qa_answers import Answer, best_answers, score, squad_metrics
-from launcher.train.rundir import atomic_write
+from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.tasks.qa_answers import Answer, best_answers, score, squad_metrics
+from ftl.launcher.train.rundir import atomic_write
 
 QUESTION, CONTEXT, ANSWERS, ID = "question", "context", "answers", "id"  # normalised columns
 _WINDOW_COLUMNS = ("example_id", "offsets", "context", "gold", "length")  # bookkeeping, not model inputs
@@ -170,7 +170,7 @@ class QuestionAnswering(Task):
     # ---- prediction without labels ----------------------------------------------------------------
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Question and context columns (answers, when present, are not read), windowed as in evaluation."""
-        from launcher.tasks.prediction import is_blank, require_columns
+        from ftl.launcher.tasks.prediction import is_blank, require_columns
 
         _require_fast(tokenizer)
         c = self.config
@@ -214,7 +214,7 @@ class QuestionAnswering(Task):
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
         """answer (text; empty when the question is predicted unanswerable), answer_start and answer_end
         (character offsets into the context), score (the span's probability within its window)."""
-        from launcher.tasks.prediction import softmax
+        from ftl.launcher.tasks.prediction import softmax
 
         rows: list[dict[str, Any]] = [
             {"answer": None, "answer_start": None, "answer_end": None, "score": None}

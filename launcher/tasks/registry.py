@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from launcher.tasks.base import Task
+from ftl.launcher.tasks.base import Task
 
 
 def task_for(config: Any) -> Task:
@@ -19,13 +19,13 @@ def task_types_with(hook: str) -> list[str]:
 
 def implementations() -> dict[str, type[Task]]:
     """task.type -> its Task class."""
-    from launcher.tasks.causal_lm import CausalLM
-    from launcher.tasks.classification import SequenceClassification
-    from launcher.tasks.masked_lm import MaskedLM
-    from launcher.tasks.multitask import MultiTask
-    from launcher.tasks.question_answering import QuestionAnswering
-    from launcher.tasks.seq2seq import Seq2Seq
-    from launcher.tasks.token_classification import TokenClassification
+    from ftl.launcher.tasks.causal_lm import CausalLM
+    from ftl.launcher.tasks.classification import SequenceClassification
+    from ftl.launcher.tasks.masked_lm import MaskedLM
+    from ftl.launcher.tasks.multitask import MultiTask
+    from ftl.launcher.tasks.question_answering import QuestionAnswering
+    from ftl.launcher.tasks.seq2seq import Seq2Seq
+    from ftl.launcher.tasks.token_classification import TokenClassification
 
     return {
         "sequence_classification": SequenceClassification,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.data.collate import PaddingCollator
-from launcher.data.sources import RawData
-from launcher.errors import FtlError
-from launcher.tasks.base import Predictions, Task
-from launcher.tasks.prediction import PredictionInputs, PromptSettings
+from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 
 IGNORE_INDEX = -100
 SOURCE, TARGET, REFERENCES = "source", "target", "references"  # normalised columns
@@ -105,7 +105,7 @@ class Seq2Seq(Task):
 
     def configure_model(self, model, tokenizer) -> None:
         """Generation during evaluation follows the recipe's generation settings."""
-        from launcher.tasks.generation import generation_config
+        from ftl.launcher.tasks.generation import generation_config
 
         model.generation_config = generation_config(self.config.generation, tokenizer, model)
 
@@ -125,7 +125,7 @@ class Seq2Seq(Task):
         def metrics(prediction) -> dict[str, float]:
             import numpy as np
 
-            from launcher.tasks.generation import rouge
+            from ftl.launcher.tasks.generation import rouge
 
             generated = (
                 prediction.predictions[0]
@@ -142,7 +142,7 @@ class Seq2Seq(Task):
         return metrics
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
-        from launcher.tasks.generation import write_generations
+        from ftl.launcher.tasks.generation import write_generations
 
         output = trainer.predict(dataset, metric_key_prefix="predict")  # collective: every worker generates
         if not trainer.is_world_process_zero():
@@ -156,7 +156,7 @@ class Seq2Seq(Task):
 
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """The source column, with the run's source_prefix, as prompts to generate from."""
-        from launcher.tasks.prediction import is_blank, require_columns
+        from ftl.launcher.tasks.prediction import is_blank, require_columns
 
         c = self.config
         require_columns(raw, {"source_column": c.source_column})
@@ -172,13 +172,13 @@ class Seq2Seq(Task):
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
         """generated: the generated text."""
-        from launcher.tasks.prediction import generated_rows
+        from ftl.launcher.tasks.prediction import generated_rows
 
         return generated_rows(inputs, outputs)
 
     def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
         """A text, or an object whose source_column field is the text; the run's source_prefix first."""
-        from launcher.tasks.prediction import shown
+        from ftl.launcher.tasks.prediction import shown
 
         c = self.config
         if isinstance(prompt, dict):

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.data.collate import PaddingCollator
-from launcher.data.sources import RawData
-from launcher.errors import FtlError, did_you_mean, one_of
-from launcher.tasks.base import LabelledTask, Predictions
-from launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.tasks.base import LabelledTask, Predictions
+from ftl.launcher.tasks.prediction import PredictionInputs
 
 IGNORE_INDEX = -100
 WORDS, WORD_TAGS = "words", "word_tags"  # normalised columns: the words and their tag ids
@@ -186,7 +186,7 @@ class TokenClassification(LabelledTask):
         return gold, predicted
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
-        from launcher.tasks.ner_errors import write_error_analysis
+        from ftl.launcher.tasks.ner_errors import write_error_analysis
 
         output = trainer.predict(dataset, metric_key_prefix="predict")  # collective: every worker predicts
         if not trainer.is_world_process_zero():
@@ -199,7 +199,7 @@ class TokenClassification(LabelledTask):
     # ---- prediction without labels (launcher/tasks/ner_prediction.py) -------------------------------
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Words from the tokens column, or plain text from a `text` column; long rows in windows of words."""
-        from launcher.tasks.ner_prediction import encode_words
+        from ftl.launcher.tasks.ner_prediction import encode_words
 
         column = self.config.tokens_column
         if column not in raw.dataset.column_names and TEXT_COLUMN in raw.dataset.column_names:
@@ -207,7 +207,7 @@ class TokenClassification(LabelledTask):
         return encode_words(raw, tokenizer, column=column, max_length=self.config.max_length)
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
-        from launcher.tasks.ner_prediction import tag_words
+        from ftl.launcher.tasks.ner_prediction import tag_words
 
         return tag_words(inputs, outputs, self._names or [])
 

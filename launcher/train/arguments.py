@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.recipe.schema import Recipe
-from launcher.train.batching import batch_plan
-from launcher.train.device import DevicePlan
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.train.batching import batch_plan
+from ftl.launcher.train.device import DevicePlan
 
 
 def best_metric(recipe: Recipe) -> tuple[str, bool]:
@@ -37,7 +37,7 @@ def training_arguments(
     warmup = train.warmup_steps if train.warmup_steps is not None else train.warmup_ratio
     deepspeed = None
     if recipe.distributed.uses_deepspeed:
-        from launcher.distributed.deepspeed_config import deepspeed_config
+        from ftl.launcher.distributed.deepspeed_config import deepspeed_config
 
         deepspeed = deepspeed_config(recipe, device=device.device)
     arguments, extra = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.recipe.schema import Recipe
+from ftl.launcher.recipe.schema import Recipe
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import time
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from launcher.console import console
-from launcher.train.outcome import is_outcome
+from ftl.launcher.console import console
+from ftl.launcher.train.outcome import is_outcome
 
 
 def _fmt(value) -> str:

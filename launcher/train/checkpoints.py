@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 STAGING = ".staging"
 MARKER = "ftl_checkpoint.json"
@@ -27,7 +27,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def seal(folder: Path, step: int) -> None:
     """Flush every file of a written checkpoint to disk, then write its completeness marker (also flushed)."""
-    from launcher.train.rundir import current_umask, honour_umask
+    from ftl.launcher.train.rundir import current_umask, honour_umask
 
     honour_umask(folder)
     files = {}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from launcher.errors import FtlError
-from launcher.recipe.scaling import DistributedSection
-from launcher.recipe.schema import TrainSection
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.scaling import DistributedSection
+from ftl.launcher.recipe.schema import TrainSection
 
 
 @dataclass(frozen=True)

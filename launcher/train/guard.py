@@ -15,7 +15,7 @@ import math
 
 from transformers import TrainerCallback
 
-from launcher.console import log
+from ftl.launcher.console import log
 
 
 class NonFiniteGuard(TrainerCallback):

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.model.freeze import embedding_parameter_names, layer_pattern
-from launcher.recipe.schema import Recipe
+from ftl.launcher.model.freeze import embedding_parameter_names, layer_pattern
+from ftl.launcher.recipe.schema import Recipe
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def layer_schedule(model, recipe: Recipe) -> LayerSchedule | None:
     decay, gradual = recipe.train.layer_lr_decay, recipe.freeze.gradual
     if decay is None and gradual is None:
         return None
-    from launcher.model.freeze import find_layers
+    from ftl.launcher.model.freeze import find_layers
 
     prefix, n_layers = find_layers(model)
     pattern = layer_pattern(prefix)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from launcher.errors import FtlError
+from ftl.launcher.errors import FtlError
 
 IGNORE_INDEX = -100
 

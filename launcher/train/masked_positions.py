@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import Trainer
 
-from launcher.train.trainer import FtlTrainerMixin
+from ftl.launcher.train.trainer import FtlTrainerMixin
 
 IGNORE_INDEX = -100
 

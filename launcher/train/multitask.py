@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from launcher.train.trainer import FtlTrainerMixin
+from ftl.launcher.train.trainer import FtlTrainerMixin
 
 
 class MultiTaskDataset(torch.utils.data.Dataset):

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from launcher.console import log
-from launcher.errors import FtlError
-from launcher.recipe.loader import LoadedRecipe
-from launcher.train.checkpoints import clear_staging
-from launcher.train.rundir import RunDir, is_main_process
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.train.checkpoints import clear_staging
+from ftl.launcher.train.rundir import RunDir, is_main_process
 
 
 def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:

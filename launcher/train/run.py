@@ -11,25 +11,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher.console import console, log
-from launcher.data.prepare import PreparedData
-from launcher.errors import FtlError
-from launcher.model.adapters import write_base_record
-from launcher.model.freeze import apply_freezing, block_counts
-from launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
-from launcher.model.locate import locate_model
-from launcher.recipe.loader import LoadedRecipe
-from launcher.report import freeze_table, human, schedule_table
-from launcher.tasks.registry import task_for
-from launcher.train.arguments import training_arguments
-from launcher.train.callbacks import ProgressCallback, TensorBoardLogger, TrainOnly, replace_default_printers
-from launcher.train.device import plan_device
-from launcher.train.guard import NonFiniteGuard
-from launcher.train.layer_schedule import layer_schedule, never_unfrozen
-from launcher.train.losses import class_weights, flat_labels, weighted_cross_entropy
-from launcher.train.outcome import outcomes
-from launcher.train.resume import check_same_recipe, resume_point
-from launcher.train.rundir import TASK_STATE_FILE, RunDir, honour_umask, is_main_process, manifest
+from ftl.launcher.console import console, log
+from ftl.launcher.data.prepare import PreparedData
+from ftl.launcher.errors import FtlError
+from ftl.launcher.model.adapters import write_base_record
+from ftl.launcher.model.freeze import apply_freezing, block_counts
+from ftl.launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
+from ftl.launcher.model.locate import locate_model
+from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.report import freeze_table, human, schedule_table
+from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.arguments import training_arguments
+from ftl.launcher.train.callbacks import (
+    ProgressCallback,
+    TensorBoardLogger,
+    TrainOnly,
+    replace_default_printers,
+)
+from ftl.launcher.train.device import plan_device
+from ftl.launcher.train.guard import NonFiniteGuard
+from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
+from ftl.launcher.train.losses import class_weights, flat_labels, weighted_cross_entropy
+from ftl.launcher.train.outcome import outcomes
+from ftl.launcher.train.resume import check_same_recipe, resume_point
+from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir, honour_umask, is_main_process, manifest
 
 
 def run_recipe(
@@ -58,7 +63,7 @@ def _run(
     loaded: LoadedRecipe, rundir: RunDir, *, resume: bool, train_only: bool, callbacks
 ) -> dict[str, Any]:
     if loaded.stages:
-        from launcher.train.stages import run_stages
+        from ftl.launcher.train.stages import run_stages
 
         if not resume:
             rundir.write_recipe(loaded.recipe)
@@ -68,7 +73,7 @@ def _run(
     else:  # a new run, or one that never reached a checkpoint: its recipe may still change
         rundir.write_recipe(loaded.recipe)
     if needs_workers(loaded.recipe):
-        from launcher.distributed.ray_launch import launch
+        from ftl.launcher.distributed.ray_launch import launch
 
         return launch(loaded, rundir, resume=resume, train_only=train_only, trainer_callbacks=callbacks)
     return execute(loaded, rundir, announce_resume=resume, callbacks=callbacks, train_only=train_only)

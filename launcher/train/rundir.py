@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import FtlError
-from launcher.recipe.schema import Recipe
-from launcher.secrets import redact
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.secrets import redact
 
 _PACKAGES = (
     "ftl",
@@ -113,7 +113,7 @@ class RunDir:
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint: sealed, with every file its marker lists (see checkpoints.py)."""
-        from launcher.train.checkpoints import newest_complete
+        from ftl.launcher.train.checkpoints import newest_complete
 
         return newest_complete(self.checkpoints)
 
@@ -123,7 +123,7 @@ class RunDir:
         atomic_write(self.recipe_file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
     def read_recipe(self) -> Recipe:
-        from launcher.recipe.loader import load_recipe
+        from ftl.launcher.recipe.loader import load_recipe
 
         return load_recipe(self.recipe_file).recipe
 

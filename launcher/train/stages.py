@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.console import log
-from launcher.errors import FtlError
-from launcher.recipe.loader import LoadedRecipe, StagePlan
-from launcher.train.rundir import RunDir
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.loader import LoadedRecipe, StagePlan
+from ftl.launcher.train.rundir import RunDir
 
 
 def run_stages(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, Any]:
-    from launcher.train.run import run_recipe
+    from ftl.launcher.train.run import run_recipe
 
     finished: dict[str, Path] = {}
     summary: list[dict[str, Any]] = []

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from transformers import Seq2SeqTrainer, Trainer
 
-from launcher.train import checkpoints
-from launcher.train.eval_order import LongestFirstSampler, in_row_order, row_lengths, sampler_of
-from launcher.train.guard import NonFiniteGuard
-from launcher.train.layer_schedule import LayerSchedule
+from ftl.launcher.train import checkpoints
+from ftl.launcher.train.eval_order import LongestFirstSampler, in_row_order, row_lengths, sampler_of
+from ftl.launcher.train.guard import NonFiniteGuard
+from ftl.launcher.train.layer_schedule import LayerSchedule
 
 
 class FtlTrainerMixin:

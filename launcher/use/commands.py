@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Predict a file's rows with a finished run (labels not needed): JSONL of each row plus its prediction."""
-        from launcher.use.predict import predict_run
+        from ftl.launcher.use.predict import predict_run
 
         predict_run(run_dir, data, output=output, batch_size=batch_size, task_name=task)
 
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ):
         """Generate text with a causal-LM or seq2seq run (a single prompt: the text on stdout; else JSONL)."""
-        from launcher.use.generate import Decoding, generate_from_run
+        from ftl.launcher.use.generate import Decoding, generate_from_run
 
         generate_from_run(
             run_dir,
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     ):
         """A table of the runs below a folder (search trials and stages included): task, model, status, metrics."""
-        from launcher.use.runs import list_runs
+        from ftl.launcher.use.runs import list_runs
 
         list_runs(folder, sort=sort, as_json=as_json)
 
@@ -127,6 +127,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Compare runs: recipe differences, a metric table, and training/eval curves (compare.png)."""
-        from launcher.use.compare import compare_runs
+        from ftl.launcher.use.compare import compare_runs
 
         compare_runs(run_dirs, output, extra_metrics=metric or [])

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.console import console, log, out
-from launcher.errors import FtlError
-from launcher.recipe.loader import load_recipe
-from launcher.train.rundir import atomic_write
-from launcher.use.curves import Curves, read_curves
-from launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
+from ftl.launcher.console import console, log, out
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.loader import load_recipe
+from ftl.launcher.train.rundir import atomic_write
+from ftl.launcher.use.curves import Curves, read_curves
+from ftl.launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
 
 MAX_CHARTS = 8
 # matplotlib's tab10: a run's colour in every chart
@@ -175,7 +175,7 @@ def plotted(
     for metric in extra:
         tag = metric if "/" in metric else f"eval/{metric.removeprefix('eval_')}"
         if tag not in available:
-            from launcher.errors import did_you_mean, one_of
+            from ftl.launcher.errors import did_you_mean, one_of
 
             raise FtlError(
                 f"--metric: no run has a curve '{tag}'{did_you_mean(tag, available)}; curves: {one_of(sorted(available))}"

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.train.outcome import is_outcome
+from ftl.launcher.train.outcome import is_outcome
 
 Points = list[tuple[int, float]]
 

@@ -10,14 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from launcher.data.prepare import prepare_eval_file
-from launcher.data.sources import load_file
-from launcher.errors import FtlError
-from launcher.recipe.data import DataSource
-from launcher.train.callbacks import replace_default_printers
-from launcher.train.device import plan_device
-from launcher.train.outcome import outcomes
-from launcher.use.trained import open_trained
+from ftl.launcher.data.prepare import prepare_eval_file
+from ftl.launcher.data.sources import load_file
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.data import DataSource
+from ftl.launcher.train.callbacks import replace_default_printers
+from ftl.launcher.train.device import plan_device
+from ftl.launcher.train.outcome import outcomes
+from ftl.launcher.use.trained import open_trained
 
 
 def evaluate_run(
@@ -37,7 +37,7 @@ def evaluate_run(
         raise FtlError(f"--data: {data_file} gives no evaluation examples for task {task.config.type}")
     collator, scored, prefix = task.collator(tokenizer), dataset, "eval"
     if head is not None:  # the rows go through the named head (its index in the saved model)
-        from launcher.train.multitask import MultiTaskCollator, TaskView
+        from ftl.launcher.train.multitask import MultiTaskCollator, TaskView
 
         index = model.task_names.index(head)
         collator, scored, prefix = (

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from launcher.console import console, log
-from launcher.errors import FtlError
+from ftl.launcher.console import console, log
+from ftl.launcher.errors import FtlError
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
@@ -23,7 +23,7 @@ def write_text(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from launcher.train.rundir import atomic_write
+    from ftl.launcher.train.rundir import atomic_write
 
     if output.is_dir():
         raise FtlError(

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.console import log
-from launcher.data.sources import load_file
-from launcher.recipe.data import DataSource
-from launcher.tasks.prediction import PredictionInputs
-from launcher.use.output import jsonl, progress, write_text
-from launcher.use.trained import open_trained
+from ftl.launcher.console import log
+from ftl.launcher.data.sources import load_file
+from ftl.launcher.recipe.data import DataSource
+from ftl.launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.use.output import jsonl, progress, write_text
+from ftl.launcher.use.trained import open_trained
 
 
 @dataclass
@@ -100,7 +100,7 @@ def forward(model, tokenizer, inputs: PredictionInputs, batch_size: int, advance
 
 
 def _generate(model, trained, inputs: PredictionInputs, batch_size: int) -> list[str]:
-    from launcher.tasks.generation import generate
+    from ftl.launcher.tasks.generation import generate
 
     settings = inputs.prompt_settings
     with progress("generate", len(inputs.prompts)) as advance:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.console import log
-from launcher.errors import FtlError, first_line
-from launcher.recipe.schema import Recipe
-from launcher.tasks.base import Task
-from launcher.train.rundir import TASK_STATE_FILE, RunDir
+from ftl.launcher.console import log
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.tasks.base import Task
+from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TrainedRun:
         """The trained model on this run's device, in evaluation mode."""
         import warnings
 
-        from launcher.model.adapters import load_trained
+        from ftl.launcher.model.adapters import load_trained
 
         with warnings.catch_warnings(), _damaged(self.rundir.model, "model"):
             warnings.simplefilter("ignore", FutureWarning)  # the libraries' deprecation notices
@@ -46,8 +46,8 @@ def open_trained(path: Path) -> TrainedRun:
     """Open a finished run directory (or a staged run's last stage); FtlError when `path` is none."""
     from transformers import AutoTokenizer
 
-    from launcher.model.load import quiet_transformers
-    from launcher.tasks.registry import task_for
+    from ftl.launcher.model.load import quiet_transformers
+    from ftl.launcher.tasks.registry import task_for
 
     rundir = RunDir.existing(run_root(path))
     recipe = rundir.read_recipe()
@@ -81,7 +81,7 @@ def run_root(path: Path) -> Path:
         raise FtlError(f"{path}: is a file; give a run directory (the --output of ftl run)")
     recipe_file = RunDir(path).recipe_file
     if not recipe_file.exists():
-        from launcher.use.runs import find_runs
+        from ftl.launcher.use.runs import find_runs
 
         inside = [run for run in find_runs(path) if (run / "model" / "config.json").exists()]
         if inside:

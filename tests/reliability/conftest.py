@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launcher.train.checkpoints import MARKER
+from ftl.launcher.train.checkpoints import MARKER
 from tests.conftest import edit_recipe, env_without_hub, sentiment_rows, write_tsv
 
 STEPS = 8
@@ -42,7 +42,7 @@ def as_short_run(recipe: Path) -> Path:
 def one_error_line(capsys, argv: list[str]) -> str:
     """Run the CLI in this process on a failure found while running: exit code 2, no traceback, and one error
     line (after whatever the run reported until then)."""
-    from launcher.cli import main
+    from ftl.launcher.cli import main
 
     code = main(argv)
     err = capsys.readouterr().err

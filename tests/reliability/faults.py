@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-import launcher.cli  # noqa: F401 - imported once in the fork server
-from launcher.train import checkpoints
+import ftl.launcher.cli  # noqa: F401 - imported once in the fork server
+from ftl.launcher.train import checkpoints
 
 _context = None
 
@@ -51,7 +51,7 @@ def _child(argv, fault, env, cwd, log, umask) -> None:
     os.dup2(descriptor, 2)
     if fault is not None:
         install(*fault)
-    from launcher.cli import main
+    from ftl.launcher.cli import main
 
     code = main(argv)
     os._exit(code)  # no atexit work of the fork server's modules

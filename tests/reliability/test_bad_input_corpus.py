@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.cli import main
+from ftl.launcher.cli import main
 from tests.conftest import REPO, edit_recipe, env_without_hub, write_tsv
 
 
@@ -93,7 +93,7 @@ def test_a_real_process_prints_one_line_and_changes_nothing(case_id, tmp_path, c
     argv = prepare(case, classification_recipe)
     before = snapshot(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *argv],
+        [sys.executable, "-m", "ftl.launcher.cli", *argv],
         capture_output=True,
         text=True,
         env={**env_without_hub(), "FTL_CACHE": str(tmp_path / "ftl-cache")},

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from launcher.train.checkpoints import MARKER, STAGING, is_complete, newest_complete, publish, seal
-from launcher.train.resume import resume_point
-from launcher.train.rundir import RunDir
+from ftl.launcher.train.checkpoints import MARKER, STAGING, is_complete, newest_complete, publish, seal
+from ftl.launcher.train.resume import resume_point
+from ftl.launcher.train.rundir import RunDir
 from tests.reliability.conftest import assert_loadable, child_env
 from tests.reliability.faults import run_in_child
 

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from launcher.cli import main
-from launcher.train import rundir
-from launcher.train.checkpoints import STAGING
+from ftl.launcher.cli import main
+from ftl.launcher.train import rundir
+from ftl.launcher.train.checkpoints import STAGING
 from tests.reliability.conftest import assert_loadable, one_error_line
 from tests.reliability.faults import failing_torch_save
 

@@ -11,8 +11,8 @@ import random
 import pytest
 import torch
 
-from launcher.train.checkpoints import STAGING, is_complete
-from launcher.train.rundir import RunDir
+from ftl.launcher.train.checkpoints import STAGING, is_complete
+from ftl.launcher.train.rundir import RunDir
 from tests.conftest import write_classification_recipe
 from tests.reliability.conftest import (
     CHECKPOINT_EVERY,

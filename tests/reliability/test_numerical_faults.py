@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer
 
-from launcher.cli import main
-from launcher.train.checkpoints import STAGING
+from ftl.launcher.cli import main
+from ftl.launcher.train.checkpoints import STAGING
 from tests.reliability.conftest import assert_loadable, one_error_line
 from tests.reliability.faults import nan_losses
 

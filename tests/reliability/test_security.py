@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.address import parse_address
-from cluster.client import Connection
-from cluster.package import stage
-from cluster.submit import job_env, job_metadata
-from launcher.cli import main
-from launcher.recipe import load_recipe
+from ftl.cluster.address import parse_address
+from ftl.cluster.client import Connection
+from ftl.cluster.package import stage
+from ftl.cluster.submit import job_env, job_metadata
+from ftl.launcher.cli import main
+from ftl.launcher.recipe import load_recipe
 from tests.conftest import edit_recipe, fails
 from tests.reliability.conftest import child_env
 from tests.reliability.faults import run_in_child
