@@ -64,7 +64,7 @@ def measure(recipe: str, overrides: list[str]) -> dict:
 
     from ftl.launcher.data.prepare import prepare_data
     from ftl.launcher.model.freeze import apply_freezing
-    from ftl.launcher.model.load import load_model, load_tokenizer, quiet_transformers
+    from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer, quiet_transformers
     from ftl.launcher.plan import plan_memory, shape_of
     from ftl.launcher.recipe import load_recipe
     from ftl.launcher.tasks.registry import task_for
@@ -72,8 +72,10 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     loaded = load_recipe(recipe, overrides)
     quiet_transformers()
     task = task_for(loaded.recipe.task)
-    tokenizer = load_tokenizer(loaded)
-    data = prepare_data(loaded, task, tokenizer, log=lambda m: None)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    data = prepare_data(
+        loaded.recipe.data, task, dirs=loaded.search_dirs, tokenizer=tokenizer, log=lambda m: None
+    )
     process = psutil.Process()
     baseline = process.memory_info().rss
     peak = [baseline]
@@ -86,7 +88,7 @@ def measure(recipe: str, overrides: list[str]) -> dict:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    built = load_model(loaded, task, tokenizer)
+    built = load_model(ModelSpec.of(loaded.recipe, loaded.search_dirs), task, tokenizer)
     apply_freezing(built.model, loaded.recipe.freeze, built.head_names)
     estimate = plan_memory(shape_of(built.model, loaded.recipe), loaded.recipe)
     with tempfile.TemporaryDirectory() as scratch:

@@ -54,7 +54,7 @@ def data_stats(loaded) -> dict[str, dict[str, float]]:
     from ftl.launcher.tasks.registry import task_for
 
     recipe = loaded.recipe
-    tokenizer = load_tokenizer(loaded)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
     packing = task_for(recipe.task)
     rows = packing.encode_raw(load_source(recipe.data.train, loaded.search_dirs, "data.train"))
     texts = [str(t) for t in rows[recipe.task.text_column]]
@@ -113,7 +113,7 @@ def run_ftl_packed(scratch: Path, warmup: int, steps: int) -> dict[str, Any]:
     from ftl.launcher.bench.matrix import bench_overrides
     from ftl.launcher.bench.timer import StepTimer
     from ftl.launcher.recipe import load_recipe
-    from ftl.launcher.train.run import run_recipe
+    from ftl.launcher.run import run_recipe
 
     work = Path(tempfile.mkdtemp(dir=scratch))
     loaded = load_recipe(RECIPE, ["train.device=cpu", *bench_overrides(warmup, steps)])

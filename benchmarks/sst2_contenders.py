@@ -84,7 +84,7 @@ def run_ftl(setup: Setup, *, group_by_length: bool = True) -> dict[str, Any]:
 
     from ftl.launcher.bench.timer import StepTimer
     from ftl.launcher.recipe import load_recipe
-    from ftl.launcher.train.run import run_recipe
+    from ftl.launcher.run import run_recipe
 
     recipe = {
         "name": "bench-ftl",

@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from ftl.cluster.state import LocalCluster, running_local_cluster
 from ftl.launcher.errors import FtlError
 
 DASHBOARD_PORT = 8265
@@ -88,8 +89,6 @@ def resolve_address(raw: str | None) -> Address:
     ray_address = os.environ.get("RAY_ADDRESS", "").strip()
     if ray_address.startswith(("http://", "https://")):
         return parse_address(ray_address, "$RAY_ADDRESS")
-    from ftl.cluster.state import running_local_cluster
-
     local = running_local_cluster()
     if local is not None:
         return parse_address(local.dashboard_url, "the local cluster (ftl cluster start --local)")
@@ -128,3 +127,13 @@ def check_reachable(address: Address, timeout_s: float = REACH_TIMEOUT_S) -> Non
 def _shown(raw: str) -> str:
     """An address for messages, without a password."""
     return re.sub(r"(//|^)([^/@:\s]*):[^/@\s]*@", r"\1\2:***@", raw)
+
+
+def local_cluster_at(address: Address) -> LocalCluster | None:
+    """The running local cluster when `address` is its dashboard."""
+    cluster = running_local_cluster()
+    if cluster is None:
+        return None
+    local = parse_address(cluster.dashboard_url, "the local cluster")
+    same_host = local.host == address.host or (local.is_loopback and address.is_loopback)
+    return cluster if same_host and local.port == address.port else None

@@ -46,7 +46,7 @@ def resolve_token(address: Address, token_file: Path | None = None) -> Token | N
     if os.environ.get(TOKEN_PATH_ENV, "").strip():
         path = Path(os.environ[TOKEN_PATH_ENV]).expanduser()
         return _read_token(path, f"${TOKEN_PATH_ENV} ({path})", required=True)
-    from ftl.cluster.state import local_cluster_at
+    from ftl.cluster.address import local_cluster_at
 
     local = local_cluster_at(address)
     if local is not None:

@@ -9,6 +9,10 @@ from typing import Annotated
 
 import typer
 
+from ftl.cluster.entry import run_job
+from ftl.cluster.jobs import list_jobs
+from ftl.cluster.local import start
+from ftl.cluster.submit import submit as submit_job
 from ftl.launcher.cli_types import OverridesArg, RecipeArg
 from ftl.launcher.errors import FtlError
 
@@ -59,8 +63,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Start a local Ray head (prints its dashboard URL)."""
-        from ftl.cluster.local import start
-
         if not local:
             raise FtlError(
                 "ftl cluster start: only --local is supported; start a real cluster with the templates in "
@@ -117,8 +119,6 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ):
         """Submit a recipe (or with --tune its search) as a Ray Job; prints the job id."""
-        from ftl.cluster.submit import submit as submit_job
-
         if samples is not None and not tune:
             raise FtlError("--samples: applies to a search; add --tune")
         code = submit_job(
@@ -143,8 +143,6 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     ):
         """List the cluster's jobs."""
-        from ftl.cluster.jobs import list_jobs
-
         list_jobs(address, token_file=token_file, as_json=as_json)
 
     @app.command()
@@ -208,6 +206,4 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[int | None, typer.Option("--samples", min=1)] = None,
     ):
         """Inside a submitted job: run the staged recipe into <storage>/<job-id>."""
-        from ftl.cluster.entry import run_job
-
         run_job(kind, job_id, storage, samples=samples)

@@ -21,6 +21,8 @@ from ftl.cluster.package import RECIPE_FILE
 from ftl.cluster.storage import copy_tree, is_uri, job_location
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe import load_recipe
+from ftl.tune.search import run_search
 
 JOB_RECORD = "ftl-job.json"
 LOCAL_OUTPUT = "ftl-output"
@@ -76,15 +78,11 @@ def run_job(
 
 
 def _run(kind: str, recipe_file: Path, output: Path, samples: int | None) -> None:
-    from ftl.launcher.recipe import load_recipe
-
     loaded = load_recipe(recipe_file)
     if kind == "tune":
-        from ftl.tune.search import run_search
-
         run_search(loaded, output, samples=samples, address="auto")
         return
-    from ftl.launcher.train.run import run_recipe
+    from ftl.launcher.run import run_recipe
 
     if loaded.recipe.distributed.needs_workers:
         loaded = load_recipe(recipe_file, ["distributed.address=auto"])

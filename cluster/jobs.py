@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ftl.cluster.client import Connection, connect
+from ftl.cluster.storage import check_storage, copy_tree, exists, job_location
 from ftl.launcher.console import log, out
 from ftl.launcher.errors import FtlError
 
@@ -120,8 +121,6 @@ def fetch(
     token_file: Path | None = None,
 ) -> Path:
     """Copy <storage>/<job-id>/ to <output>/<job-id>/; the storage comes from the job's metadata unless given."""
-    from ftl.cluster.storage import check_storage, copy_tree, exists, job_location
-
     job_status = None
     if storage is None:
         connection = connect(address, token_file=token_file)

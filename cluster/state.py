@@ -84,15 +84,3 @@ def running_local_cluster() -> LocalCluster | None:
     """The recorded local cluster when its root process is still the one ftl started."""
     cluster = read_state()
     return cluster if cluster is not None and cluster.root_alive() else None
-
-
-def local_cluster_at(address) -> LocalCluster | None:
-    """The running local cluster when `address` (a cluster.address.Address) is its dashboard."""
-    from ftl.cluster.address import parse_address
-
-    cluster = running_local_cluster()
-    if cluster is None:
-        return None
-    local = parse_address(cluster.dashboard_url, "the local cluster")
-    same_host = local.host == address.host or (local.is_loopback and address.is_loopback)
-    return cluster if same_host and local.port == address.port else None

@@ -13,13 +13,19 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from ftl.cluster.address import local_cluster_at
+from ftl.cluster.auth import secrets_of
 from ftl.cluster.client import Connection, connect
 from ftl.cluster.entry import entry_command
+from ftl.cluster.jobs import follow_logs
 from ftl.cluster.package import Staged, stage
 from ftl.cluster.storage import check_storage, job_location, resolve_storage
 from ftl.launcher.console import log, out
+from ftl.launcher.distributed.ray_launch import forwarded_env
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe import load_recipe
+from ftl.launcher.recipe.loader import where as origin_of
+from ftl.launcher.recipe.variants import check_space
 
 # Path-valued settings: forwarded only to a cluster on this machine (elsewhere the paths mean nothing).
 _LOCAL_PATH_ENV = ("FTL_CACHE", "FTL_DATA_HOME", "HF_HOME", "HF_DATASETS_CACHE", "TORCH_EXTENSIONS_DIR")
@@ -51,15 +57,12 @@ def submit(
             raise FtlError(
                 f"{recipe_path}: --tune: the recipe has no tune.space to search; add a tune: section"
             )
-        from ftl.launcher.recipe.loader import where
-        from ftl.launcher.recipe.variants import check_space
-
-        check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))  # here, not on the cluster
+        check_space(
+            recipe, origin_of(loaded.origins, ("tune", "space"), loaded.path)
+        )  # here, not on the cluster
     if storage is not None:
         check_storage(storage)  # a bad --storage fails before any network
     connection = connect(address, token_file=token_file, insecure=insecure, for_submission=True)
-    from ftl.cluster.state import local_cluster_at
-
     local = local_cluster_at(connection.address)
     where = resolve_storage(storage, local_cluster_storage=local.storage if local else None)
     job_id = new_job_id(recipe.name)
@@ -86,7 +89,6 @@ def submit(
     if not follow:
         log(f"follow it: ftl logs {job_id} --follow; fetch it: ftl fetch {job_id} --output runs/")
         return 0
-    from ftl.cluster.jobs import follow_logs
 
     return follow_logs(connection, job_id)
 
@@ -114,7 +116,6 @@ def job_env(connection: Connection, recipe) -> dict[str, str]:
     """The job's environment: ftl's settings (data homes, caches, offline mode) and streaming logs.
 
     Never a token: the cluster's own processes authenticate the job's driver."""
-    from ftl.launcher.distributed.ray_launch import forwarded_env
 
     env = forwarded_env(recipe)
     if not connection.address.is_loopback:
@@ -131,6 +132,4 @@ def _driver_gpus(gpus: float | None, recipe, single: bool) -> float:
 
 
 def _secrets(connection: Connection) -> tuple[str, ...]:
-    from ftl.cluster.auth import secrets_of
-
     return secrets_of(connection.address, connection.token)

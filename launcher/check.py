@@ -11,13 +11,15 @@ import yaml
 from ftl.launcher.console import console, log, out
 from ftl.launcher.data.sources import load_source
 from ftl.launcher.model.freeze import block_counts
-from ftl.launcher.model.load import load_tokenizer, quiet_transformers, remote_code_warning
+from ftl.launcher.model.load import ModelSpec, load_tokenizer, quiet_transformers, remote_code_warning
 from ftl.launcher.model.locate import locate_model
 from ftl.launcher.model.meta import meta_model
-from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.report import freeze_table
+from ftl.launcher.recipe.data import DataSection
+from ftl.launcher.recipe.loader import LoadedRecipe, where
+from ftl.launcher.recipe.variants import check_space, objective
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.device import plan_device
+from ftl.launcher.train.tables import freeze_table
 
 
 def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
@@ -62,17 +64,14 @@ def _check_one(loaded: LoadedRecipe):
         for name, sub_task in task.tasks.items():
             found += [
                 f"task {name} ({sub_task.config.type}):",
-                *_check_data(task.sub_recipe(loaded, name), sub_task),
+                *_check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs),
             ]
     else:
-        found = _check_data(loaded, task)
+        found = _check_data(recipe.data, task, loaded.search_dirs)
     location = locate_model(recipe.model, loaded.search_dirs)
-    tokenizer = load_tokenizer(loaded, location)
-    built = meta_model(loaded, task, tokenizer)
+    tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
+    built = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer)
     if recipe.tune is not None:
-        from ftl.launcher.recipe.loader import where
-        from ftl.launcher.recipe.variants import check_space, objective
-
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)
         found.append(
@@ -80,7 +79,7 @@ def _check_one(loaded: LoadedRecipe):
             f"{mode}imise {metric}; every choice and bound gives a valid recipe"
         )
 
-    warning = remote_code_warning(loaded)
+    warning = remote_code_warning(recipe.model)
 
     def report() -> None:
         if warning:
@@ -97,15 +96,14 @@ def _check_one(loaded: LoadedRecipe):
     return report
 
 
-def _check_data(loaded: LoadedRecipe, task) -> list[str]:
+def _check_data(data: DataSection, task, dirs) -> list[str]:
     """Files, columns and labels of train and validation, read as a run would read them; the report lines."""
-    data = loaded.recipe.data
-    train = load_source(data.train, loaded.search_dirs, "data.train")
+    train = load_source(data.train, dirs, "data.train")
     task.fit(train)
     rows = task.encode_raw(train)
     validation = "carved from train"
     if data.validation is not None:
-        val = load_source(data.validation, loaded.search_dirs, "data.validation")
+        val = load_source(data.validation, dirs, "data.validation")
         validation = f"{len(task.encode_raw(val)):,} rows from {val.description}"
     lines = [f"data: train {len(rows):,} rows from {train.description}; validation {validation}"]
     labels = task.label_names()

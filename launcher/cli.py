@@ -11,6 +11,17 @@ from typing import Annotated
 
 import typer
 
+from ftl.launcher.bench.runner import run_bench
+from ftl.launcher.check import check_recipe
+from ftl.launcher.export import export_run
+from ftl.launcher.plan import parse_memory
+from ftl.launcher.plan_report import plan_recipe
+from ftl.launcher.recipe import load_recipe
+from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.secrets import redact
+from ftl.tune.cv import run_cv
+from ftl.tune.search import run_search
+
 try:  # recent typer vendors click; older typer uses click itself
     from typer._click import exceptions as cli_errors
 except ImportError:  # pragma: no cover - depends on the installed typer
@@ -37,9 +48,6 @@ def check(
     recipe: RecipeArg, overrides: OverridesArg = None, quiet: bool = typer.Option(False, "--quiet", "-q")
 ):
     """Validate a recipe, its data and model; print the resolved recipe and the freezing table."""
-    from ftl.launcher.check import check_recipe
-    from ftl.launcher.recipe import load_recipe
-
     loaded = load_recipe(recipe, overrides or [])
     check_recipe(loaded, print_recipe=not quiet)
 
@@ -56,8 +64,6 @@ def plan(
     ] = None,
 ):
     """Estimate parameters, per-worker memory and FLOPs per step (no weights are loaded)."""
-    from ftl.launcher.plan import parse_memory
-    from ftl.launcher.plan_report import plan_recipe
     from ftl.launcher.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
@@ -80,7 +86,7 @@ def run(
 ):
     """Fine-tune: train, evaluate and write the run directory."""
     from ftl.launcher.recipe import load_recipe
-    from ftl.launcher.train.run import run_recipe
+    from ftl.launcher.run import run_recipe
 
     extra = [f"distributed.address={address}"] if address else []
     loaded = load_recipe(recipe, [*(overrides or []), *extra])
@@ -106,7 +112,6 @@ def tune_command(
 ):
     """Search the recipe's tune.space: Optuna samples, Ray Tune runs the trials in parallel."""
     from ftl.launcher.recipe import load_recipe
-    from ftl.tune.search import run_search
 
     loaded = load_recipe(recipe, overrides or [])
     run_search(
@@ -136,7 +141,6 @@ def cv_command(
 ):
     """Cross-validate the recipe: k folds as parallel trials, per-fold metrics and mean ± std."""
     from ftl.launcher.recipe import load_recipe
-    from ftl.tune.cv import run_cv
 
     loaded = load_recipe(recipe, overrides or [])
     run_cv(
@@ -179,8 +183,6 @@ def bench(
     ] = None,
 ):
     """Throughput of a recipe over a matrix of settings: tokens/s, step times, memory, MFU; CSV, Markdown, PNG."""
-    from ftl.launcher.bench.runner import run_bench
-
     run_bench(
         recipe,
         arguments or [],
@@ -228,7 +230,6 @@ def export(
 ):
     """Write a run's model as a standalone Hugging Face model (from_pretrained loads it)."""
     from ftl.launcher.errors import FtlError
-    from ftl.launcher.export import export_run
 
     if dtype not in ("fp32", "bf16"):
         raise FtlError(f"--dtype: '{dtype}' is not supported; use fp32 or bf16")
@@ -239,8 +240,6 @@ def export(
 @app.command()
 def schema():
     """Print the recipe JSON Schema (for editor completion and validation)."""
-    from ftl.launcher.recipe.schema import Recipe
-
     document = Recipe.model_json_schema()
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "ftl recipe"
@@ -289,7 +288,6 @@ def _fail(message: str) -> None:
     from rich.markup import escape
 
     from ftl.launcher.console import console
-    from ftl.launcher.secrets import redact
 
     console.print(f"[bold red]error:[/] {escape(redact(message))}", soft_wrap=True)
 

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from ftl.launcher.errors import FtlError
-from ftl.launcher.model.adapters import is_adapter, load_trained
 from ftl.launcher.model.load import quiet_transformers
+from ftl.launcher.model.saved import is_adapter, load_trained
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir
 

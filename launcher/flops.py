@@ -36,6 +36,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ftl.launcher.model.freeze import layer_pattern, layers_or_none
+
 
 @dataclass(frozen=True)
 class FlopCounts:
@@ -127,8 +129,6 @@ def flop_counts(model: Any) -> FlopCounts:
     model backpropagate (its lookup at the bottom needs gradients).
     """
     import torch
-
-    from ftl.launcher.model.freeze import layer_pattern, layers_or_none
 
     found = layers_or_none(model)
     layer_re = layer_pattern(found[0]) if found else None

@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftl.launcher.errors import FtlError
 from ftl.launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops, uniform_sequences
+from ftl.launcher.model.freeze import find_layers, layer_pattern
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.train.batching import batch_plan
 
@@ -66,10 +68,7 @@ class MemoryPlan:
 
 def shape_of(model, recipe: Recipe) -> ModelShape:
     """Measure a (meta-device) model: sizes, the layer list, and what is trainable."""
-
     import torch
-
-    from ftl.launcher.model.freeze import find_layers, layer_pattern
 
     config = getattr(model, "config", None)
     if not hasattr(config, "hidden_size") and hasattr(model, "encoder"):  # a multi-task model: its encoder's
@@ -186,8 +185,6 @@ def human_bytes(value: float) -> str:
 def parse_memory(text: str) -> float:
     """'80GB', '80 GiB', '24G', '512MB' -> bytes (GB is read as GiB, as GPU vendors quote it)."""
     import re
-
-    from ftl.launcher.errors import FtlError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])(i?B)?\s*", text, re.IGNORECASE)
     if not match:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from rich.table import Table
 
 from ftl.launcher.console import console, log
-from ftl.launcher.model.load import load_tokenizer, quiet_transformers
+from ftl.launcher.data.sources import load_source
+from ftl.launcher.model.load import ModelSpec, load_tokenizer, quiet_transformers
 from ftl.launcher.model.meta import meta_model
 from ftl.launcher.plan import MemoryPlan, human_bytes, plan_memory, shape_of
 from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.report import human, schedule_table
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
+from ftl.launcher.train.tables import human, schedule_table
 
 
 def plan_recipe(
@@ -32,10 +33,9 @@ def _plan_one(loaded: LoadedRecipe, *, gpu_mem: float | None, seq_len: int | Non
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     if task.label_names() is None and recipe.task.type == "sequence_classification":
-        from ftl.launcher.data.sources import load_source
-
         task.fit(load_source(recipe.data.train, loaded.search_dirs, "data.train"))
-    model = meta_model(loaded, task, load_tokenizer(loaded)).model
+    tokenizer = load_tokenizer(recipe.model, loaded.search_dirs)
+    model = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer).model
     shape = shape_of(model, recipe)
     plan = plan_memory(shape, recipe, seq_len=seq_len)
     console.print(_table(plan, shape_total=shape.total, trainable=shape.trainable, gpu_mem=gpu_mem))

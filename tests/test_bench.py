@@ -282,12 +282,12 @@ def test_measured_flops_per_step_equal_the_plan_and_nothing_is_evaluated_or_save
     from ftl.launcher.bench.matrix import bench_overrides
     from ftl.launcher.bench.timer import StepTimer
     from ftl.launcher.flops import FlopCounts, flop_counts, model_flops, trainable_flops
-    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.model.load import ModelSpec, load_tokenizer
     from ftl.launcher.model.meta import meta_model
     from ftl.launcher.plan import plan_memory, shape_of
     from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.run import run_recipe
     from ftl.launcher.tasks.registry import task_for
-    from ftl.launcher.train.run import run_recipe
 
     overrides = ["freeze.bottom_layers=1", "freeze.embeddings=true", "eval.every_steps=1"]
     loaded = load_recipe(lm_recipe, [*overrides, *bench_overrides(1, 2)])
@@ -298,7 +298,12 @@ def test_measured_flops_per_step_equal_the_plan_and_nothing_is_evaluated_or_save
 
     timing = json.loads((tmp_path / "cell" / "timing-rank0.json").read_text())
     counts = FlopCounts(**timing["flop_counts"])
-    model = meta_model(loaded, task_for(loaded.recipe.task), load_tokenizer(loaded)).model
+    model = meta_model(
+        ModelSpec.of(loaded.recipe, loaded.search_dirs),
+        loaded.recipe.freeze,
+        task_for(loaded.recipe.task),
+        load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+    ).model
     assert counts == flop_counts(model)  # the trained model counts as the plan's meta-device model
     plan = plan_memory(shape_of(model, loaded.recipe), loaded.recipe)
     assert [r["step"] for r in timing["records"]] == [1, 2, 3]

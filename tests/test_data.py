@@ -97,22 +97,26 @@ def test_integer_labels_index_the_given_names(tmp_path, classification_recipe):
 def test_tokenised_data_is_cached_and_reloads_fast(classification_recipe):
     loaded = load_recipe(classification_recipe)
     task = task_for(loaded.recipe.task)
-    tokenizer = load_tokenizer(loaded)
-    first = prepare_data(loaded, task, tokenizer)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    first = prepare_data(loaded.recipe.data, task, dirs=loaded.search_dirs, tokenizer=tokenizer)
     assert not first.from_cache
     started = time.perf_counter()
-    second = prepare_data(loaded, task_for(loaded.recipe.task), tokenizer)
+    second = prepare_data(
+        loaded.recipe.data, task_for(loaded.recipe.task), dirs=loaded.search_dirs, tokenizer=tokenizer
+    )
     assert second.from_cache and time.perf_counter() - started < 1.0
     assert second.train["input_ids"] == first.train["input_ids"]
     assert second.validation["labels"] == first.validation["labels"]
     changed = load_recipe(classification_recipe, ["task.max_length=8"])
-    third = prepare_data(changed, task_for(changed.recipe.task), tokenizer)
+    third = prepare_data(
+        changed.recipe.data, task_for(changed.recipe.task), dirs=changed.search_dirs, tokenizer=tokenizer
+    )
     assert not third.from_cache and max(len(x) for x in third.train["input_ids"]) <= 8
 
 
 def test_dynamic_padding_pads_to_the_longest_in_the_batch(classification_recipe):
     loaded = load_recipe(classification_recipe)
-    tokenizer = load_tokenizer(loaded)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
     features = [dict(tokenizer(text), labels=0, length=1) for text in ["a b", "a b c d e f"]]
     batch = PaddingCollator(tokenizer)(features)
     assert batch["input_ids"].shape == (2, len(tokenizer("a b c d e f")["input_ids"]))
@@ -122,7 +126,12 @@ def test_dynamic_padding_pads_to_the_longest_in_the_batch(classification_recipe)
 def test_packing_fills_blocks_without_padding(lm_recipe):
     loaded = load_recipe(lm_recipe)
     task = task_for(loaded.recipe.task)
-    data = prepare_data(loaded, task, load_tokenizer(loaded))
+    data = prepare_data(
+        loaded.recipe.data,
+        task,
+        dirs=loaded.search_dirs,
+        tokenizer=load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+    )
     lengths = {len(ids) for ids in data.train["input_ids"]}
     assert lengths == {32}
     assert data.train["labels"] == data.train["input_ids"]
@@ -149,8 +158,10 @@ def test_packing_real_text_keeps_at_least_97_percent_of_tokens(tmp_path):
         )
     )
     loaded = load_recipe(recipe)
-    tokenizer = load_tokenizer(loaded)
-    data = prepare_data(loaded, task_for(loaded.recipe.task), tokenizer)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    data = prepare_data(
+        loaded.recipe.data, task_for(loaded.recipe.task), dirs=loaded.search_dirs, tokenizer=tokenizer
+    )
     rows = load_source(loaded.recipe.data.train, loaded.search_dirs, "data.train").dataset["text"]
     total = sum(
         len(ids) for ids in tokenizer([r + "\n\n" for r in rows], add_special_tokens=False)["input_ids"]

@@ -6,7 +6,7 @@ import pytest
 
 from ftl.launcher.bench.peak import gpu_peak, matmul_dtype
 from ftl.launcher.flops import FlopCounts, flop_counts, mfu, model_flops, trainable_flops, uniform_sequences
-from ftl.launcher.model.load import load_tokenizer
+from ftl.launcher.model.load import ModelSpec, load_tokenizer
 from ftl.launcher.model.meta import meta_model
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.tasks.registry import task_for
@@ -29,7 +29,14 @@ LLAMA_N = 2 * LLAMA_LAYER + 32 + LLAMA_HEAD
 def _counts(recipe_path, *overrides) -> FlopCounts:
     loaded = load_recipe(recipe_path, list(overrides))
     task = task_for(loaded.recipe.task)
-    return flop_counts(meta_model(loaded, task, load_tokenizer(loaded)).model)
+    return flop_counts(
+        meta_model(
+            ModelSpec.of(loaded.recipe, loaded.search_dirs),
+            loaded.recipe.freeze,
+            task,
+            load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+        ).model
+    )
 
 
 def test_hand_counted_bert_parameters_and_flops(classification_recipe):
@@ -143,7 +150,12 @@ def test_plan_flops_per_step_use_the_same_counting(lm_recipe):
 
     overrides = ["train.grad_accum_steps=2", "distributed.workers=2", "freeze.bottom_layers=1"]
     loaded = load_recipe(lm_recipe, overrides)
-    model = meta_model(loaded, task_for(loaded.recipe.task), load_tokenizer(loaded)).model
+    model = meta_model(
+        ModelSpec.of(loaded.recipe, loaded.search_dirs),
+        loaded.recipe.freeze,
+        task_for(loaded.recipe.task),
+        load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+    ).model
     plan = plan_memory(shape_of(model, loaded.recipe), loaded.recipe)
     sequences, length = 8 * 2 * 2, 32  # batch x accumulation x workers, task.max_length
     counts = flop_counts(model)

@@ -6,7 +6,7 @@ import pytest
 
 from ftl.launcher.errors import FtlError
 from ftl.launcher.model.freeze import apply_freezing, block_counts, find_layers, parse_layer_spec
-from ftl.launcher.model.load import load_model, load_tokenizer
+from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.tasks.registry import task_for
 
@@ -14,8 +14,8 @@ from ftl.launcher.tasks.registry import task_for
 def _model(recipe_path, *overrides):
     loaded = load_recipe(recipe_path, list(overrides))
     task = task_for(loaded.recipe.task)
-    tokenizer = load_tokenizer(loaded)
-    built = load_model(loaded, task, tokenizer)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    built = load_model(ModelSpec.of(loaded.recipe, loaded.search_dirs), task, tokenizer)
     apply_freezing(built.model, loaded.recipe.freeze, built.head_names)
     return built
 

@@ -78,7 +78,7 @@ def test_both_heads_learn_and_each_task_reports_its_metrics(tmp_path):
 
 
 def test_task_batch_sampler_draws_tasks_by_temperature_and_keeps_workers_in_step():
-    from ftl.launcher.train.multitask import TaskBatchSampler, task_probabilities
+    from ftl.launcher.data.multitask import TaskBatchSampler, task_probabilities
 
     sizes = [900, 100]
     assert task_probabilities(sizes, "proportional", 2.0) == pytest.approx([0.9, 0.1])

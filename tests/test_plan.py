@@ -6,7 +6,7 @@ import pytest
 
 from ftl.launcher.cli import main
 from ftl.launcher.model.freeze import apply_freezing
-from ftl.launcher.model.load import load_model, load_tokenizer
+from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
 from ftl.launcher.plan import parse_memory, plan_memory, shape_of
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.tasks.registry import task_for
@@ -15,7 +15,12 @@ from ftl.launcher.tasks.registry import task_for
 def _plan(recipe_path, *overrides):
     loaded = load_recipe(recipe_path, list(overrides))
     task = task_for(loaded.recipe.task)
-    built = load_model(loaded, task, load_tokenizer(loaded), meta=True)
+    built = load_model(
+        ModelSpec.of(loaded.recipe, loaded.search_dirs),
+        task,
+        load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+        meta=True,
+    )
     apply_freezing(built.model, loaded.recipe.freeze, built.head_names)
     shape = shape_of(built.model, loaded.recipe)
     return shape, plan_memory(shape, loaded.recipe)

@@ -243,7 +243,13 @@ def test_fold_runs_partition_the_training_data(classification_recipe):
     for index in range(4):
         recipe = with_values(base.recipe, {"data.fold": {"folds": 4, "index": index}})
         loaded = base.__class__(recipe=recipe, path=base.path, origins=base.origins)
-        data = prepare_data(loaded, task_for(recipe.task), load_tokenizer(loaded), log=lambda _: None)
+        data = prepare_data(
+            loaded.recipe.data,
+            task_for(recipe.task),
+            dirs=loaded.search_dirs,
+            tokenizer=load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+            log=lambda _: None,
+        )
         held_out = list(data.validation_rows["sentence"])
         assert len(data.train) + len(held_out) == 200
         assert data.sources["validation"] == f"fold {index} of 4 of train"
@@ -266,7 +272,13 @@ def test_group_column_must_exist(classification_recipe):
     with pytest.raises(
         FtlError, match="data.fold.group_column: no column 'usr' in .*train.tsv; columns are: sentence, label"
     ):
-        prepare_data(loaded, task_for(loaded.recipe.task), load_tokenizer(loaded), log=lambda _: None)
+        prepare_data(
+            loaded.recipe.data,
+            task_for(loaded.recipe.task),
+            dirs=loaded.search_dirs,
+            tokenizer=load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+            log=lambda _: None,
+        )
 
 
 # ---- checkpoints handed back by Tune ----------------------------------------------------------------
@@ -412,7 +424,13 @@ def test_group_folds_keep_each_group_on_one_side_of_every_fold_run(tmp_path, cla
         fold = {"folds": 3, "index": index, "group_column": "user"}
         recipe = with_values(base.recipe, {"data.fold": fold})
         loaded = base.__class__(recipe=recipe, path=base.path, origins=base.origins)
-        data = prepare_data(loaded, task_for(recipe.task), load_tokenizer(loaded), log=lambda _: None)
+        data = prepare_data(
+            loaded.recipe.data,
+            task_for(recipe.task),
+            dirs=loaded.search_dirs,
+            tokenizer=load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+            log=lambda _: None,
+        )
         validation = set(data.validation_rows["user"])
         held_out_users.append(validation)
         assert validation == {user_of[text] for text in data.validation_rows["sentence"]}

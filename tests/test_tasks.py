@@ -138,8 +138,8 @@ def test_all_subword_alignment_continues_b_tags_as_i_tags_in_training_only(token
 
 
 def test_entity_scores_and_error_kinds_by_hand():
-    from ftl.launcher.tasks.ner_errors import entities, sentence_errors
-    from ftl.launcher.tasks.token_classification import entity_scores
+    from ftl.launcher.tasks.ner_errors import sentence_errors
+    from ftl.launcher.tasks.ner_metrics import entities, entity_scores
 
     gold = [["B-per", "I-per", "O", "B-loc", "O", "B-org"]]
     predicted = [["B-per", "I-per", "O", "B-per", "B-misc", "O"]]
@@ -250,3 +250,12 @@ def test_rename_applies_where_the_old_column_exists(tmp_path):
         FtlError, match=r"data.train.rename: no column 'ner_tag' \(did you mean 'ner_tags'\?\)"
     ):
         _ = load_source(bad, [tmp_path], "data.train").dataset
+
+
+@pytest.mark.parametrize("verb", ["ftl predict", "ftl generate"])
+def test_the_task_types_said_to_serve_a_verb_are_those_that_implement_it(verb):
+    from ftl.launcher.recipe.tasks import TRAINED_MODEL_VERBS
+    from ftl.launcher.tasks.prediction import VERB_HOOKS
+    from ftl.launcher.tasks.registry import task_types_with
+
+    assert list(TRAINED_MODEL_VERBS[verb]) == task_types_with(VERB_HOOKS[verb])

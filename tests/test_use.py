@@ -668,7 +668,7 @@ def test_predict_from_a_lora_adapter_matches_its_eval(trained, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_predict_tags_conll_words_and_plain_text(trained, tmp_path, capsys):
-    from ftl.launcher.tasks.token_classification import entity_scores
+    from ftl.launcher.tasks.ner_metrics import entity_scores
 
     dev = trained["data"] / "dev.conll"
     out = tmp_path / "ner.jsonl"

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from ftl.launcher.console import console, log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write
 from ftl.launcher.recipe.folds import KFold
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.recipe.variants import InvalidVariant, objective, with_values
 from ftl.launcher.train.outcome import is_outcome
-from ftl.launcher.train.rundir import atomic_write
 from ftl.tune import tuner as setup
 from ftl.tune.results import collect, drop_checkpoints
 

@@ -9,19 +9,21 @@ folds, and <metric>_std.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
-from ftl.launcher.train.outcome import is_outcome
-from ftl.launcher.train.rundir import atomic_write
+from ftl.launcher.files import atomic_write
+from ftl.launcher.recipe.variants import objective as objective_of
+from ftl.launcher.train.outcome import is_outcome, numeric
+from ftl.launcher.train.rundir import RunDir
+from ftl.tune.trial_runs import TrialSetup, finished_run, output_to, trial_recipe
 
 
-def run_folds(setup, base, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
+def run_folds(setup: TrialSetup, base, values: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     """Train every fold of the base recipe (with tune.cv) with a trial's values, in parallel; the mean metrics."""
     import ray
-
-    from ftl.launcher.recipe.variants import objective as objective_of
 
     recipe = base
     objective, _ = objective_of(base)
@@ -54,26 +56,17 @@ def run_folds(setup, base, values: dict[str, Any], trial_dir: Path) -> dict[str,
     return summary
 
 
-def _train_fold(setup, values: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def _train_fold(setup: TrialSetup, values: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Ray task: one fold as an ftl run (resumes from its own checkpoint when Ray retries it)."""
-    import os
+    os.environ.update(setup.env)  # before the training libraries load: they read it at import
+    from ftl.launcher.train.execute import execute  # torch, transformers: after the environment
 
-    os.environ.update(setup.env)
-    from ftl.launcher.recipe.loader import LoadedRecipe
-    from ftl.launcher.recipe.schema import Recipe
-    from ftl.launcher.train.run import execute
-    from ftl.launcher.train.rundir import RunDir
-    from ftl.tune.trial import finished_run, output_to, trial_recipe
-
-    recipe = trial_recipe(Recipe.model_validate(setup.base), values)
-    loaded = LoadedRecipe(
-        recipe=recipe, path=Path(setup.recipe_path), dirs=[Path(d) for d in setup.search_dirs]
-    )
+    recipe = trial_recipe(setup.base.load().recipe, values)
     rundir = RunDir(Path(run_dir))
     metrics = finished_run(rundir.root, recipe)
     if metrics is None:
         rundir.root.mkdir(parents=True, exist_ok=True)
         rundir.write_recipe(recipe)
         with output_to(rundir.root / "train.log"):
-            metrics = execute(loaded, rundir, announce_resume=True)
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics = execute(setup.base.load(recipe), rundir, announce_resume=True)
+    return numeric(metrics)

@@ -9,7 +9,7 @@ from typing import Any
 from ray.tune import Callback
 
 from ftl.launcher.console import console
-from ftl.tune.space import shown
+from ftl.tune.space import short_names, shown
 
 _STATUS = {
     "PENDING": "[dim]pending[/]",
@@ -86,8 +86,6 @@ class TrialTable(Callback):
 
     def _render(self):
         from rich.table import Table
-
-        from ftl.tune.results import short_names
 
         table = Table(title=self.title, title_justify="left")
         for column in [

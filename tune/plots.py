@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ftl.launcher.console import log
+from ftl.tune.study import study_name, study_storage
 
 _PLOTS = {
     "history.png": "plot_optimization_history",
@@ -25,8 +26,6 @@ def write_plots(recipe, search) -> list[Path]:
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
-
-    from ftl.tune.search import study_name, study_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

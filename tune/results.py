@@ -14,12 +14,13 @@ from typing import Any
 import yaml
 
 from ftl.launcher.console import console, log
+from ftl.launcher.files import atomic_write
 from ftl.launcher.locations import find_local, looks_local
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.outcome import is_outcome
-from ftl.launcher.train.rundir import atomic_write
-from ftl.tune.space import decode, shown
-from ftl.tune.trial import FINAL, trial_recipe
+from ftl.tune.plots import write_plots
+from ftl.tune.space import decode, short_names, shown
+from ftl.tune.trial_runs import FINAL, trial_recipe
 
 
 @dataclass
@@ -111,7 +112,6 @@ def write_outputs(loaded: LoadedRecipe, search, grid, *, metric: str, mode: str)
     write_trials_csv(search.root / "trials.csv", trials, keys, metric)
     if results.best is not None:
         results.best_recipe = write_best_recipe(loaded, search.root, results.best, metric, len(trials))
-    from ftl.tune.plots import write_plots
 
     results.plots = write_plots(loaded.recipe, search)
     if not tune_section.keep_checkpoints:
@@ -204,12 +204,6 @@ def print_summary(results: SearchResults, keys: list[str], root: Path) -> None:
         log(f"[bold green]best[/]: trial {results.best.trial_id} {metric} {results.best.score(metric):.4f}")
         log(f"best recipe: {results.best_recipe}  (ftl run {results.best_recipe})")
     log(f"trials: {root / 'trials.csv'}" + (f"; plots: {root / 'plots'}" if results.plots else ""))
-
-
-def short_names(keys: list[str]) -> list[str]:
-    """Column headers: the last part of each dotted key, or the whole key where the last part repeats."""
-    last = [key.rsplit(".", 1)[-1] for key in keys]
-    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]
 
 
 def _print_by_model(results: SearchResults, keys: list[str]) -> None:

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.console import log
-from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe, where
 from ftl.launcher.recipe.variants import check_space, objective
 from ftl.tune import tuner as setup
 from ftl.tune.results import SearchResults, write_outputs
+from ftl.tune.space import grid_size
+from ftl.tune.study import open_storage, study_name, study_storage
 
 DEFAULT_SAMPLES = 8
 
@@ -40,7 +42,6 @@ def run_search(
     if tune_section.storage and tune_section.scheduler_type != "pbt":
         open_storage(tune_section.storage)  # a shared study's database must answer before any trial starts
     metric, mode = objective(recipe)
-    from ftl.tune.space import grid_size
 
     total = samples or tune_section.samples
     if all(d.is_finite for d in tune_section.space.values()):
@@ -120,14 +121,6 @@ def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, t
     )
 
 
-def study_storage(recipe, search) -> str:
-    return recipe.tune.storage or f"sqlite:///{(search.root / 'study.db').resolve()}"
-
-
-def study_name(recipe) -> str:
-    return recipe.tune.study_name or recipe.name
-
-
 def _searcher(recipe, search, metric: str, mode: str, total: int):
     import optuna
 
@@ -194,18 +187,3 @@ def _scheduler(recipe):
             hyperparam_mutations=tune_domains(tune_section),
         )
     return FIFOScheduler()
-
-
-def open_storage(url: str):
-    """The Optuna RDB storage at `url`; a one-line error (secrets hidden) when it cannot be opened."""
-    import optuna
-
-    from ftl.launcher.secrets import redact
-
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy and its drivers raise many kinds
-        raise FtlError(
-            f"tune.storage: cannot open the Optuna study storage {redact(url)}: {redact(first_line(exc))} (check "
-            "the URL, the database server and its Python driver: pip install 'ftl[postgres]' for postgresql://)"
-        ) from None

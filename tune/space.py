@@ -91,3 +91,9 @@ def tune_domains(tune: TuneSection) -> dict[str, Any]:
         else:
             domains[key] = ray_tune.lograndint(dimension.bounds[0], dimension.bounds[1] + 1)
     return domains
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Column headers: the last part of each dotted key, or the whole key where the last part repeats."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]

@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 
 from ftl.launcher.console import console, log
+from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write
 from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.train.rundir import atomic_write
-from ftl.tune.trial import TrialSetup
+from ftl.tune.trial import run_trial
+from ftl.tune.trial_runs import TrialSetup
 
 EXPERIMENT = "ray"
 
@@ -77,12 +79,8 @@ class SearchDir:
 
 
 def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -> TrialSetup:
-    from ftl.launcher.distributed.ray_launch import forwarded_env
-
     return TrialSetup(
-        base=loaded.recipe.model_dump(mode="json", exclude={"extends"}),
-        recipe_path=str(loaded.path.resolve()),
-        search_dirs=[str(d.resolve()) for d in loaded.search_dirs],
+        base=loaded.portable(),
         trials_dir=str(search.trials.resolve()),
         env=forwarded_env(loaded.recipe),
         pbt=pbt,
@@ -90,8 +88,6 @@ def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -
 
 
 def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
-    from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # ftl shows its own trial table, not Ray's boxes
     # Save the search state after every event (not every 10 s), so a killed driver loses at most the last event;
     # a trial whose result was lost that way is reported from its finished run directory, not trained again.
@@ -106,8 +102,6 @@ def start_ray(loaded: LoadedRecipe, address: str | None) -> None:
 def trainable(setup: TrialSetup, recipe) -> Any:
     """The trial function with its setup and the resources one trial reserves."""
     from ray import tune
-
-    from ftl.tune.trial import run_trial
 
     function = tune.with_parameters(run_trial, setup=setup)
     if recipe.distributed.needs_workers or _folds_per_trial(recipe) > 1:

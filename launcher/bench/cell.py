@@ -13,15 +13,17 @@ import sys
 import traceback
 from pathlib import Path
 
+from ftl.launcher.console import quiet_library_notices
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.files import atomic_write
+from ftl.launcher.recipe import load_recipe
+
 
 def run_cell(spec: dict) -> dict:
-    from ftl.launcher.errors import FtlError, first_line
-    from ftl.launcher.recipe import load_recipe
-
     cell_dir = Path(spec["cell_dir"])
     try:
         from ftl.launcher.bench.timer import StepTimer
-        from ftl.launcher.train.run import run_recipe
+        from ftl.launcher.run import run_recipe
 
         loaded = load_recipe(spec["recipe"], spec["overrides"])
         timer = StepTimer(cell_dir, warmup=spec["warmup"], steps=spec["steps"])
@@ -46,12 +48,10 @@ def main(argv: list[str]) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from ftl.launcher.console import quiet_library_notices
 
     quiet_library_notices()
     spec = json.loads(Path(argv[0]).read_text())
     result = run_cell(spec)
-    from ftl.launcher.train.rundir import atomic_write
 
     atomic_write(Path(spec["cell_dir"]) / "cell.json", json.dumps(result))
     ray = sys.modules.get("ray")  # a cell that scaled out started a private local Ray: stop it cleanly

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.recipe.keypaths import key_path_problem
 from ftl.launcher.recipe.loader import LoadedRecipe, load_recipe
+from ftl.launcher.recipe.schema import Recipe
 
 MATRIX_FLAG = "--matrix"
 OPTIONS = (
@@ -151,9 +153,6 @@ def validate(
     recipe: Path, overrides: list[str], dimensions: list[Dimension], cells: list[Cell], fixed: list[str]
 ) -> dict[str, LoadedRecipe]:
     """Load the recipe once per cell (overrides, then the cell's values, then `fixed`); cell name -> recipe."""
-    from ftl.launcher.recipe.keypaths import key_path_problem
-    from ftl.launcher.recipe.schema import Recipe
-
     base = load_recipe(recipe, overrides)
     raw = base.recipe.model_dump(mode="json")
     given = {o.partition("=")[0] for o in overrides}

@@ -43,6 +43,7 @@ from ftl.launcher.bench.results import (
 from ftl.launcher.bench.table import BenchTable
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.train.rundir import git_sha
 
 
 def run_bench(
@@ -259,8 +260,6 @@ def _context(
     peaks: _Peaks,
 ) -> dict:
     from importlib import metadata
-
-    from ftl.launcher.train.rundir import git_sha
 
     versions = {}
     for package in ("ftl", "torch", "transformers", "deepspeed", "ray", "peft"):

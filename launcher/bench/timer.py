@@ -24,7 +24,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ftl.launcher.train.rundir import atomic_write
+from ftl.launcher.files import atomic_write
+from ftl.launcher.flops import flop_counts
 
 
 class StepTimer(TrainerCallback):
@@ -37,8 +38,6 @@ class StepTimer(TrainerCallback):
     # ---- Trainer events -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         import torch
-
-        from ftl.launcher.flops import flop_counts
 
         self._rank = int(os.environ.get("RANK", "0"))
         self._cuda = args.device.type == "cuda"

@@ -15,16 +15,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ftl.launcher import __version__
+from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 from ftl.launcher.data.sources import RawData, load_source
 from ftl.launcher.data.splits import carve_validation, oversample, subsample
-from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.tasks.base import Task
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.recipe.data import DataSection
 
 CACHE_ENV = "FTL_CACHE"
 _CACHE_FORMAT = 1
+
+
+class Preparer(Protocol):
+    """What preparing data needs from a task: how to read, split, normalise and tokenise its rows, and the
+    state it learns from them (label names) so a cached result can restore it."""
+
+    split_method: str
+
+    def stratify_column(self) -> str | None: ...
+    def fit(self, train: RawData) -> None: ...
+    def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()) -> Any: ...
+    def tokenize(self, dataset: Any, tokenizer: Any, split: str) -> Any: ...
+    def cache_identity(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
+    def dataset_stats(self, dataset: Any, tokenizer: Any) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -68,13 +85,13 @@ def _preparation_code() -> str:
     return digest.hexdigest()[:16]
 
 
-def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> PreparedData:
+def prepare_data(
+    data: DataSection, task: Preparer, tokenizer, *, dirs: list[Path], log=print
+) -> PreparedData:
+    """The recipe's `data:` section as tokenised splits for `task`; relative paths are looked up in `dirs`."""
     import datasets
 
     started = time.perf_counter()
-    recipe = loaded.recipe
-    data = recipe.data
-    dirs = loaded.search_dirs
     train_raw = load_source(data.train, dirs, "data.train")
     val_raw = load_source(data.validation, dirs, "data.validation") if data.validation else None
     split = data.validation_split
@@ -178,10 +195,8 @@ def prepare_data(loaded: LoadedRecipe, task: Task, tokenizer, log=print) -> Prep
     )
 
 
-def _fold_rows(train_raw: RawData, task: Task, data, *, seed: int):
+def _fold_rows(train_raw: RawData, task: Preparer, data: DataSection, *, seed: int):
     """max_train_rows of train, split into k folds: (every fold but data.fold.index, that fold)."""
-    from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
-
     spec = data.fold
     group = spec.group_column
     if group is not None:
@@ -207,8 +222,6 @@ def _fold_rows(train_raw: RawData, task: Task, data, *, seed: int):
 
 
 def _check_group_column(raw: RawData, group: str, key: str) -> None:
-    from ftl.launcher.errors import FtlError, did_you_mean, one_of
-
     columns = raw.dataset.column_names
     if group not in columns:
         raise FtlError(
@@ -217,7 +230,7 @@ def _check_group_column(raw: RawData, group: str, key: str) -> None:
         )
 
 
-def prepare_eval_file(raw: RawData, task: Task, tokenizer):
+def prepare_eval_file(raw: RawData, task: Preparer, tokenizer):
     """Normalise and tokenise one extra file with an already fitted task (for `ftl eval`)."""
     import datasets
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftl.launcher.data import readers
+from ftl.launcher.data.diagnose import diagnose
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.locations import find_local, looked_in
 from ftl.launcher.recipe.data import DataSource
@@ -161,8 +162,6 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
         if "corresponds to no data" in reason:
             raise FtlError(f"{what}: {', '.join(names)} holds no rows (only a header?)") from None
         if fmt in ("csv", "tsv", "json", "jsonl", "text"):
-            from ftl.launcher.data.diagnose import diagnose
-
             diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
     raise FtlError(f"{what}: unsupported format {fmt}")

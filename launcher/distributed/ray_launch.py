@@ -7,11 +7,18 @@ it joins that cluster. Multi-node is the same code path: Ray places the workers.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from ftl.launcher.console import log
+from ftl.launcher.distributed.reshard import universal_for
+from ftl.launcher.distributed.worker import train_worker
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.model.load import load_tokenizer, quiet_transformers
 from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
+from ftl.launcher.train.device import plan_device
 from ftl.launcher.train.rundir import RunDir
 
 # Settings a worker must see exactly as the driver does (data homes, caches, offline mode).
@@ -44,13 +51,9 @@ def launch(
     distributed = recipe.distributed
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
     if distributed.uses_deepspeed:
-        from ftl.launcher.distributed.deepspeed_config import deepspeed_config, validate_deepspeed_config
-
         validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
     checkpoint = rundir.last_checkpoint()
     if distributed.uses_deepspeed and checkpoint is not None:
-        from ftl.launcher.distributed.reshard import universal_for
-
         extra = universal_for(checkpoint, distributed.workers)
         if extra:
             # Universal loading applies to every load of this session, and checkpoints written from here on are
@@ -67,15 +70,11 @@ def launch(
                 }
             )
     if distributed.address is None:
-        from ftl.launcher.train.device import plan_device
-
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
         warm_data_cache(loaded)
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from ftl.launcher.distributed.worker import train_worker
 
     env = forwarded_env(recipe)
     connect(distributed.address, env)
@@ -86,9 +85,7 @@ def launch(
     trainer = TorchTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={
-            "recipe": recipe.model_dump(mode="json"),
-            "recipe_path": str(loaded.path.resolve()),
-            "search_dirs": [str(d) for d in loaded.search_dirs],
+            "recipe": replace(loaded, recipe=recipe).portable(),
             "run": str(rundir.root.resolve()),
             "resume": resume,
             "env": env,
@@ -210,14 +207,12 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
 
 def warm_data_cache(loaded: LoadedRecipe) -> None:
     """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising."""
-    from ftl.launcher.model.load import load_tokenizer, quiet_transformers
-    from ftl.launcher.tasks.registry import task_for
-
-    data = loaded.recipe.data
-    if data is not None and not data.cache:
+    recipe = loaded.recipe
+    if recipe.data is not None and not recipe.data.cache:
         return
-    quiet_transformers(loaded.recipe.log.level)
-    task_for(loaded.recipe.task).prepare(loaded, load_tokenizer(loaded), log)
+    quiet_transformers(recipe.log.level)
+    tokenizer = load_tokenizer(recipe.model, loaded.search_dirs)
+    task_for(recipe.task).prepare(recipe.data, tokenizer, dirs=loaded.search_dirs, log=log)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -1,26 +1,16 @@
-"""Quantized loading (bitsandbytes 4/8-bit) and LoRA adapters (peft), and merging adapters back.
-
-A run with `lora:` saves only the adapter in <run>/model; `<run>/model/ftl_base.json` says where the base
-model came from, so `ftl eval` and `ftl export --merge-lora` can rebuild it.
-"""
+"""Quantized loading (bitsandbytes 4/8-bit) and LoRA adapters (peft). Saving and reloading what a run
+trained (an adapter and the record of its base model) is `saved.py`."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 from ftl.launcher.errors import FtlError, first_line
-from ftl.launcher.model.locate import ModelLocation
-from ftl.launcher.recipe.schema import Recipe
+from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
 
-BASE_FILE = "ftl_base.json"
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def bitsandbytes_config(recipe: Recipe):
+def bitsandbytes_config(q: QuantizationSection | None):
     """The BitsAndBytesConfig of `quantization:` (None without it)."""
-    q = recipe.quantization
     if q is None:
         return None
     import torch
@@ -37,12 +27,11 @@ def bitsandbytes_config(recipe: Recipe):
     )
 
 
-def add_lora(model, recipe: Recipe, peft_task_type: str, *, gradient_checkpointing: bool):
+def add_lora(model, lora: LoraSection, peft_task_type: str, *, quantized: bool, gradient_checkpointing: bool):
     """Wrap the model with LoRA adapters (after preparing a quantized model for k-bit training)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    lora = recipe.lora
-    if recipe.quantization is not None:
+    if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         task_type=peft_task_type,
@@ -61,72 +50,3 @@ def add_lora(model, recipe: Recipe, peft_task_type: str, *, gradient_checkpointi
         raise FtlError(
             f"lora.target_modules: {reason}; module names in this model include: {', '.join(names[:15])}"
         ) from None
-
-
-def write_base_record(
-    directory: Path, peft_model, location: ModelLocation, base_weights: Path | None
-) -> None:
-    """Where the adapter's base model lives (a from-config base is saved next to the run), and the base's
-    config as trained (label names, no quantization: merged and evaluated models are dense)."""
-    import copy
-
-    config = copy.deepcopy(peft_model.get_base_model().config)
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config
-    config.save_pretrained(str(directory))
-    model = peft_model.get_base_model()
-    record: dict[str, Any] = {
-        "kind": location.kind,
-        "path": location.path,
-        "gguf_file": location.gguf_file,
-        "revision": getattr(model.config, "_commit_hash", None) if location.kind == "hub" else None,
-        "trust_remote_code": bool(getattr(model.config, "auto_map", None)),
-    }
-    if base_weights is not None:
-        record.update(kind="local", path=str(base_weights), gguf_file=None)
-    (directory / BASE_FILE).write_text(json.dumps(record, indent=1))
-
-
-def is_adapter(directory: Path) -> bool:
-    return (directory / "adapter_config.json").exists()
-
-
-def load_trained(directory: Path, auto_class, *, merge: bool = False):
-    """A trained model from <run>/model: a full model, or base + adapter (merged into the base if asked)."""
-    import torch
-
-    from ftl.launcher.model.load import forget_gguf_origin
-
-    if not is_adapter(directory):
-        return auto_class.from_pretrained(str(directory))
-    from peft import PeftModel
-
-    record = json.loads((directory / BASE_FILE).read_text()) if (directory / BASE_FILE).exists() else None
-    if record is None:
-        raise FtlError(
-            f"{directory}: adapter without {BASE_FILE}; cannot tell which base model it belongs to"
-        )
-    extra = {}
-    if record.get("gguf_file"):
-        from transformers import GgufConfig
-
-        extra = {
-            "gguf_file": record["gguf_file"],
-            "quantization_config": GgufConfig(gguf_file=record["gguf_file"], dequantize=True),
-        }
-    config_dir = directory  # the run's saved config carries num_labels / id2label
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(config_dir)) if (config_dir / "config.json").exists() else None
-    base = auto_class.from_pretrained(
-        record["path"],
-        dtype=torch.float32,
-        revision=record.get("revision"),
-        trust_remote_code=record.get("trust_remote_code", False),
-        **({"config": config} if config else {}),
-        **extra,
-    )
-    if record.get("gguf_file"):
-        forget_gguf_origin(base)
-    model = PeftModel.from_pretrained(base, str(directory))
-    return model.merge_and_unload() if merge else model

@@ -6,12 +6,47 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ftl.launcher.errors import FtlError, did_you_mean, first_line
+from ftl.launcher.model.adapters import add_lora, bitsandbytes_config
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
-from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.tasks.base import Task
+from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
+from ftl.launcher.recipe.schema import ModelSection, Recipe
+
+
+class ModelHead(Protocol):
+    """What loading needs to know of the task a model is for: its transformers class, the config settings the
+    task sets (e.g. num_labels), and the kind of LoRA adapter it takes."""
+
+    peft_task_type: str
+
+    def model_class(self) -> Any: ...
+    def config_overrides(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model to build: the `model:` section, the directories its relative paths are found in, and the
+    settings that change how it loads (quantization, adapters, the seed of a model built from a config)."""
+
+    section: ModelSection
+    dirs: tuple[Path, ...]
+    quantization: QuantizationSection | None = None
+    lora: LoraSection | None = None
+    seed: int = 42
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def of(cls, recipe: Recipe, dirs) -> ModelSpec:
+        return cls(
+            recipe.model,
+            tuple(dirs),
+            recipe.quantization,
+            recipe.lora,
+            recipe.seed,
+            recipe.train.gradient_checkpointing,
+        )
 
 
 @dataclass
@@ -34,13 +69,14 @@ def quiet_transformers(level: str = "info") -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
-def load_tokenizer(loaded: LoadedRecipe, location: ModelLocation | None = None):
+def load_tokenizer(section: ModelSection, dirs, location: ModelLocation | None = None):
+    """The tokenizer of `model:` (model.tokenizer, else the model's own; `location` when already found)."""
     from transformers import AutoTokenizer
 
-    section = loaded.recipe.model
+    dirs = list(dirs)
     if section.tokenizer:
-        location = locate_path(section.tokenizer, loaded.search_dirs, "model.tokenizer")
-    location = location or locate_model(section, loaded.search_dirs)
+        location = locate_path(section.tokenizer, dirs, "model.tokenizer")
+    location = location or locate_model(section, dirs)
     if location.kind == "config":
         raise FtlError("model.tokenizer: a model built from model.config needs a tokenizer location")
     with _hub_errors(location, "tokenizer"):
@@ -57,9 +93,8 @@ def load_tokenizer(loaded: LoadedRecipe, location: ModelLocation | None = None):
     return tokenizer
 
 
-def remote_code_warning(loaded: LoadedRecipe) -> str | None:
+def remote_code_warning(section: ModelSection) -> str | None:
     """The warning a recipe that opts into running a model's own code gets (None when it does not)."""
-    section = loaded.recipe.model
     if not section.trust_remote_code:
         return None
     return (
@@ -69,11 +104,12 @@ def remote_code_warning(loaded: LoadedRecipe) -> str | None:
     )
 
 
-def model_config(loaded: LoadedRecipe, task: Task, location: ModelLocation, tokenizer=None):
+def model_config(section: ModelSection, head: ModelHead, location: ModelLocation, tokenizer=None):
+    """The model's config (from `location`, or built from model.config) with the recipe's and the task's
+    settings applied."""
     from transformers import AutoConfig
 
-    section = loaded.recipe.model
-    overrides = task.config_overrides()
+    overrides = head.config_overrides()
     if location.kind == "config":
         settings = dict(section.config)
         model_type = settings.pop("model_type")
@@ -132,64 +168,58 @@ def _special_tokens_of(config, tokenizer, settings: dict) -> None:
 
 
 def load_model(
-    loaded: LoadedRecipe, task: Task, tokenizer, *, meta: bool = False, base_dir: Path | None = None
+    spec: ModelSpec, head: ModelHead, tokenizer, *, meta: bool = False, base_dir: Path | None = None
 ) -> LoadedModel:
-    """Load pretrained weights (or initialise from config), quantized and with LoRA adapters when the recipe
+    """Load pretrained weights (or initialise from config), quantized and with LoRA adapters when the spec
     says so. meta=True builds shapes only, for `ftl check`. `base_dir` receives a base model that exists
     nowhere else (built from a config, or a GGUF file to be quantized), so adapters can be re-attached later."""
     import torch
 
-    recipe = loaded.recipe
-    section = recipe.model
-    location = locate_model(section, loaded.search_dirs)
-    config = model_config(loaded, task, location, tokenizer)
-    auto = task.model_class()
+    section = spec.section
+    location = locate_model(section, list(spec.dirs))
+    config = model_config(section, head, location, tokenizer)
+    auto = head.model_class()
     if meta:
         with torch.device("meta"):
             model = auto.from_config(config, trust_remote_code=section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
-    adapters = recipe.lora is not None
-    if location.kind == "config" or (location.gguf_file and recipe.quantization is not None):
-        dense = _dense_model(loaded, task, location, config, auto)
-        if not adapters:
+    if location.kind == "config" or (location.gguf_file and spec.quantization is not None):
+        dense = _dense_model(spec, location, config, auto)
+        if spec.lora is None:
             return dense
         if base_dir is None:
             raise FtlError("lora: a base model built here needs a run directory to be saved in")
         _save_base(dense.model, base_dir)
         location = ModelLocation("local", str(base_dir), None, note=f"{location} saved as the adapter's base")
         config = dense.model.config
-    loaded_model = _pretrained(loaded, location, config, auto)
-    if adapters:
-        from ftl.launcher.model.adapters import add_lora
+    loaded_model = _pretrained(section, location, config, auto, spec.quantization)
+    if spec.lora is None:
+        return loaded_model
+    peft_model = add_lora(
+        loaded_model.model,
+        spec.lora,
+        head.peft_task_type,
+        quantized=spec.quantization is not None,
+        gradient_checkpointing=spec.gradient_checkpointing,
+    )
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    return LoadedModel(
+        peft_model,
+        loaded_model.location,
+        trainable,
+        base_weights=base_dir if location.path == str(base_dir) else None,
+    )
 
-        peft_model = add_lora(
-            loaded_model.model,
-            recipe,
-            task.peft_task_type,
-            gradient_checkpointing=recipe.train.gradient_checkpointing,
-        )
-        trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-        return LoadedModel(
-            peft_model,
-            loaded_model.location,
-            trainable,
-            base_weights=base_dir if location.path == str(base_dir) else None,
-        )
-    return loaded_model
 
-
-def _dense_model(loaded, task, location: ModelLocation, config, auto) -> LoadedModel:
+def _dense_model(spec: ModelSpec, location: ModelLocation, config, auto) -> LoadedModel:
     """A full-precision model: random from a config, or a GGUF file unpacked."""
     import torch
 
     if location.kind == "config":
-        torch.manual_seed(loaded.recipe.seed)
-        model = auto.from_config(config, trust_remote_code=loaded.recipe.model.trust_remote_code)
+        torch.manual_seed(spec.seed)
+        model = auto.from_config(config, trust_remote_code=spec.section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
-    plain = loaded.recipe.model_copy(update={"quantization": None, "lora": None})
-    return _pretrained(
-        LoadedRecipe(plain, loaded.path, loaded.origins, dirs=loaded.search_dirs), location, config, auto
-    )
+    return _pretrained(spec.section, location, config, auto, quantization=None)
 
 
 def _save_base(model, directory: Path) -> None:
@@ -209,16 +239,15 @@ def _save_base(model, directory: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _pretrained(loaded: LoadedRecipe, location: ModelLocation, config, auto) -> LoadedModel:
+def _pretrained(
+    section: ModelSection, location: ModelLocation, config, auto, quantization: QuantizationSection | None
+) -> LoadedModel:
     import torch
 
-    section = loaded.recipe.model
     extra = location.hf_kwargs()
-    if loaded.recipe.quantization is not None:
-        from ftl.launcher.model.adapters import bitsandbytes_config
-
+    if quantization is not None:
         extra.update(
-            quantization_config=bitsandbytes_config(loaded.recipe),
+            quantization_config=bitsandbytes_config(quantization),
             device_map={"": 0 if torch.cuda.is_available() else "cpu"},
         )
     if location.gguf_file:

@@ -12,12 +12,13 @@ import yaml
 from pydantic import ValidationError
 
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
-from ftl.launcher.recipe import rules
+from ftl.launcher.recipe import rulebook
 from ftl.launcher.recipe.keypaths import check_key_path, display_path, dotted_key, model_at
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.recipe.stages import StageSection, stage_data, stage_origins
 from ftl.launcher.recipe.tasks import TASK_TYPES
 from ftl.launcher.recipe.yaml_source import KeyPath, Origin, merge, merge_origins, read_yaml
+from ftl.launcher.secrets import find_secret
 
 _OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)=(?P<value>.*)$", re.S)
 _MAX_EXTENDS_DEPTH = 16
@@ -42,6 +43,14 @@ class LoadedRecipe:
     dirs: list[Path] | None = None  # fixed search directories (a recipe shipped to a worker has no origins)
     stages: list[StagePlan] = field(default_factory=list)  # a staged recipe's stages, each a complete recipe
 
+    def portable(self) -> PortableRecipe:
+        """This recipe as plain data for another process (a Ray Train worker, a search trial, a fold)."""
+        return PortableRecipe(
+            recipe=self.recipe.model_dump(mode="json", exclude={"extends"}),
+            path=str(self.path.resolve()),
+            dirs=[str(d.resolve()) for d in self.search_dirs],
+        )
+
     @property
     def search_dirs(self) -> list[Path]:
         """Directories of the recipe and of every file it extends (for relative data/model paths)."""
@@ -55,6 +64,24 @@ class LoadedRecipe:
             if directory not in dirs:
                 dirs.append(directory)
         return dirs
+
+
+@dataclass(frozen=True)
+class PortableRecipe:
+    """A loaded recipe as plain data that pickles anywhere: the validated recipe (JSON), the recipe file's
+    absolute path, and the directories its relative paths are found in. `load` validates it again there."""
+
+    recipe: dict[str, Any]
+    path: str
+    dirs: list[str]
+
+    def load(self, recipe: Recipe | None = None) -> LoadedRecipe:
+        """The LoadedRecipe again; with `recipe`, that recipe (a trial's variant) read from the same place."""
+        return LoadedRecipe(
+            recipe=recipe if recipe is not None else Recipe.model_validate(self.recipe),
+            path=Path(self.path),
+            dirs=[Path(d) for d in self.dirs],
+        )
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
@@ -80,7 +107,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _check_rules(recipe: Recipe, origins: dict[KeyPath, Origin], path: Path) -> None:
-    for key_path, message in rules.violations(recipe):
+    for key_path, message in rulebook.violations(recipe):
         raise FtlError(f"{where(origins, key_path, path)}: {dotted_key(key_path)}: {message}")
     if (
         recipe.task is not None and recipe.task.type == "multitask"
@@ -92,7 +119,7 @@ def _check_rules(recipe: Recipe, origins: dict[KeyPath, Origin], path: Path) -> 
             single = recipe.model_copy(
                 update={"task": sub.task, "data": sub.data, "tune": None, "eval": evaluation}
             )
-            for key_path, message in rules.violations(single):
+            for key_path, message in rulebook.violations(single):
                 if key_path[0] in ("task", "data"):
                     key_path = ("task", "tasks", name, *key_path)
                 raise FtlError(f"{where(origins, key_path, path)}: {dotted_key(key_path)}: {message}")
@@ -131,8 +158,6 @@ def _stages(
 
 def _refuse_secrets(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> None:
     """Recipes are written to run directories, printed and shipped with jobs: no passwords or tokens in them."""
-    from ftl.launcher.secrets import find_secret
-
     found = find_secret(data)
     if found is not None:
         key_path, why = found

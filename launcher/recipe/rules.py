@@ -1,33 +1,16 @@
-"""Settings that are valid one by one but not together: the whole catalogue, grouped by concern.
+"""Settings that are valid one by one but not together: the recipe's catalogue of rules, grouped by concern.
 
-Each rule returns the key it blames and why, or None. `violations` runs them all on a validated recipe;
-the loader turns the first one into a one-line error pointing at the key's file and line.
-Rules that depend on the machine (is there a GPU?) live in `launcher.train.device`.
+Each rule returns the key it blames and why, or None (see catalogue.py); `rulebook.violations` runs this
+catalogue and the search section's (search_rules.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 from ftl.launcher.errors import did_you_mean, one_of
+from ftl.launcher.recipe.catalogue import Catalogue, Violation
 from ftl.launcher.recipe.schema import Recipe
 
-Violation = tuple[tuple[Any, ...], str]
-Rule = Callable[[Recipe], Violation | None]
-RULES: list[Rule] = []
-
-
-def rule(function: Rule) -> Rule:
-    RULES.append(function)
-    return function
-
-
-def violations(recipe: Recipe) -> Iterator[Violation]:
-    for check in RULES:
-        found = check(recipe)
-        if found is not None:
-            yield found
+rule = Catalogue("recipe")
 
 
 # --- evaluation and model selection -------------------------------------------------------------
@@ -348,7 +331,3 @@ def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
             "freeze",
         ), "with lora the base model is frozen and only adapters train; remove the freeze settings"
     return None
-
-
-# The search section's rules register themselves in RULES as well.
-from ftl.launcher.recipe import search_rules  # noqa: E402, F401

@@ -1,10 +1,13 @@
-"""The rules of the tune: section (search spaces, schedulers, folds): part of the catalogue in rules.py."""
+"""The rules of the tune: section (search spaces, schedulers, folds): a catalogue of its own (see catalogue.py)."""
 
 from __future__ import annotations
 
 from ftl.launcher.errors import did_you_mean, one_of
-from ftl.launcher.recipe.rules import Violation, rule
+from ftl.launcher.recipe.catalogue import Catalogue, Violation
+from ftl.launcher.recipe.keypaths import key_path_problem
 from ftl.launcher.recipe.schema import Recipe
+
+rule = Catalogue("search")
 
 # --- search and cross-validation ---------------------------------------------------------------------
 
@@ -20,7 +23,6 @@ PBT_MUTABLE_KEYS = ("train.lr", "train.weight_decay", "train.max_grad_norm")
 
 @rule
 def search_space_keys_are_recipe_keys(recipe: Recipe) -> Violation | None:
-    from ftl.launcher.recipe.keypaths import key_path_problem
 
     if recipe.tune is None:
         return None

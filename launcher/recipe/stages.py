@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field
 
 from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.yaml_source import merge
 
 STAGE_SECTIONS = (
     "model",
@@ -68,8 +69,6 @@ class StageSection(Section):
 
 def stage_data(base: dict[str, Any], stage: dict[str, Any], name: str) -> dict[str, Any]:
     """The complete recipe data of one stage: the shared keys with the stage's sections merged in."""
-    from ftl.launcher.recipe.yaml_source import merge
-
     merged = {k: v for k, v in base.items() if k != "stages"}
     for key in STAGE_SECTIONS:
         value = stage.get(key)

@@ -308,3 +308,16 @@ TASK_TYPES: tuple[str, ...] = (
     "masked_lm",
     "multitask",
 )
+
+# The verbs that use a trained model, and the task types that serve each, in TASK_TYPES order. A task type
+# serves a verb when its Task implements the verb's hook (tests/test_tasks.py holds the two together).
+TRAINED_MODEL_VERBS: dict[str, tuple[str, ...]] = {
+    "ftl predict": (
+        "sequence_classification",
+        "token_classification",
+        "question_answering",
+        "seq2seq",
+        "causal_lm",
+    ),
+    "ftl generate": ("seq2seq", "causal_lm"),
+}

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftl.launcher.errors import FtlError
-from ftl.launcher.recipe import rules
+from ftl.launcher.recipe import rulebook
 from ftl.launcher.recipe.keypaths import display_path
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.recipe.yaml_source import merge
@@ -37,7 +37,7 @@ def with_values(base: Recipe, values: dict[str, Any]) -> Recipe:
         error = exc.errors(include_url=False)[0]
         where = ".".join(map(str, display_path(tuple(error["loc"])))) or "the recipe"
         raise InvalidVariant(f"{where}: {error['msg'].removeprefix('Value error, ')}") from None
-    for key_path, message in rules.violations(recipe):
+    for key_path, message in rulebook.violations(recipe):
         raise InvalidVariant(f"{'.'.join(map(str, key_path))}: {message}")
     return recipe
 

@@ -6,13 +6,18 @@ recipe section in `launcher/recipe/tasks.py`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.prepare import PreparedData, prepare_data
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.files import atomic_write
+from ftl.launcher.model.load import LoadedModel, ModelSpec, load_model
+from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings, unsupported
 
 
@@ -36,38 +41,30 @@ class Task(ABC):
     peft_task_type: str = "FEATURE_EXTRACTION"
     #: Evaluation generates text (Seq2SeqTrainer with predict_with_generate) instead of one forward pass.
     generates_in_evaluation: bool = False
+    #: The training loop this task needs; the train layer maps it to a Trainer class (train/trainers.py):
+    #: "plain", "seq2seq" (generating evaluation), "masked_lm" (decodes only masked positions), "multitask".
+    trainer_kind: str = "plain"
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     # ---- the run's building blocks (a multi-task run replaces them) ------------------------------
-    def prepare(self, loaded, tokenizer, log):
-        """Tokenised train and validation splits (cached)."""
-        from ftl.launcher.data.prepare import prepare_data
+    def prepare(self, data: DataSection | None, tokenizer, *, dirs: list[Path], log) -> PreparedData:
+        """Tokenised train and validation splits of the recipe's `data:` (cached); relative paths in `dirs`."""
+        return prepare_data(data, self, tokenizer, dirs=dirs, log=log)
 
-        return prepare_data(loaded, self, tokenizer, log=log)
-
-    def build_model(self, loaded, tokenizer, base_dir: Path | None, *, meta: bool = False):
-        """The model to fine-tune (pretrained, quantized and with adapters as the recipe says); meta=True: shapes
+    def build_model(
+        self, spec: ModelSpec, tokenizer, base_dir: Path | None, *, meta: bool = False
+    ) -> LoadedModel:
+        """The model to fine-tune (pretrained, quantized and with adapters as the spec says); meta=True: shapes
         only, on the meta device (for `ftl check` and `ftl plan`)."""
-        from ftl.launcher.model.load import load_model
-
-        return load_model(loaded, self, tokenizer, base_dir=base_dir, meta=meta)
-
-    def trainer_class(self) -> type:
-        from ftl.launcher.train.trainer import FtlSeq2SeqTrainer, FtlTrainer
-
-        return FtlSeq2SeqTrainer if self.generates_in_evaluation else FtlTrainer
+        return load_model(spec, self, tokenizer, base_dir=base_dir, meta=meta)
 
     def configure_trainer(self, trainer, data) -> None:  # noqa: B027 - optional hook
         """Give the trainer what this task's training and evaluation need beyond the datasets."""
 
     def write_validation_rows(self, directory: Path, rows) -> None:
         """validation.jsonl: the exact validation rows, in the recipe's columns, for `ftl eval --data`."""
-        import json
-
-        from ftl.launcher.train.rundir import atomic_write
-
         exported = self.export_rows(rows)
         atomic_write(
             directory / "validation.jsonl",

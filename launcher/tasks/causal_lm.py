@@ -12,6 +12,7 @@ from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks import instruction
 from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.generation import generate, write_generations
 from ftl.launcher.tasks.instruction import render, template_fields
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 
@@ -152,7 +153,6 @@ class CausalLM(Task):
         c = self.config
         if not c.instruction_tuning or c.generate_rows == 0:
             return None
-        from ftl.launcher.tasks.generation import generate, write_generations
 
         rows = raw_rows.select(range(min(c.generate_rows, len(raw_rows)))).to_list()
         prompts = [render(c.prompt_template, row) for row in rows]

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.files import atomic_write
+from ftl.launcher.tasks.base import Predictions
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -116,9 +119,6 @@ def generate(
 def write_generations(directory: Path, sources: list[str], texts: list[str], references: list[list[str]]):
     """generations.jsonl (worst ROUGE-L first) and the mean ROUGE as metrics."""
     import json
-
-    from ftl.launcher.tasks.base import Predictions
-    from ftl.launcher.train.rundir import atomic_write
 
     scores = rouge_per_row(texts, references)
     rows = [

@@ -25,6 +25,7 @@ _EVAL_MASK_SEED = 1234
 class MaskedLM(Task):
     auto_model = "AutoModelForMaskedLM"
     peft_task_type = "FEATURE_EXTRACTION"
+    trainer_kind = "masked_lm"  # training decodes only the masked positions (train/masked_positions.py)
 
     def column_keys(self) -> dict[str, str | None]:
         return {"text_column": self.config.text_column}
@@ -106,17 +107,6 @@ class MaskedLM(Task):
 
     def collator(self, tokenizer):
         return MaskingCollator(tokenizer, self._masker(tokenizer))
-
-    def trainer_class(self) -> type:
-        from ftl.launcher.train.masked_positions import MaskedLMTrainer
-
-        return MaskedLMTrainer
-
-    def configure_trainer(self, trainer, data) -> None:
-        """Training projects only the masked positions onto the vocabulary (launcher/train/masked_positions.py)."""
-        from ftl.launcher.train.masked_positions import MaskedPositions
-
-        trainer.masked_positions = MaskedPositions(trainer.model)
 
     # ---- metrics --------------------------------------------------------------------------------
     def preprocess_logits_for_metrics(self):

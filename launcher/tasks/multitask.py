@@ -2,7 +2,7 @@
 own data, labels, metrics and error files.
 
 Each task's data is prepared exactly as in a single-task run of that task (same cache), the datasets are
-trained on together by `launcher.train.multitask`, and the run directory holds the shared model plus, per
+trained on together by `launcher.train.multitask` (batches of one task at a time: `launcher.data.multitask`), and the run directory holds the shared model plus, per
 task, validation-<task>.jsonl and its error analysis in <task>/.
 """
 
@@ -14,10 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftl.launcher.errors import FtlError
+from ftl.launcher.data.prepare import PreparedData, prepare_data
+from ftl.launcher.data.sources import load_source
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.files import atomic_write
+from ftl.launcher.model.load import LoadedModel, ModelSpec, model_config
+from ftl.launcher.model.locate import locate_model
+from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.classification import SequenceClassification
+from ftl.launcher.tasks.token_classification import TokenClassification
 
-_HEAD_KINDS = {"sequence_classification": "sequence", "token_classification": "token"}
+# The tasks a head can serve: their Task and the kind of head they need.
+_HEADS = {
+    "sequence_classification": (SequenceClassification, "sequence"),
+    "token_classification": (TokenClassification, "token"),
+}
 
 
 @dataclass
@@ -31,31 +43,23 @@ class MultiTaskSpec:
 
 class MultiTask(Task):
     auto_model = "AutoModel"
+    trainer_kind = "multitask"
 
     def __init__(self, config: Any) -> None:
-        from ftl.launcher.tasks.registry import task_for
-
         super().__init__(config)
-        self.tasks = {name: task_for(sub.task) for name, sub in config.tasks.items()}
-
-    def sub_recipe(self, loaded, name: str):
-        """A single-task recipe for one task: the shared sections with that task's task and data."""
-        from ftl.launcher.recipe.loader import LoadedRecipe
-
-        sub = self.config.tasks[name]
-        recipe = loaded.recipe.model_copy(update={"task": sub.task, "data": sub.data, "tune": None})
-        prefix = ("task", "tasks", name)
-        origins = {path[3:]: origin for path, origin in loaded.origins.items() if path[:3] == prefix}
-        return LoadedRecipe(recipe, loaded.path, {**loaded.origins, **origins}, dirs=loaded.search_dirs)
+        self.tasks: dict[str, Task] = {
+            name: _HEADS[sub.task.type][0](sub.task) for name, sub in config.tasks.items()
+        }
 
     # ---- data -----------------------------------------------------------------------------------
-    def prepare(self, loaded, tokenizer, log):
-        from ftl.launcher.data.prepare import PreparedData, prepare_data
-        from ftl.launcher.train.multitask import MultiTaskDataset
+    def prepare(self, data: DataSection | None, tokenizer, *, dirs: list[Path], log) -> PreparedData:
+        """Each task's own `data:` prepared as its single-task run would (same cache)."""
+        from ftl.launcher.data.multitask import MultiTaskDataset
 
         prepared = {}
         for name, task in self.tasks.items():
-            prepared[name] = prepare_data(self.sub_recipe(loaded, name), task, tokenizer, log=log)
+            sub_data = self.config.tasks[name].data
+            prepared[name] = prepare_data(sub_data, task, tokenizer, dirs=dirs, log=log)
             stats = prepared[name].stats
             log(
                 f"task {name}: train {stats['train']['rows']:,} rows, validation {stats['validation']['rows']:,} rows "
@@ -99,45 +103,41 @@ class MultiTask(Task):
             task.restore(state["tasks"][name])
 
     def write_validation_rows(self, directory: Path, rows) -> None:
-        from ftl.launcher.train.rundir import atomic_write
-
         for name, task in self.tasks.items():
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in task.export_rows(rows[name]))
             atomic_write(directory / f"validation-{name}.jsonl", lines)
 
     # ---- model and training ---------------------------------------------------------------------
-    def build_model(self, loaded, tokenizer, base_dir: Path | None, *, meta: bool = False):
-        from ftl.launcher.model import multitask_model
-        from ftl.launcher.model.load import LoadedModel, model_config
-        from ftl.launcher.model.locate import locate_model
+    def build_model(
+        self, spec: ModelSpec, tokenizer, base_dir: Path | None, *, meta: bool = False
+    ) -> LoadedModel:
+        from ftl.launcher.model import multitask_model  # torch and transformers: only when a model is built
 
-        recipe = loaded.recipe
-        location = locate_model(recipe.model, loaded.search_dirs)
-        encoder_config = model_config(loaded, self, location, tokenizer)
+        section = spec.section
+        location = locate_model(section, list(spec.dirs))
+        encoder_config = model_config(section, self, location, tokenizer)
         heads = {
             name: {
-                "kind": _HEAD_KINDS[sub.task.type],
+                "kind": _HEADS[sub.task.type][1],
                 "labels": self.tasks[name].label_names(),
                 "loss_weight": sub.loss_weight,
             }
             for name, sub in self.config.tasks.items()
         }
-        load_kwargs: dict[str, Any] = {"seed": recipe.seed}
+        load_kwargs: dict[str, Any] = {"seed": spec.seed}
         if location.kind != "config":
             load_kwargs = {
                 **location.hf_kwargs(),
-                "revision": recipe.model.revision,
-                "trust_remote_code": recipe.model.trust_remote_code,
+                "revision": section.revision,
+                "trust_remote_code": section.trust_remote_code,
             }
         if meta:
             import torch
 
             for name, sub in self.config.tasks.items():  # label names from the data when the recipe has none
                 if self.tasks[name].label_names() is None:
-                    from ftl.launcher.data.sources import load_source
-
                     where = f"task.tasks.{name}.data.train"
-                    self.tasks[name].fit(load_source(sub.data.train, loaded.search_dirs, where))
+                    self.tasks[name].fit(load_source(sub.data.train, list(spec.dirs), where))
                     heads[name]["labels"] = self.tasks[name].label_names()
             with torch.device("meta"):
                 config = multitask_model.MultiTaskConfig(encoder_config.to_dict(), heads, self.config.dropout)
@@ -154,22 +154,17 @@ class MultiTask(Task):
         return LoadedModel(model, location, head_names)
 
     def model_class(self):
-        from ftl.launcher.model.multitask_model import MultiTaskModel
+        from ftl.launcher.model.multitask_model import MultiTaskModel  # torch and transformers
 
         return MultiTaskModel
 
     def collator(self, tokenizer):
-        from ftl.launcher.train.multitask import MultiTaskCollator
+        from ftl.launcher.data.multitask import MultiTaskCollator
 
         return MultiTaskCollator([task.collator(tokenizer) for task in self.tasks.values()])
 
-    def trainer_class(self) -> type:
-        from ftl.launcher.train.multitask import MultiTaskTrainer
-
-        return MultiTaskTrainer
-
     def configure_trainer(self, trainer, data) -> None:
-        from ftl.launcher.train.multitask import task_probabilities
+        from ftl.launcher.data.multitask import task_probabilities
 
         sizes = [len(split) for split in data.train.splits]
         trainer.multitask = MultiTaskSpec(
@@ -180,7 +175,7 @@ class MultiTask(Task):
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
         """Each task's error analysis in <run>/<task>/ (predicting with that task's head)."""
-        from ftl.launcher.train.multitask import TaskView
+        from ftl.launcher.data.multitask import TaskView
 
         written = None
         saved = trainer.preprocess_logits_for_metrics
@@ -200,8 +195,6 @@ class MultiTask(Task):
     # ---- using the trained model ------------------------------------------------------------------
     def prediction_task(self, name: str | None) -> Task:
         """The task named by --task, predicting with its own head."""
-        from ftl.launcher.errors import did_you_mean, one_of
-
         names = list(self.tasks)
         if name is None:
             raise FtlError(

@@ -17,17 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ftl.launcher.train.rundir import atomic_write
+from ftl.launcher.files import atomic_write
+from ftl.launcher.tasks.ner_metrics import Entity, entities, entity_scores
 
 ERROR_KINDS = ("wrong_type", "wrong_span", "missed", "spurious")
-
-Entity = tuple[str, int, int]  # type, first word, last word (inclusive)
-
-
-def entities(tags: list[str]) -> list[Entity]:
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    return [(kind, start, end) for kind, start, end in get_entities(tags)]
 
 
 def sentence_errors(gold: list[Entity], predicted: list[Entity]) -> list[dict[str, Any]]:
@@ -64,8 +57,6 @@ def write_error_analysis(
     *,
     strict: bool,
 ) -> Path:
-    from ftl.launcher.tasks.token_classification import entity_scores
-
     counts: dict[str, Counter] = {}
     lines: list[tuple[int, dict[str, Any]]] = []
     for row, (row_words, row_gold, row_predicted) in enumerate(zip(words, gold, predicted, strict=True)):

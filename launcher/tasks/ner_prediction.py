@@ -14,6 +14,7 @@ from typing import Any
 
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
+from ftl.launcher.tasks.ner_metrics import entities
 from ftl.launcher.tasks.prediction import PredictionInputs
 
 
@@ -85,7 +86,6 @@ def encode_words(raw: RawData, tokenizer, *, column: str, max_length: int) -> Pr
 def tag_words(inputs: PredictionInputs, outputs: list, names: list[str]) -> list[dict[str, Any]]:
     """predicted_tags (one per word), entities [{type, start, end (word span, end exclusive), text, score,
     and for plain text char_start, char_end}] and, for plain text input, the words the text was split into."""
-    from ftl.launcher.tasks.ner_errors import entities
     from ftl.launcher.tasks.prediction import softmax
 
     if not inputs.features:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.recipe.tasks import TRAINED_MODEL_VERBS
 
 # Verbs that use a trained model, and the Task hook each one needs (a task supports a verb when it overrides it).
 VERB_HOOKS = {"ftl predict": "encode_for_prediction", "ftl generate": "generation_prompt"}
@@ -50,10 +51,8 @@ class PredictionInputs:
 
 def unsupported(task_type: str, verb: str) -> FtlError:
     """'ftl predict does not support masked_lm runs; it supports ...' (one line)."""
-    from ftl.launcher.tasks.registry import task_types_with
-
-    others = [t for t in task_types_with(VERB_HOOKS[verb]) if t != task_type]
-    elsewhere = [v for v, hook in VERB_HOOKS.items() if v != verb and task_type in task_types_with(hook)]
+    others = [t for t in TRAINED_MODEL_VERBS[verb] if t != task_type]
+    elsewhere = [v for v, types in TRAINED_MODEL_VERBS.items() if v != verb and task_type in types]
     hint = (
         f"; use {' or '.join(elsewhere)} for this run"
         if elsewhere

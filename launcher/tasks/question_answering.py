@@ -17,10 +17,10 @@ from typing import Any
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write
 from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.prediction import PredictionInputs
 from ftl.launcher.tasks.qa_answers import Answer, best_answers, score, squad_metrics
-from ftl.launcher.train.rundir import atomic_write
 
 QUESTION, CONTEXT, ANSWERS, ID = "question", "context", "answers", "id"  # normalised columns
 _WINDOW_COLUMNS = ("example_id", "offsets", "context", "gold", "length")  # bookkeeping, not model inputs

@@ -15,6 +15,7 @@ from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.generation import generation_config
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 
 IGNORE_INDEX = -100
@@ -25,6 +26,7 @@ class Seq2Seq(Task):
     auto_model = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     generates_in_evaluation = True
+    trainer_kind = "seq2seq"
 
     @property
     def split_method(self) -> str:
@@ -105,8 +107,6 @@ class Seq2Seq(Task):
 
     def configure_model(self, model, tokenizer) -> None:
         """Generation during evaluation follows the recipe's generation settings."""
-        from ftl.launcher.tasks.generation import generation_config
-
         model.generation_config = generation_config(self.config.generation, tokenizer, model)
 
     # ---- metrics --------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
 from ftl.launcher.tasks.base import LabelledTask, Predictions
+from ftl.launcher.tasks.ner_errors import write_error_analysis
+from ftl.launcher.tasks.ner_metrics import entity_scores
+from ftl.launcher.tasks.ner_prediction import encode_words, tag_words
 from ftl.launcher.tasks.prediction import PredictionInputs
 
 IGNORE_INDEX = -100
@@ -186,8 +189,6 @@ class TokenClassification(LabelledTask):
         return gold, predicted
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
-        from ftl.launcher.tasks.ner_errors import write_error_analysis
-
         output = trainer.predict(dataset, metric_key_prefix="predict")  # collective: every worker predicts
         if not trainer.is_world_process_zero():
             return None
@@ -199,40 +200,13 @@ class TokenClassification(LabelledTask):
     # ---- prediction without labels (launcher/tasks/ner_prediction.py) -------------------------------
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Words from the tokens column, or plain text from a `text` column; long rows in windows of words."""
-        from ftl.launcher.tasks.ner_prediction import encode_words
-
         column = self.config.tokens_column
         if column not in raw.dataset.column_names and TEXT_COLUMN in raw.dataset.column_names:
             column = TEXT_COLUMN
         return encode_words(raw, tokenizer, column=column, max_length=self.config.max_length)
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
-        from ftl.launcher.tasks.ner_prediction import tag_words
-
         return tag_words(inputs, outputs, self._names or [])
-
-
-def entity_scores(gold: list[list[str]], predicted: list[list[str]], *, strict: bool) -> dict[str, float]:
-    """Micro entity precision/recall/F1, word accuracy, and F1 per entity type (f1_<type>)."""
-    from seqeval.metrics import accuracy_score, classification_report
-
-    kwargs: dict[str, Any] = {"zero_division": 0}
-    if strict:
-        from seqeval.scheme import IOB2
-
-        kwargs.update(mode="strict", scheme=IOB2)
-    report = classification_report(gold, predicted, output_dict=True, **kwargs)
-    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
-    scores = {
-        "precision": float(micro["precision"]),
-        "recall": float(micro["recall"]),
-        "f1": float(micro["f1-score"]),
-        "accuracy": float(accuracy_score(gold, predicted)),
-    }
-    for kind, values in report.items():
-        if not kind.endswith(" avg"):
-            scores[f"f1_{kind.replace('-', '_')}"] = float(values["f1-score"])
-    return scores
 
 
 def _class_label_names(dataset, column: str) -> list[str] | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.train.batching import batch_plan
+from ftl.launcher.train.deepspeed_config import deepspeed_config
 from ftl.launcher.train.device import DevicePlan
 
 
@@ -37,8 +38,6 @@ def training_arguments(
     warmup = train.warmup_steps if train.warmup_steps is not None else train.warmup_ratio
     deepspeed = None
     if recipe.distributed.uses_deepspeed:
-        from ftl.launcher.distributed.deepspeed_config import deepspeed_config
-
         deepspeed = deepspeed_config(recipe, device=device.device)
     arguments, extra = (
         (Seq2SeqTrainingArguments, {"predict_with_generate": True}) if generate else (TrainingArguments, {})

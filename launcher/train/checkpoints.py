@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import current_umask, honour_umask
 
 STAGING = ".staging"
 MARKER = "ftl_checkpoint.json"
@@ -27,8 +28,6 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def seal(folder: Path, step: int) -> None:
     """Flush every file of a written checkpoint to disk, then write its completeness marker (also flushed)."""
-    from ftl.launcher.train.rundir import current_umask, honour_umask
-
     honour_umask(folder)
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):

@@ -55,7 +55,11 @@ class MaskedPositions:
 
 
 class MaskedLMTrainer(FtlTrainerMixin, Trainer):
-    masked_positions: MaskedPositions | None = None  # set by the masked-LM task (configure_trainer)
+    """Trains a masked LM decoding only its masked positions (the decoder's pre-hook is set up here)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.masked_positions = MaskedPositions(self.model)
 
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs=False, num_items_in_batch=None):
         selector = self.masked_positions

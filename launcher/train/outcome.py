@@ -13,3 +13,8 @@ def is_outcome(key: str) -> bool:
 
 def outcomes(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if is_outcome(k)}
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, int | float]:
+    """The numbers among a run's metrics (what Ray Train and Ray Tune can report; no nested 'before', no text)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -8,9 +8,10 @@ from typing import Any
 
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import is_main_process
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.checkpoints import clear_staging
-from ftl.launcher.train.rundir import RunDir, is_main_process
+from ftl.launcher.train.rundir import RunDir
 
 
 def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:

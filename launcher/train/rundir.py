@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -27,8 +25,12 @@ from typing import Any
 import yaml
 
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write, honour_umask
+from ftl.launcher.model.saved import write_base_record
+from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.secrets import redact
+from ftl.launcher.train.checkpoints import newest_complete
 
 _PACKAGES = (
     "ftl",
@@ -113,8 +115,6 @@ class RunDir:
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint: sealed, with every file its marker lists (see checkpoints.py)."""
-        from ftl.launcher.train.checkpoints import newest_complete
-
         return newest_complete(self.checkpoints)
 
     # ---- files ----------------------------------------------------------------------------------
@@ -123,8 +123,6 @@ class RunDir:
         atomic_write(self.recipe_file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
     def read_recipe(self) -> Recipe:
-        from ftl.launcher.recipe.loader import load_recipe
-
         return load_recipe(self.recipe_file).recipe
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
@@ -136,42 +134,21 @@ class RunDir:
         path = self.root / name
         return json.loads(path.read_text()) if path.exists() else {}
 
+    # ---- a finished run's results (rank 0) ---------------------------------------------------------
+    def write_model_files(self, tokenizer, *, task_state: dict[str, Any], adapter: Any = None) -> None:
+        """Beside the saved weights in model/: the tokenizer, the task's state (label names, ...) and, for a
+        LoRA adapter (`adapter`: the LoadedModel it was trained on), where its base model lives."""
+        tokenizer.save_pretrained(str(self.model))
+        if adapter is not None:
+            write_base_record(self.model, adapter.model, adapter.location, adapter.base_weights)
+        (self.model / TASK_STATE_FILE).write_text(json.dumps(task_state, indent=1))
+        honour_umask(self.model)
 
-def is_main_process() -> bool:
-    """Rank 0 of a distributed run (or the only process): the one that writes the run directory."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def honour_umask(root: Path) -> None:
-    """Give what libraries wrote under `root` the modes the user's umask asks for (some write 0600 temporary
-    files and rename them; a shared project's umask 002 expects group-readable models)."""
-    umask = current_umask()
-    for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            continue
-        wanted = (0o777 if path.is_dir() or path.stat().st_mode & 0o111 else 0o666) & ~umask
-        if path.stat().st_mode & 0o777 != wanted:
-            os.chmod(path, wanted)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a kill never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    def write_results(self, metrics: dict[str, Any], *, log_history: list, manifest: dict[str, Any]) -> None:
+        """log_history.json, metrics.json (a run with it counts as finished) and manifest.json."""
+        self.write_json("log_history.json", {"log_history": log_history})
+        self.write_json("metrics.json", metrics)
+        self.write_json("manifest.json", manifest)
 
 
 def manifest(

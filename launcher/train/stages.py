@@ -11,6 +11,7 @@ With --resume, finished stages are kept and the first unfinished one continues f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from ftl.launcher.recipe.loader import LoadedRecipe, StagePlan
 from ftl.launcher.train.rundir import RunDir
 
 
-def run_stages(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[str, Any]:
-    from ftl.launcher.train.run import run_recipe
-
+def run_stages(
+    loaded: LoadedRecipe, rundir: RunDir, *, resume: bool, run: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """Each stage's recipe through `run` (`ftl run`'s own function: a stage may scale out)."""
     finished: dict[str, Path] = {}
     summary: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
@@ -38,7 +40,7 @@ def run_stages(loaded: LoadedRecipe, rundir: RunDir, *, resume: bool) -> dict[st
                 f"[bold]stage {index + 1}/{len(loaded.stages)}: {plan.stage.name}[/] ({stage.recipe.task.type})"
             )
             again = resume and (folder / "recipe.resolved.yaml").exists()
-            metrics = run_recipe(stage, folder, resume=again)
+            metrics = run(stage, folder, resume=again)
         finished[plan.stage.name] = folder
         summary.append({"stage": plan.stage.name, "run_dir": str(folder), "metrics": metrics})
         rundir.write_json("stages.json", {"stages": summary})

@@ -26,9 +26,27 @@ from ftl.launcher.train.layer_schedule import LayerSchedule
 
 
 class FtlTrainerMixin:
-    layer_schedule: LayerSchedule | None = None
-    nonfinite_guard: NonFiniteGuard | None = None
     _staging = False
+
+    def __init__(
+        self,
+        *args,
+        layer_schedule: LayerSchedule | None = None,
+        nonfinite_guard: NonFiniteGuard | None = None,
+        **kwargs,
+    ) -> None:
+        """HF's Trainer, plus the run's layer schedule and the guard that every micro-batch's loss is shown to
+        (the guard is also one of the callbacks)."""
+        self.layer_schedule = layer_schedule
+        self.nonfinite_guard = nonfinite_guard
+        super().__init__(*args, **kwargs)
+
+    def close_loggers(self) -> None:
+        """Close the loggers that keep files open until the final evaluation is logged (TensorBoard)."""
+        for callback in self.callback_handler.callbacks:
+            close = getattr(callback, "close", None)
+            if callable(close):
+                close()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -8,6 +8,11 @@ from typing import Annotated
 
 import typer
 
+from ftl.launcher.use.compare import compare_runs
+from ftl.launcher.use.generate import Decoding, generate_from_run
+from ftl.launcher.use.predict import predict_run
+from ftl.launcher.use.runs import list_runs
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -33,8 +38,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Predict a file's rows with a finished run (labels not needed): JSONL of each row plus its prediction."""
-        from ftl.launcher.use.predict import predict_run
-
         predict_run(run_dir, data, output=output, batch_size=batch_size, task_name=task)
 
     @app.command()
@@ -84,8 +87,6 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ):
         """Generate text with a causal-LM or seq2seq run (a single prompt: the text on stdout; else JSONL)."""
-        from ftl.launcher.use.generate import Decoding, generate_from_run
-
         generate_from_run(
             run_dir,
             prompt or [],
@@ -110,8 +111,6 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     ):
         """A table of the runs below a folder (search trials and stages included): task, model, status, metrics."""
-        from ftl.launcher.use.runs import list_runs
-
         list_runs(folder, sort=sort, as_json=as_json)
 
     @app.command()
@@ -127,6 +126,4 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ):
         """Compare runs: recipe differences, a metric table, and training/eval curves (compare.png)."""
-        from ftl.launcher.use.compare import compare_runs
-
         compare_runs(run_dirs, output, extra_metrics=metric or [])

@@ -19,8 +19,8 @@ from typing import Any
 
 from ftl.launcher.console import console, log, out
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write
 from ftl.launcher.recipe.loader import load_recipe
-from ftl.launcher.train.rundir import atomic_write
 from ftl.launcher.use.curves import Curves, read_curves
 from ftl.launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
 

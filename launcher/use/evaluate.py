@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.multitask import MultiTaskCollator, TaskView
 from ftl.launcher.data.prepare import prepare_eval_file
 from ftl.launcher.data.sources import load_file
 from ftl.launcher.errors import FtlError
@@ -17,6 +18,7 @@ from ftl.launcher.recipe.data import DataSource
 from ftl.launcher.train.callbacks import replace_default_printers
 from ftl.launcher.train.device import plan_device
 from ftl.launcher.train.outcome import outcomes
+from ftl.launcher.train.trainers import trainer_class
 from ftl.launcher.use.trained import open_trained
 
 
@@ -37,8 +39,6 @@ def evaluate_run(
         raise FtlError(f"--data: {data_file} gives no evaluation examples for task {task.config.type}")
     collator, scored, prefix = task.collator(tokenizer), dataset, "eval"
     if head is not None:  # the rows go through the named head (its index in the saved model)
-        from ftl.launcher.train.multitask import MultiTaskCollator, TaskView
-
         index = model.task_names.index(head)
         collator, scored, prefix = (
             MultiTaskCollator({index: collator}),
@@ -59,7 +59,7 @@ def evaluate_run(
             disable_tqdm=True,
             remove_unused_columns=False,
         )
-        trainer = task.trainer_class()(
+        trainer = trainer_class(task)(
             model=model,
             args=args,
             data_collator=collator,

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.console import log
+from ftl.launcher.data.sources import load_file
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.tasks.generation import generate
 from ftl.launcher.use.output import jsonl, progress, write_text
 from ftl.launcher.use.trained import open_trained
 
@@ -48,7 +50,6 @@ def generate_from_run(
     output: Path | None = None,
     as_json: bool = False,
 ) -> list[dict[str, Any]]:
-    from ftl.launcher.tasks.generation import generate
 
     started = time.perf_counter()
     given = [_parse_prompt(text) for text in prompts] + (read_prompts(prompts_file) if prompts_file else [])
@@ -131,8 +132,6 @@ def read_prompts(path: Path) -> list[str | dict[str, Any]]:
         )
     suffix = path.suffix.lower()
     if suffix in _TABLE_FORMATS:
-        from ftl.launcher.data.sources import load_file
-
         prompts: list[str | dict[str, Any]] = load_file(path, "--prompts").dataset.to_list()
     else:
         try:

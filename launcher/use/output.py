@@ -11,6 +11,7 @@ from typing import Any
 
 from ftl.launcher.console import console, log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import atomic_write
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
@@ -23,7 +24,6 @@ def write_text(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from ftl.launcher.train.rundir import atomic_write
 
     if output.is_dir():
         raise FtlError(

@@ -18,6 +18,7 @@ from typing import Any
 from ftl.launcher.console import log
 from ftl.launcher.data.sources import load_file
 from ftl.launcher.recipe.data import DataSource
+from ftl.launcher.tasks.generation import generate
 from ftl.launcher.tasks.prediction import PredictionInputs
 from ftl.launcher.use.output import jsonl, progress, write_text
 from ftl.launcher.use.trained import open_trained
@@ -100,8 +101,6 @@ def forward(model, tokenizer, inputs: PredictionInputs, batch_size: int, advance
 
 
 def _generate(model, trained, inputs: PredictionInputs, batch_size: int) -> list[str]:
-    from ftl.launcher.tasks.generation import generate
-
     settings = inputs.prompt_settings
     with progress("generate", len(inputs.prompts)) as advance:
         return generate(

@@ -22,10 +22,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.console import log, out
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
 from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.train.outcome import is_outcome
+from ftl.launcher.train.rundir import RunDir
 
 RECIPE_FILE = "recipe.resolved.yaml"
 _NOT_RUNS = {"model", "checkpoints", "tensorboard", "ray", "base_model", "plots", "__pycache__", ".git"}
@@ -82,8 +84,6 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
 
 def list_runs(root: Path, *, sort: str | None = None, as_json: bool = False) -> list[RunInfo]:
     """`ftl runs`: the table (or JSON) on stdout."""
-    from ftl.launcher.console import log, out
-
     runs = sort_runs(describe_runs(root), sort)
     if as_json:
         out.print(json.dumps([run.as_json() for run in runs], indent=2), markup=False)
@@ -258,8 +258,6 @@ def _model_name(recipe: Recipe) -> str:
 
 
 def _last_checkpoint(path: Path) -> Path | None:
-    from ftl.launcher.train.rundir import RunDir
-
     return RunDir(path).last_checkpoint()
 
 

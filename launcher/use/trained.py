@@ -16,9 +16,13 @@ from typing import Any
 
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.model.load import quiet_transformers
+from ftl.launcher.model.saved import load_trained
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.tasks.base import Task
+from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir
+from ftl.launcher.use.runs import find_runs
 
 
 @dataclass
@@ -33,8 +37,6 @@ class TrainedRun:
         """The trained model on this run's device, in evaluation mode."""
         import warnings
 
-        from ftl.launcher.model.adapters import load_trained
-
         with warnings.catch_warnings(), _damaged(self.rundir.model, "model"):
             warnings.simplefilter("ignore", FutureWarning)  # the libraries' deprecation notices
             model = load_trained(self.rundir.model, self.task.model_class())
@@ -45,9 +47,6 @@ class TrainedRun:
 def open_trained(path: Path) -> TrainedRun:
     """Open a finished run directory (or a staged run's last stage); FtlError when `path` is none."""
     from transformers import AutoTokenizer
-
-    from ftl.launcher.model.load import quiet_transformers
-    from ftl.launcher.tasks.registry import task_for
 
     rundir = RunDir.existing(run_root(path))
     recipe = rundir.read_recipe()
@@ -81,8 +80,6 @@ def run_root(path: Path) -> Path:
         raise FtlError(f"{path}: is a file; give a run directory (the --output of ftl run)")
     recipe_file = RunDir(path).recipe_file
     if not recipe_file.exists():
-        from ftl.launcher.use.runs import find_runs
-
         inside = [run for run in find_runs(path) if (run / "model" / "config.json").exists()]
         if inside:
             raise FtlError(

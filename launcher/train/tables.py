@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from ftl.launcher.model.freeze import BlockCount
+from ftl.launcher.train.layer_schedule import describe
 
 
 def human(count: int) -> str:
@@ -63,8 +64,6 @@ def _collapse(blocks: list[BlockCount]) -> list[BlockCount]:
 
 def schedule_table(schedule, used_depths: set[int] | None = None) -> Table:
     """Discriminative learning rates and gradual unfreezing: each layer group's lr factor and first step."""
-    from ftl.launcher.train.layer_schedule import describe
-
     table = Table(title="layer schedule", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("group")
     table.add_column("lr x", justify="right")
