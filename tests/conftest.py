@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 from pathlib import Path
@@ -231,3 +232,32 @@ def kill_process_tree(process) -> None:
             member.kill()
     process.wait()
     psutil.wait_procs(family, timeout=60)
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every row of the Markdown pipe tables in `text` (stripped; separator rows left out)."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def line_colours(png: Path) -> set[int]:
+    """Which runs (by position) the image draws a line for: pixels of the run's colour, at least 200."""
+    import numpy as np
+    from matplotlib import colors
+    from matplotlib.image import imread
+
+    from ftl.launcher.use.compare import RUN_COLOURS
+
+    pixels = imread(png)[..., :3].reshape(-1, 3)
+    return {
+        run
+        for run, colour in enumerate(RUN_COLOURS[:4])
+        if (np.abs(pixels - np.array(colors.to_rgb(colour))).max(axis=1) < 0.02).sum() >= 200
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

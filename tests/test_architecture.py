@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ftl.launcher.secrets",
             "ftl.launcher.locations",
             "ftl.launcher.files",
+            "ftl.launcher.markdown",
         ),
     ),
     ("recipe", ("ftl.launcher.recipe",)),

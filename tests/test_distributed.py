@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from ftl.launcher.cli import main
-from tests.conftest import TINY_BERT, edit_recipe, kill_process_tree
+from tests.conftest import TINY_BERT, edit_recipe, kill_process_tree, write_classification_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
 
@@ -15,8 +16,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_after_module")]
 @pytest.fixture
 def no_dropout_recipe(classification_recipe):
     """Dropout draws per-worker random numbers; without it 1 and 2 workers compute the same thing."""
+    return _without_dropout(classification_recipe)
+
+
+def _without_dropout(recipe: Path) -> Path:
     edit_recipe(
-        classification_recipe,
+        recipe,
         model={"config": {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
         train={
             "max_steps": 5,
@@ -27,7 +32,7 @@ def no_dropout_recipe(classification_recipe):
         },
         eval={"every_steps": 5},
     )
-    return classification_recipe
+    return recipe
 
 
 def _losses(run) -> list[float]:
@@ -35,44 +40,46 @@ def _losses(run) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry][:5]
 
 
-def test_two_workers_equal_one_worker_for_every_zero_stage(tmp_path, no_dropout_recipe):
-    single = tmp_path / "single"
+@pytest.fixture(scope="module")
+def zero_reference(tmp_path_factory) -> tuple[Path, list[float]]:
+    """The no-dropout recipe (dropout draws per-worker random numbers; without it 1 and 2 workers compute the
+    same thing) and its first 5 losses on one process with the micro-batch of two workers together."""
+    folder = tmp_path_factory.mktemp("zero")
+    recipe = write_classification_recipe(folder)
+    _without_dropout(recipe)
+    single = folder / "single"
     assert (
-        main(
-            [
-                "run",
-                str(no_dropout_recipe),
-                "distributed.zero_stage=0",
-                "train.batch_size=8",
-                "--output",
-                str(single),
-            ]
-        )
+        main(["run", str(recipe), "distributed.zero_stage=0", "train.batch_size=8", "--output", str(single)])
         == 0
     )
     reference = _losses(single)
     assert len(reference) == 5
-    for stage in (0, 1, 2, 3):
-        out = tmp_path / f"zero{stage}"
-        assert (
-            main(
-                [
-                    "run",
-                    str(no_dropout_recipe),
-                    f"distributed.zero_stage={stage}",
-                    "distributed.workers=2",
-                    "train.batch_size=4",
-                    "--output",
-                    str(out),
-                ]
-            )
-            == 0
+    return recipe, reference
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_two_workers_equal_one_worker_at_zero_stage(stage, zero_reference, tmp_path):
+    recipe, reference = zero_reference
+    out = tmp_path / f"zero{stage}"
+    assert (
+        main(
+            [
+                "run",
+                str(recipe),
+                f"distributed.zero_stage={stage}",
+                "distributed.workers=2",
+                "train.batch_size=4",
+                "--output",
+                str(out),
+            ]
         )
-        losses = _losses(out)
-        assert losses == pytest.approx(reference, rel=1e-3), f"ZeRO-{stage}: {losses} vs {reference}"
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == stage
-        assert (out / "model" / "model.safetensors").exists()
+        == 0
+    )
+    losses = _losses(out)
+    assert losses == pytest.approx(reference, rel=1e-3), f"ZeRO-{stage}: {losses} vs {reference}"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == stage
+    assert (out / "model" / "model.safetensors").exists()
 
 
 def _ftl(*args: str, **kwargs):

@@ -90,15 +90,18 @@ def test_json_schema_is_complete_and_strict():
     json.dumps(schema)
 
 
-def test_rules_catalogue_rejects_incompatible_settings(classification_recipe):
-    cases = {
-        "train.warmup_steps=5": "either warmup_steps or warmup_ratio",
-        "train.checkpoint_every_steps=7": "not a multiple of eval.every_steps",
-        "freeze.head_only=true": "head_only already freezes",  # with embeddings below
-    }
-    for override, message in cases.items():
-        extra = ["freeze.embeddings=true"] if "head_only" in override else []
-        with pytest.raises(FtlError, match=message):
-            load_recipe(classification_recipe, [override, *extra])
-    with pytest.raises(FtlError, match="early stopping needs eval.select_best"):
-        load_recipe(classification_recipe, ["train.early_stopping={patience: 2}", "eval.select_best=false"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.warmup_steps=5"], "either warmup_steps or warmup_ratio"),
+        (["train.checkpoint_every_steps=7"], "not a multiple of eval.every_steps"),
+        (["freeze.head_only=true", "freeze.embeddings=true"], "head_only already freezes"),
+        (
+            ["train.early_stopping={patience: 2}", "eval.select_best=false"],
+            "early stopping needs eval.select_best",
+        ),
+    ],
+)
+def test_rules_catalogue_rejects_incompatible_settings(classification_recipe, overrides, message):
+    with pytest.raises(FtlError, match=message):
+        load_recipe(classification_recipe, overrides)

@@ -113,7 +113,8 @@ def test_a_stage_without_a_task_needs_the_recipe_task(tmp_path):
         load_recipe(path)
 
 
-def test_masked_lm_evaluation_masks_the_same_positions_every_time():
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_masked_lm_evaluation_masks_the_same_positions_every_time(whole_words):
     import datasets
     from transformers import AutoTokenizer
 
@@ -122,16 +123,15 @@ def test_masked_lm_evaluation_masks_the_same_positions_every_time():
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     rows = datasets.Dataset.from_dict({"text": [text for text, _ in sentiment_rows(200, seed=2)]})
-    for whole_words in (False, True):
-        task = MaskedLM(MaskedLMTask(type="masked_lm", max_length=32, whole_word_masking=whole_words))
-        first = task.tokenize(rows, tokenizer, "validation")
-        again = task.tokenize(rows, tokenizer, "validation")
-        assert first["labels"] == again["labels"] and first["input_ids"] == again["input_ids"]
-        masked = sum(label != -100 for row in first["labels"] for label in row)
-        total = sum(len(row) for row in first["labels"])
-        assert 0.08 < masked / total < 0.25, masked / total
-        train = task.tokenize(rows, tokenizer, "train")
-        assert "labels" not in train.column_names  # training rows are masked afresh in every batch
+    task = MaskedLM(MaskedLMTask(type="masked_lm", max_length=32, whole_word_masking=whole_words))
+    first = task.tokenize(rows, tokenizer, "validation")
+    again = task.tokenize(rows, tokenizer, "validation")
+    assert first["labels"] == again["labels"] and first["input_ids"] == again["input_ids"]
+    masked = sum(label != -100 for row in first["labels"] for label in row)
+    total = sum(len(row) for row in first["labels"])
+    assert 0.08 < masked / total < 0.25, masked / total
+    train = task.tokenize(rows, tokenizer, "train")
+    assert "labels" not in train.column_names  # training rows are masked afresh in every batch
 
 
 def test_balanced_class_weights_and_oversampling_by_hand():

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ftl.launcher import markdown
 from ftl.launcher.bench.matrix import Cell, Dimension
 from ftl.launcher.bench.peak import Peak, matmul_dtype
 from ftl.launcher.flops import FlopCounts, mfu, model_flops, trainable_flops
@@ -60,14 +63,10 @@ class CellResult:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
-    ordered = sorted(values)
-    if not ordered:
+    """numpy's percentile (linear interpolation between closest ranks), q in [0, 100]."""
+    if not values:
         raise ValueError("percentile of nothing")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return float(np.percentile(values, q))
 
 
 def read_timings(cell_dir: Path) -> list[dict[str, Any]]:
@@ -208,21 +207,44 @@ def write_markdown(
         f"- peak used for MFU: {context['peaks'] or 'none'}",
         f"- versions: {context['versions']}",
         "",
-        "| cell | "
-        + " | ".join(keys)
-        + " | status | devices | tokens/s | tokens/s/device | samples/s | non-pad | step p50 s | "
-        "step p95 s | peak MiB | TFLOP/s (6N) | MFU 6N | MFU trainable |",
-        "| --- | " + "".join("--- | " for _ in keys) + "--- |" + " ---: |" * 11,
+        "",
     ]
-    for r in results:
-        status = r.status if r.ok else f"**{r.status}**"
-        lines.append(
-            f"| {r.cell} | "
-            + " | ".join(f"`{r.settings.get(k, '')}`" for k in keys)
-            + f" | {status} | {_devices(r)} | {_n(r.tokens_per_s)} | {_n(r.tokens_per_s_per_device)} | {_n(r.samples_per_s, 1)} | "
-            f"{_pct(r.non_pad_fraction)} | {_n(r.step_p50_s, 3)} | {_n(r.step_p95_s, 3)} | {_n(r.peak_memory_mib)} | {_g(r.tflops_6n)} | "
-            f"{_pct(r.mfu_6n)} | {_pct(r.mfu_trainable)} |"
-        )
+    headers = [
+        "cell",
+        *keys,
+        "status",
+        "devices",
+        "tokens/s",
+        "tokens/s/device",
+        "samples/s",
+        "non-pad",
+        "step p50 s",
+        "step p95 s",
+        "peak MiB",
+        "TFLOP/s (6N)",
+        "MFU 6N",
+        "MFU trainable",
+    ]
+    rows = [
+        [
+            r.cell,
+            *(f"`{r.settings.get(k, '')}`" for k in keys),
+            r.status if r.ok else f"**{r.status}**",
+            _devices(r),
+            _n(r.tokens_per_s),
+            _n(r.tokens_per_s_per_device),
+            _n(r.samples_per_s, 1),
+            _pct(r.non_pad_fraction),
+            _n(r.step_p50_s, 3),
+            _n(r.step_p95_s, 3),
+            _n(r.peak_memory_mib),
+            _g(r.tflops_6n),
+            _pct(r.mfu_6n),
+            _pct(r.mfu_trainable),
+        ]
+        for r in results
+    ]
+    lines.append(markdown.table(headers, rows, align=["left"] * (len(keys) + 3) + ["right"] * 11))
     failures = [r for r in results if not r.ok]
     if failures:
         lines += ["", "Cells that did not finish:", ""]

@@ -25,7 +25,7 @@ from ftl.launcher.model.load import (
     quiet_transformers,
     remote_code_warning,
 )
-from ftl.launcher.model.locate import locate_model
+from ftl.launcher.model.locate import ModelLocation, locate_model
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.registry import task_for
@@ -46,6 +46,7 @@ class Built:
     loaded: LoadedRecipe
     device: DevicePlan
     task: Task
+    location: ModelLocation  # where the recipe's model was found
     tokenizer: Any
     data: PreparedData
     model: LoadedModel
@@ -117,7 +118,7 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
         callbacks=callbacks,
         train_only=train_only,
     )
-    return Built(loaded, device, task, tokenizer, data, model, trainer, guard, say, started)
+    return Built(loaded, device, task, location, tokenizer, data, model, trainer, guard, say, started)
 
 
 def build_model(loaded: LoadedRecipe, task: Task, tokenizer, rundir: RunDir) -> LoadedModel:
@@ -212,7 +213,7 @@ def finish(
             sources=data.sources,
             device=f"{built.device.name} {built.device.precision}",
             extra={
-                "model_location": str(built.model.location),
+                "model_location": str(built.location),
                 "workers": trainer.args.world_size,
                 "deepspeed": trainer.args.deepspeed if isinstance(trainer.args.deepspeed, dict) else None,
                 "resumed_from": resumed_from.name if resumed_from else None,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher import markdown
 from ftl.launcher.console import console, log, out
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import atomic_write
@@ -89,7 +90,7 @@ def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | 
         if path.exists():
             log(f"replacing {path}")
     draw(comparison, comparison.files["png"])
-    atomic_write(comparison.files["md"], markdown(comparison, paths))
+    atomic_write(comparison.files["md"], markdown_report(comparison, paths))
     atomic_write(comparison.files["json"], json.dumps(as_json(comparison), indent=2, default=str) + "\n")
     _print(comparison)
     for path in comparison.files.values():
@@ -261,29 +262,34 @@ def _value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def markdown(comparison: Comparison, paths: list[Path]) -> str:
+def markdown_report(comparison: Comparison, paths: list[Path]) -> str:
     names = comparison.names
-    lines = ["# ftl compare", "", "| run | task | model | status | path |", "| --- | --- | --- | --- | --- |"]
-    for name, run, path in zip(names, comparison.runs, paths, strict=True):
-        lines.append(f"| {name} | {run.task} | {run.model} | {run.status} | {path} |")
+    runs = [
+        [name, run.task, run.model, run.status, path]
+        for name, run, path in zip(names, comparison.runs, paths, strict=True)
+    ]
+    lines = ["# ftl compare", "", markdown.table(["run", "task", "model", "status", "path"], runs)]
     lines += ["", "## Recipe differences", ""]
     if comparison.differences:
-        lines += ["| key | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-        for key, values in comparison.differences.items():
-            lines.append(f"| {key} | " + " | ".join(_value(v).replace("|", "\\|") for v in values) + " |")
+        differences = [[key, *(_value(v) for v in values)] for key, values in comparison.differences.items()]
+        lines.append(markdown.table(["key", *names], differences))
     else:
         lines.append("The resolved recipes are the same.")
+    metrics = []
+    for metric, values in comparison.metrics.items():
+        best = _best(metric, values, comparison.runs)
+        metrics.append(
+            [
+                metric,
+                *(f"**{_cell(metric, v)}**" if i == best else _cell(metric, v) for i, v in enumerate(values)),
+            ]
+        )
     lines += [
         "",
         "## Metrics",
         "",
-        "| metric | " + " | ".join(names) + " |",
-        "| --- |" + " ---: |" * len(names),
+        markdown.table(["metric", *names], metrics, align=["left"] + ["right"] * len(names)),
     ]
-    for metric, values in comparison.metrics.items():
-        best = _best(metric, values, comparison.runs)
-        cells = [f"**{_cell(metric, v)}**" if i == best else _cell(metric, v) for i, v in enumerate(values)]
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     lines += ["", "## Curves", "", "![curves](compare.png)", ""]
     return "\n".join(lines)
 
