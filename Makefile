@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftl-installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo dracula test test-fast lint clean
+.PHONY: setup demo dracula test test-fast lint gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# On a node with NVIDIA GPUs: each path this CPU machine cannot run (bf16, fp16, NCCL 1..N, ZeRO-3 load-time
+# partitioning, 4-bit per rank, attention kernel, bench MFU, plan vs measured memory) in ~10 min; one results file.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: setup
 	$(BIN)/ruff check launcher tune cluster tests benchmarks

@@ -251,3 +251,56 @@ def test_optimizer_offload_to_cpu_matches_the_plain_zero2_losses(tmp_path, no_dr
     manifest = json.loads((offload / "manifest.json").read_text())
     assert manifest["deepspeed"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert _losses(offload) == pytest.approx(_losses(plain), rel=1e-3)
+
+
+# ---- ZeRO-3 partitions at load time; re-sharding follows Ray storage ---------------------------------------
+BIG_LLAMA = {  # ~58M parameters (234 MB in fp32): large enough that a rank's share shows in its memory
+    "model_type": "llama",
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}
+
+
+def test_zero3_ranks_hold_half_of_the_weights_right_after_loading(tmp_path, lm_recipe):
+    recipe = edit_recipe(
+        lm_recipe,
+        model={"config": BIG_LLAMA},
+        train={"max_steps": 1, "batch_size": 2},
+        eval={"before_training": False, "every_steps": 1},
+    )
+    loading = {}
+    for stage in (2, 3):
+        out = tmp_path / f"zero{stage}"
+        settings = [f"distributed.zero_stage={stage}", "distributed.workers=2", "eval.save_predictions=false"]
+        assert main(["run", str(recipe), *settings, "--output", str(out)]) == 0
+        loading[stage] = json.loads((out / "manifest.json").read_text())["after_loading"]
+    total = loading[3]["parameters"]
+    assert total == loading[2]["parameters"] > 50_000_000
+    assert loading[2]["held_by_this_process"] == total  # ZeRO-2: each rank loads the whole model
+    assert 0.45 < loading[3]["held_by_this_process"] / total < 0.55  # ZeRO-3: its half, from the start
+    saved_mib = (total / 2) * 4 / 2**20
+    assert loading[2]["peak_rss_mib"] - loading[3]["peak_rss_mib"] > 0.5 * saved_mib, loading
+
+
+def test_a_checkpoint_only_in_ray_storage_is_resharded_for_fewer_workers(tmp_path, no_dropout_recipe):
+    import shutil
+
+    storage = tmp_path / "ray-storage"  # stands for s3://...: the driver's disk does not hold the checkpoints
+    settings = [*RESUMABLE, f"distributed.storage_path={storage}"]
+    run = tmp_path / "run"
+    process = _ftl("run", str(no_dropout_recipe), *settings, "--output", str(run))
+    _wait_for(run / "checkpoints" / "checkpoint-8" / "trainer_state.json", process)
+    kill_process_tree(process)
+    shutil.rmtree(run / "checkpoints")  # written on the workers' nodes: the driver's node never sees them
+    one_worker = [a for a in settings if not a.startswith("distributed.workers")]
+    resumed = _ftl("run", str(no_dropout_recipe), *one_worker, "--output", str(run), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["workers"] == 1 and manifest["resumed_from"].startswith("checkpoint-")
+    assert json.loads((run / "metrics.json").read_text())["train_steps"] == 24
+    assert list(storage.rglob("latest_universal")), "the re-sharded copy never reached storage"
