@@ -59,16 +59,40 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--storage", help="Where jobs leave their run directories.")
         ] = None,
         num_cpus: Annotated[
-            int | None, typer.Option("--num-cpus", min=1, help="CPUs the head offers.")
+            int | None, typer.Option("--num-cpus", min=1, help="CPUs each node offers (default: all).")
         ] = None,
+        nodes: Annotated[
+            int,
+            typer.Option(
+                "--nodes",
+                min=1,
+                help="Nodes in all: the head and N-1 more raylets, each with its own CPUs, object store and temp "
+                "dir (multi-node runs on one machine).",
+            ),
+        ] = 1,
     ):
-        """Start a local Ray head (prints its dashboard URL)."""
+        """Start a local Ray head, and more nodes beside it (prints its dashboard URL)."""
         if not local:
             raise FtlError(
                 "ftl cluster start: only --local is supported; start a real cluster with the templates in "
                 "cluster/templates/ (ray up, KubeRay, SLURM), then ftl submit --address http://HEAD:8265"
             )
-        start(port=port, dashboard_port=dashboard_port, storage=storage, num_cpus=num_cpus)
+        start(port=port, dashboard_port=dashboard_port, storage=storage, num_cpus=num_cpus, nodes=nodes)
+
+    @cluster_app.command("join")
+    def cluster_join(
+        address: Annotated[str, typer.Argument(help="The head's Ray address, HOST:PORT (its GCS port).")],
+        token_file: Annotated[
+            Path, typer.Option("--token-file", help="The head's token file (Ray token auth).")
+        ],
+        num_cpus: Annotated[
+            int | None, typer.Option("--num-cpus", min=1, help="CPUs this node offers (default: all).")
+        ] = None,
+    ):
+        """Start a Ray node on this machine that joins a head (ftl cluster stop ends it)."""
+        from ftl.cluster.local import join
+
+        join(address, token_file, cpus=num_cpus)
 
     @cluster_app.command("stop")
     def cluster_stop():

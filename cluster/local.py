@@ -1,33 +1,42 @@
-"""`ftl cluster start --local / stop / status`: a single-node Ray head on 127.0.0.1 for trying submission.
+"""`ftl cluster start --local [--nodes N] / join / stop / status`: a Ray head on 127.0.0.1 for trying submission,
+with more nodes beside it (cluster/nodes.py) to try multi-node runs on one machine.
 
 `ray start --head --block` runs as a child in its own session, with token auth on (a fresh token in the
 state directory, mode 0600, never printed), every port chosen free by ftl, the dashboard on 127.0.0.1, and a
 Ray temp dir of its own (so `ray.init()` elsewhere on this machine never attaches to it). Its PATH starts with
-this interpreter's bin directory, so jobs find this `ftl`. `stop` ends exactly the processes of that tree,
-each checked by pid and creation time; other Ray clusters on the machine are never touched.
+this interpreter's bin directory, so jobs find this `ftl`. `stop` ends exactly the processes of the head's
+tree and of every node ftl started or joined (also one that was killed), each checked by pid and creation time;
+other Ray clusters on the machine are never touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ftl.cluster.state import LocalCluster, clear_state, process_matches, read_state, state_dir, write_state
-from ftl.launcher.console import log, out
+from ftl.cluster.nodes import list_nodes, marker, start_node, stop_node
+from ftl.cluster.processes import HOST, free_ports, kill, last_line, ray_env, ray_executable, terminate, tree
+from ftl.cluster.state import (
+    LocalCluster,
+    NodeRecord,
+    clear_state,
+    process_matches,
+    read_joined,
+    read_state,
+    state_dir,
+    write_joined,
+    write_state,
+)
+from ftl.launcher.console import console, log, out
 from ftl.launcher.errors import FtlError
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 _PORT_OPTIONS = (
     "port",
     "dashboard-port",
@@ -47,7 +56,9 @@ def start(
     dashboard_port: int | None = None,
     storage: Path | None = None,
     num_cpus: int | None = None,
+    nodes: int = 1,
 ) -> LocalCluster:
+    """The head (node-1) and `nodes - 1` more nodes, each offering `num_cpus` CPUs (default: all)."""
     existing = read_state()
     if existing is not None and existing.root_alive():
         raise FtlError(
@@ -59,7 +70,7 @@ def start(
         _cleanup(existing)
     home = state_dir()
     home.mkdir(parents=True, exist_ok=True)
-    ports = _free_ports(len(_PORT_OPTIONS), fixed={"port": port, "dashboard-port": dashboard_port})
+    ports = free_ports(_PORT_OPTIONS, fixed={"port": port, "dashboard-port": dashboard_port})
     token_file = home / "auth_token"
     _write_token(token_file)
     storage_dir = (storage or home / "storage").expanduser().resolve()
@@ -70,7 +81,7 @@ def start(
     )
     log_file = home / "ray-start.log"
     argv = [
-        _ray_executable(),
+        ray_executable(),
         "start",
         "--head",
         "--block",
@@ -93,7 +104,7 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=stream,
             stderr=subprocess.STDOUT,
-            env=_head_env(token_file),
+            env=ray_env(token_file),
             start_new_session=True,  # Ctrl+C in this terminal, or ftl exiting, leaves the cluster running
         )
     import psutil
@@ -108,6 +119,7 @@ def start(
         temp_dir=str(temp_dir),
         log_file=str(log_file),
         ports=ports,
+        cpus=num_cpus,
     )
     write_state(cluster)  # recorded at once: ftl cluster stop works even if the start below fails
     log(
@@ -115,14 +127,17 @@ def start(
     )
     try:
         _wait_ready(cluster, process)
+        cluster.processes = tree(cluster.pid)
+        write_state(cluster)
+        for index in range(2, nodes + 1):
+            add_node(cluster, cpus=num_cpus, name=f"node-{index}")
     except BaseException:
-        _terminate(cluster)
+        _end(cluster)
         _cleanup(cluster)
         raise
-    cluster.processes = _tree(cluster.pid)
-    write_state(cluster)
+    more = f" and {nodes - 1} more node(s)" if nodes > 1 else ""
     log(
-        f"[bold green]local cluster ready[/] at {cluster.dashboard_url}; token file {token_file} (Ray token "
+        f"[bold green]local cluster ready[/] at {cluster.dashboard_url}{more}; token file {token_file} (Ray token "
         f"auth on); job files go to {storage_dir}\n"
         f"  ftl submit RECIPE --address {cluster.dashboard_url}   (or no --address: the local cluster is the "
         "default)\n  ftl cluster stop   ends it"
@@ -138,16 +153,18 @@ def stop() -> None:
             f"no local cluster is recorded in {state_dir()} (nothing to stop); start one with ftl cluster start --local"
         )
     if not cluster.root_alive():
-        leftovers = [(pid, created) for pid, created in cluster.processes if process_matches(pid, created)]
-        _kill(leftovers)
+        kill([(pid, created) for pid, created in cluster.processes if process_matches(pid, created)])
+        for node in cluster.nodes:
+            stop_node(node)
         _cleanup(cluster)
         raise FtlError(
             f"the local cluster recorded in {state_dir()} is not running (pid {cluster.pid} has ended); its record "
             "is removed"
         )
-    gone = _terminate(cluster)
+    gone = _end(cluster)
     _cleanup(cluster)
-    log(f"stopped the local cluster at {cluster.dashboard_url} ({gone} process(es) ended)")
+    nodes = f" and {len(cluster.nodes)} more node(s)" if cluster.nodes else ""
+    log(f"stopped the local cluster at {cluster.dashboard_url}{nodes} ({gone} process(es) ended)")
 
 
 def status() -> LocalCluster | None:
@@ -162,59 +179,96 @@ def status() -> LocalCluster | None:
         f"address {cluster.gcs_address}; token file {cluster.token_file}; job files in {cluster.storage}; log "
         f"{cluster.log_file}"
     )
+    console.print(nodes_table(cluster))
     out.print("running", markup=False)
     return cluster
 
 
-def _terminate(cluster: LocalCluster) -> int:
-    """SIGTERM the `ray start` root (it stops its processes), then SIGKILL whatever of its tree is left."""
-    import psutil
+def nodes_table(cluster: LocalCluster):
+    """The nodes the head knows (Ray's view: alive or dead, resources) beside the ones ftl started."""
+    from rich.table import Table
 
-    family = {(pid, created) for pid, created in [*cluster.processes, *_tree(cluster.pid)]}
-    family = {(pid, created) for pid, created in family if process_matches(pid, created)}
-    if process_matches(cluster.pid, cluster.create_time):
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(cluster.pid).terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(process_matches(p, c) for p, c in family):
-        time.sleep(0.3)
-    _kill([(p, c) for p, c in family if process_matches(p, c)])
-    return len(family)
+    known = list_nodes(cluster.dashboard_url, Path(cluster.token_file).read_text().strip())
+    started = {marker(node.name): node for node in cluster.nodes}
+    table = Table(title="nodes", title_justify="left", show_edge=False)
+    for column in ("node", "id", "state", "CPUs", "GPUs", "object store", "started by ftl"):
+        table.add_column(column, justify="right" if column in ("CPUs", "GPUs", "object store") else "left")
+    for node in sorted(known, key=lambda n: (not n["head"], n["state"] != "ALIVE")):
+        ours = next((started[m] for m in node["markers"] if m in started), None)
+        name = "node-1 (head)" if node["head"] else (ours.name if ours else "-")
+        table.add_row(
+            name,
+            node["node_id"][:12],
+            node["state"].lower(),
+            f"{node['cpus']:g}",
+            f"{node['gpus']:g}",
+            f"{node['object_store_gib']:.1f} GiB",
+            "yes" if node["head"] or ours else "no",
+        )
+    return table
 
 
-def _kill(members: list[tuple[int, float]]) -> None:
-    import psutil
+def add_node(cluster: LocalCluster, *, cpus: int | None, name: str | None = None) -> NodeRecord:
+    """Start one more node for the local cluster and record it (so ftl cluster stop ends it)."""
+    name = name or f"node-{len(cluster.nodes) + 2}"
+    node = start_node(
+        cluster.gcs_address,
+        Path(cluster.token_file),
+        name=name,
+        temp_dir=Path(f"{cluster.temp_dir}-{name.removeprefix('node-')}"),  # short: Ray's socket paths
+        log_file=Path(cluster.log_file).with_name(f"ray-{name}.log"),
+        cpus=cpus,
+    )
+    cluster.nodes = [existing for existing in cluster.nodes if existing.name != name] + [node]
+    write_state(cluster)
+    log(f"{name} joined the local cluster ({cpus if cpus is not None else 'all'} CPUs; log {node.log_file})")
+    return node
 
-    processes = []
-    for pid, created in members:
-        if process_matches(pid, created):
-            with contextlib.suppress(psutil.Error):
-                process = psutil.Process(pid)
-                process.kill()
-                processes.append(process)
-    psutil.wait_procs(processes, timeout=15)
+
+def join(address: str, token_file: Path, *, cpus: int | None, temp_dir: Path | None = None) -> NodeRecord:
+    """Start a node that joins the head at `address` (host:port of its Ray/GCS port) with the head's token.
+
+    On the machine of the local cluster it becomes one of that cluster's nodes (a node that was killed comes
+    back this way); anywhere else it is recorded on its own, and ftl cluster stop ends it."""
+    token_file = token_file.expanduser()
+    if not token_file.is_file():
+        raise FtlError(
+            f"--token-file {token_file}: no such file; copy the head's token file (ftl cluster status)"
+        )
+    cluster = read_state()
+    if cluster is not None and cluster.root_alive() and cluster.gcs_address == address:
+        stale = [node for node in cluster.nodes if not node.alive()]
+        name = stale[0].name if stale else None
+        for node in stale:
+            stop_node(node)  # what a killed node left behind
+        return add_node(cluster, cpus=cpus, name=name)
+    joined = read_joined()
+    name = f"joined-{len(joined) + 1}"
+    node = start_node(
+        address,
+        token_file,
+        name=name,
+        temp_dir=temp_dir or Path(tempfile.gettempdir()) / f"ftl-ray-{name}",
+        log_file=state_dir() / f"ray-{name}.log",
+        cpus=cpus,
+    )
+    write_joined([*joined, node])
+    log(f"joined {address} as {name} (log {node.log_file}); ftl cluster stop ends it")
+    return node
+
+
+def _end(cluster: LocalCluster) -> int:
+    """Stop the other nodes first (they would otherwise try to reach the vanished head), then the head."""
+    ended = sum(stop_node(node) for node in cluster.nodes)
+    return ended + terminate(cluster.pid, cluster.create_time, cluster.processes)
 
 
 def _cleanup(cluster: LocalCluster) -> None:
-    """The record, the token and Ray's temp dir go; the storage (the runs) stays."""
+    """The record, the token and the nodes' Ray temp dirs go; the storage (the runs) stays."""
     clear_state()
     Path(cluster.token_file).unlink(missing_ok=True)
-    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
-
-
-def _tree(pid: int) -> list[tuple[int, float]]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-    family = []
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            family.append((member.pid, member.create_time()))
-    return family
+    for temp_dir in [cluster.temp_dir, *(node.temp_dir for node in cluster.nodes)]:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_ready(cluster: LocalCluster, process: subprocess.Popen) -> None:
@@ -227,7 +281,7 @@ def _wait_ready(cluster: LocalCluster, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             raise FtlError(
                 f"ray start exited with code {process.returncode} before the cluster was ready: "
-                f"{_last_line(Path(cluster.log_file))} (full log: {cluster.log_file})"
+                f"{last_line(Path(cluster.log_file))} (full log: {cluster.log_file})"
             )
         try:
             response = requests.get(f"{cluster.dashboard_url}/api/jobs/", headers=headers, timeout=5)
@@ -248,54 +302,3 @@ def _write_token(path: Path) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as stream:
         stream.write(secrets.token_hex(32))
-
-
-def _head_env(token_file: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
-    }
-    env["RAY_AUTH_MODE"] = "token"
-    env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    interpreter_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([interpreter_bin, env.get("PATH", "")])
-    return env
-
-
-def _ray_executable() -> str:
-    beside = Path(sys.executable).parent / "ray"
-    found = str(beside) if beside.exists() else shutil.which("ray")
-    if not found:
-        raise FtlError("the ray command is not installed; pip install 'ray[default]'")
-    return found
-
-
-def _free_ports(count: int, fixed: dict[str, int | None]) -> dict[str, int]:
-    """Ports nothing listens on now (kept open together, so they differ); fixed ones are checked free."""
-    ports: dict[str, int] = {}
-    sockets = []
-    try:
-        for name in _PORT_OPTIONS[:count]:
-            wanted = fixed.get(name)
-            handle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                handle.bind((HOST, wanted or 0))
-            except OSError:
-                handle.close()
-                raise FtlError(f"--{name} {wanted}: the port is in use; choose another") from None
-            sockets.append(handle)
-            ports[name] = handle.getsockname()[1]
-    finally:
-        for handle in sockets:
-            handle.close()
-    return ports
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1] if lines else "no output"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 STATE_DIR_ENV = "FTL_CLUSTER_DIR"
 STATE_FILE = "local.json"
+JOINED_FILE = "joined.json"
 
 
 def state_dir() -> Path:
@@ -21,6 +22,24 @@ def state_dir() -> Path:
         return Path(configured).expanduser()
     home = os.environ.get("FTL_HOME", "").strip()
     return Path(home).expanduser() / "cluster" if home else Path.home() / ".cache" / "ftl" / "cluster"
+
+
+@dataclass
+class NodeRecord:
+    """A Ray node (raylet) ftl started beside a head: `ray start --address HEAD --block` and its children."""
+
+    name: str  # node-2, node-3, ... (the head is node-1)
+    pid: int
+    create_time: float
+    gcs_address: str  # the head it joined
+    temp_dir: str
+    log_file: str
+    cpus: int | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: list[tuple[int, float]] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return process_matches(self.pid, self.create_time)
 
 
 @dataclass
@@ -35,6 +54,8 @@ class LocalCluster:
     log_file: str
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[tuple[int, float]] = field(default_factory=list)  # (pid, create time) seen at start
+    nodes: list[NodeRecord] = field(default_factory=list)  # the other nodes ftl started (--nodes, join)
+    cpus: int | None = None  # CPUs the head offers (--num-cpus)
 
     def root_alive(self) -> bool:
         return process_matches(self.pid, self.create_time)
@@ -62,9 +83,35 @@ def read_state() -> LocalCluster | None:
     try:
         data = json.loads(path.read_text())
         data["processes"] = [tuple(p) for p in data.get("processes", [])]
+        data["nodes"] = [_node(node) for node in data.get("nodes", [])]
         return LocalCluster(**data)
     except (ValueError, TypeError):
         return None  # an unreadable record is treated as no record (ftl cluster start replaces it)
+
+
+def _node(data: dict) -> NodeRecord:
+    data["processes"] = [tuple(p) for p in data.get("processes", [])]
+    return NodeRecord(**data)
+
+
+def read_joined() -> list[NodeRecord]:
+    """Nodes `ftl cluster join` started on this machine for a head that is not this machine's local cluster."""
+    path = state_dir() / JOINED_FILE
+    try:
+        return [_node(node) for node in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def write_joined(nodes: list[NodeRecord]) -> None:
+    path = state_dir() / JOINED_FILE
+    if not nodes:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps([asdict(node) for node in nodes], indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 def write_state(cluster: LocalCluster) -> Path:

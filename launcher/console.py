@@ -20,6 +20,7 @@ def log(message: str) -> None:
 # accelerator, "checkpoint created"); ftl reports what matters itself.
 _NOISY_LOGGERS = {
     "bitsandbytes": logging.ERROR,
+    "kernels": logging.ERROR,  # hub kernels for bitsandbytes: 'Skipping publisher trust check' when offline
     "DeepSpeed": logging.ERROR,
     "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING,

@@ -7,13 +7,15 @@ it joins that cluster. Multi-node is the same code path: Ray places the workers.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from typing import Any
 
 from ftl.launcher.console import log
-from ftl.launcher.distributed.reshard import universal_files, universal_for
+from ftl.launcher.distributed.reshard import resharded, universal_files, universal_for
 from ftl.launcher.distributed.storage import fetch_from_storage, push_to_storage
-from ftl.launcher.distributed.worker import train_worker
+from ftl.launcher.distributed.worker import FINAL, train_worker
+from ftl.launcher.distributed.worker_output import LOG_FOLDER, ConsoleRelay
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.model.load import load_tokenizer, quiet_transformers
 from ftl.launcher.recipe.loader import LoadedRecipe
@@ -55,6 +57,10 @@ def launch(
     recipe = loaded.recipe
     distributed = recipe.distributed
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
+    if device == "cpu":
+        os.environ.setdefault(
+            "DS_ACCELERATOR", "cpu"
+        )  # DeepSpeed picks its CPU accelerator without a warning
     if distributed.uses_deepspeed:
         validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
     stable_name = distributed.storage_path is not None
@@ -62,24 +68,15 @@ def launch(
     experiment = f"{distributed.storage_path.rstrip('/')}/{name}" if stable_name else None
     # what the driver decides on (re-sharding) must follow storage, not only this machine's run directory
     checkpoint = fetch_from_storage(rundir, experiment) if experiment else rundir.last_checkpoint()
-    if distributed.uses_deepspeed and checkpoint is not None:
+    if distributed.uses_deepspeed and checkpoint is not None and not distributed.elastic:
         extra = universal_for(checkpoint, distributed.workers)
         if extra and experiment:  # workers on other nodes download the re-sharded copy from storage
             push_to_storage(checkpoint, experiment, universal_files(checkpoint))
         if extra:
-            # Universal loading applies to every load of this session, and checkpoints written from here on are
-            # ordinary ones: reloading the best of them at the end would fail, so this session keeps the last.
             log(
                 "[yellow]after re-sharding this session ends with the last weights, not the best evaluation[/]"
             )
-            merged = {**distributed.deepspeed, **extra}
-            recipe = recipe.model_copy(
-                update={
-                    "distributed": distributed.model_copy(update={"deepspeed": merged}),
-                    "eval": recipe.eval.model_copy(update={"select_best": False}),
-                    "train": recipe.train.model_copy(update={"early_stopping": None}),
-                }
-            )
+            recipe = resharded(recipe, extra)
     if distributed.address is None:
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
         warm_data_cache(loaded)
@@ -88,7 +85,8 @@ def launch(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     env = forwarded_env(recipe)
-    connect(distributed.address, env)
+    connect(distributed.address, env, worker_output=False)  # workers log to <run>/logs; rank 0 via the relay
+    relay = ConsoleRelay()
     resources = {"CPU": distributed.cpus_per_worker}
     if distributed.gpus_per_worker:
         resources["GPU"] = distributed.gpus_per_worker
@@ -102,9 +100,15 @@ def launch(
             "env": env,
             "train_only": train_only,
             "callbacks": list(trainer_callbacks or []),
+            "console": relay.queue,
         },
         scaling_config=ScalingConfig(
-            num_workers=distributed.workers, use_gpu=device == "cuda", resources_per_worker=resources
+            num_workers=(distributed.min_workers, distributed.workers)
+            if distributed.elastic
+            else distributed.workers,
+            use_gpu=device == "cuda",
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=distributed.resize_check_s,
         ),
         torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
         run_config=RunConfig(
@@ -115,23 +119,39 @@ def launch(
             callbacks=run_callbacks or None,
         ),
     )
+    workers = (
+        f"{distributed.min_workers}-{distributed.workers}" if distributed.elastic else distributed.workers
+    )
     log(
-        f"ray: {distributed.workers} worker(s) x {distributed.cpus_per_worker:g} CPU"
+        f"ray: {workers} worker(s) x {distributed.cpus_per_worker:g} CPU"
         + (f" + {distributed.gpus_per_worker:g} GPU" if distributed.gpus_per_worker else "")
         + (f", ZeRO-{distributed.zero_stage}" if distributed.uses_deepspeed else ", DDP")
         + f", backend {'nccl' if device == 'cuda' else 'gloo'}"
     )
+    logs = rundir.root / LOG_FOLDER / "worker-*.log"
     try:
-        result = trainer.fit()
+        with relay:
+            result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's exception; show its last line
-        raise FtlError(f"distributed run failed: {_root_cause(exc)}") from None
+        raise FtlError(f"distributed run failed: {_root_cause(exc)} (workers' logs: {logs})") from None
     if getattr(result, "error", None):
-        raise FtlError(f"distributed run failed: {_root_cause(result.error)}")
-    # rank 0 writes metrics.json on its node; a driver on another node gets what the workers reported
+        raise FtlError(f"distributed run failed: {_root_cause(result.error)} (workers' logs: {logs})")
+    if not rundir.read_json(
+        "metrics.json"
+    ):  # rank 0 ran on a node without this disk: its results are in storage
+        _copy_results(getattr(result, "checkpoint", None), rundir)
     metrics = rundir.read_json("metrics.json") or dict(getattr(result, "metrics", None) or {})
     if not metrics:
-        raise FtlError(f"distributed run ended without metrics; see the worker logs under {storage}")
+        raise FtlError(f"distributed run ended without metrics; see the workers' logs ({logs}) and {storage}")
     return metrics
+
+
+def _copy_results(checkpoint, rundir: RunDir) -> None:
+    """The results rank 0 reported to Ray storage (worker.FINAL) into the driver's run directory."""
+    if checkpoint is None or not checkpoint.path.rstrip("/").endswith(FINAL):
+        return
+    with checkpoint.as_directory() as folder:
+        shutil.copytree(folder, rundir.root, dirs_exist_ok=True)
 
 
 def forwarded_env(recipe) -> dict[str, str]:

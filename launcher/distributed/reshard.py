@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.schema import Recipe
 
 _OPTIM_FILE = re.compile(r".*zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
@@ -64,3 +65,37 @@ def universal_files(checkpoint: Path) -> list[str]:
     """The names a re-sharding added to a checkpoint folder (the universal copy and its pointer)."""
     pointer = checkpoint / "latest_universal"
     return [pointer.read_text().strip(), pointer.name] if pointer.is_file() else []
+
+
+def resharded(recipe: Recipe, extra: dict) -> Recipe:
+    """The recipe of a session that loads a re-sharded (universal) checkpoint. Universal loading applies to
+    every load of the session, and checkpoints written from here on are ordinary ones: reloading the best of them
+    at the end would fail, so the session keeps its last weights (no best-model selection or early stopping)."""
+    distributed = recipe.distributed
+    return recipe.model_copy(
+        update={
+            "distributed": distributed.model_copy(update={"deepspeed": {**distributed.deepspeed, **extra}}),
+            "eval": recipe.eval.model_copy(update={"select_best": False}),
+            "train": recipe.train.model_copy(update={"early_stopping": None}),
+        }
+    )
+
+
+def for_this_group(recipe: Recipe, checkpoint: Path | None, world: int, rank: int) -> Recipe:
+    """Inside the workers of an elastic run (re)started with `world` workers: the recipe as this group trains it,
+    its accumulation re-derived so the global batch stays the same, and the checkpoint re-sharded when another
+    number of workers wrote it (rank 0 converts it once; the others wait)."""
+    import torch.distributed as dist
+
+    recipe = recipe.model_copy(
+        update={"distributed": recipe.distributed.model_copy(update={"workers": world})}
+    )
+    if checkpoint is None or not recipe.distributed.uses_deepspeed:
+        return recipe
+    saved = saved_world_size(checkpoint)
+    if saved is None or saved[1] == world:
+        return recipe
+    extra = universal_for(checkpoint, world) if rank == 0 else {"checkpoint": {"load_universal": True}}
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # the universal copy is complete before any worker loads it
+    return resharded(recipe, extra)

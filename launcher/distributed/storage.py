@@ -69,10 +69,11 @@ def restore_from_storage(rundir: RunDir) -> Path | None:
     if checkpoint is None:
         return None
     match = _STEP.search(checkpoint.path.rstrip("/"))
-    name = match.group(0) if match else Path(checkpoint.path).name
     local = rundir.last_checkpoint()
-    target = rundir.checkpoints / name
-    newer = local is None or (match is not None and int(match.group(1)) > int(local.name.split("-")[1]))
+    if match is None:  # the results of a finished run (worker.FINAL), not a training checkpoint
+        return local
+    target = rundir.checkpoints / match.group(0)
+    newer = local is None or int(match.group(1)) > int(local.name.split("-")[1])
     if newer and ray.train.get_context().get_local_rank() == 0:
         target.parent.mkdir(parents=True, exist_ok=True)
         # download beside it and rename: a half-downloaded folder must never look like a complete checkpoint

@@ -267,6 +267,43 @@ def global_batch_divides_evenly(recipe: Recipe) -> Violation | None:
 
 
 @rule
+def elastic_training_keeps_the_global_batch(recipe: Recipe) -> Violation | None:
+    """With fewer workers a step accumulates more micro batches: the global batch must divide for every size."""
+    d, train = recipe.distributed, recipe.train
+    if d.min_workers is None:
+        return None
+    if d.min_workers > d.workers:
+        return (
+            "distributed",
+            "min_workers",
+        ), f"{d.min_workers} is more than distributed.workers ({d.workers})"
+    if d.min_workers == d.workers:
+        return None
+    if d.global_batch_size is None:
+        return ("distributed", "min_workers"), (
+            "elastic training keeps the global batch when workers come and go: set distributed.global_batch_size "
+            f"(e.g. {train.batch_size * d.workers})"
+        )
+    uneven = [n for n in range(d.min_workers, d.workers + 1) if d.global_batch_size % (train.batch_size * n)]
+    if uneven:
+        return ("distributed", "global_batch_size"), (
+            f"{d.global_batch_size} cannot be split evenly over {uneven[0]} worker(s) of train.batch_size "
+            f"{train.batch_size}; choose a multiple of batch_size x every worker count from {d.min_workers} to "
+            f"{d.workers}"
+        )
+    if d.max_failures == 0:
+        return ("distributed", "max_failures"), (
+            "elastic training restarts the workers after a lost node: allow restarts (e.g. max_failures: 10, or -1)"
+        )
+    if recipe.eval.select_best:
+        return ("eval", "select_best"), (
+            "an elastic run's checkpoints come from different numbers of workers, so the best one cannot be "
+            "reloaded at the end: set eval.select_best: false (it keeps its last weights)"
+        )
+    return None
+
+
+@rule
 def one_gpu_per_worker(recipe: Recipe) -> Violation | None:
     """Each Ray Train worker is one rank, and DDP, DeepSpeed and NCCL give a rank exactly one device: a fraction
     puts two ranks on one GPU (NCCL fails with 'duplicate GPU'), more than one leaves the extra GPUs idle."""

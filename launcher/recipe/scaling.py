@@ -59,6 +59,22 @@ class DistributedSection(Section):
         ge=-1,
         description="Restart the workers from the last checkpoint up to this many times (-1: forever).",
     )
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Elastic training: keep going with as few as this many workers when nodes are lost (workers "
+        "is the most), and grow back when they return. Each resize restarts from the last checkpoint, re-sharded "
+        "for the new number of workers, with the same global batch (needs global_batch_size and max_failures).",
+    )
+    resize_check_s: float = Field(
+        60.0,
+        gt=0,
+        description="Elastic training: how often Ray looks for returned resources to grow the workers back.",
+    )
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.workers
 
     @property
     def uses_deepspeed(self) -> bool:

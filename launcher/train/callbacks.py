@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timezone
 
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import ExportableState
 
 from ftl.launcher.console import console
 from ftl.launcher.train.outcome import is_outcome
@@ -125,3 +127,31 @@ class TrainOnly(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         return self.on_step_end(args, state, control)
+
+
+class WorkerCountLog(TrainerCallback, ExportableState):
+    """How many workers trained from which step. An elastic run restarts with fewer workers when a node is lost
+    and with more when it returns; the history travels in every checkpoint (HF's stateful callbacks) and ends
+    in the manifest (`workers_over_time`)."""
+
+    def __init__(self, history: list[dict] | None = None) -> None:
+        self.history = list(history or [])
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.history and self.history[-1]["workers"] == args.world_size:
+            return
+        if self.history and state.is_world_process_zero:
+            console.print(
+                f"[yellow]resized[/]: {self.history[-1]['workers']} -> {args.world_size} workers, continuing from "
+                f"step {state.global_step} with the same global batch"
+            )
+        self.history.append(
+            {
+                "workers": args.world_size,
+                "step": state.global_step,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+
+    def state(self) -> dict:
+        return {"args": {"history": self.history}, "attributes": {}}

@@ -8,6 +8,8 @@ finish: the evaluation of the final weights -> model, predictions, metrics and m
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.arguments import training_arguments
+from ftl.launcher.train.callbacks import WorkerCountLog
 from ftl.launcher.train.device import DevicePlan, plan_device
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
@@ -55,6 +58,7 @@ class Built:
     guard: NonFiniteGuard
     say: Any  # log on rank 0, silence elsewhere
     loading: dict[str, Any]  # what this process held right after the model was loaded (after_loading)
+    placement: list[dict[str, Any]]  # each rank's node and host
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -89,6 +93,13 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
     quiet_transformers(recipe.log.level)
     set_seed(recipe.seed)
     say = log if is_main_process() else _silent
+    where = placement()
+    if len(where) > 1:
+        nodes = sorted({rank["node"] for rank in where})
+        say(
+            f"{len(where)} workers on {len(nodes)} node(s): "
+            + ", ".join(f"rank {r['rank']} on {(r['node'] or r['host'])[:12]}" for r in where)
+        )
     task = task_for(recipe.task)
     location = locate_model(recipe.model, loaded.search_dirs)
     say(
@@ -134,8 +145,25 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
         train_only=train_only,
     )
     return Built(
-        loaded, device, task, location, tokenizer, data, model, trainer, guard, say, loading, started
+        loaded, device, task, location, tokenizer, data, model, trainer, guard, say, loading, where, started
     )
+
+
+def placement() -> list[dict[str, Any]]:
+    """Where every rank runs: its Ray node (FTL_NODE_ID, set by the Ray Train worker), host and pid."""
+    import torch.distributed as dist
+
+    me = {
+        "rank": int(os.environ.get("RANK", "0")),
+        "node": os.environ.get("FTL_NODE_ID"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [me]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return everyone
 
 
 def after_loading(model) -> dict[str, Any]:
@@ -255,6 +283,11 @@ def finish(
                 "model_location": str(built.location),
                 "workers": trainer.args.world_size,
                 "after_loading": built.loading,  # rank 0's share of the weights and its peak memory then
+                "placement": built.placement,
+                "workers_over_time": next(
+                    (c.history for c in trainer.callback_handler.callbacks if isinstance(c, WorkerCountLog)),
+                    [],
+                ),
                 "deepspeed": trainer.args.deepspeed if isinstance(trainer.args.deepspeed, dict) else None,
                 "resumed_from": resumed_from.name if resumed_from else None,
                 "data_stats": data.stats,

@@ -13,6 +13,7 @@ from ftl.launcher.train.callbacks import (
     ProgressCallback,
     TensorBoardLogger,
     TrainOnly,
+    WorkerCountLog,
     replace_default_printers,
 )
 from ftl.launcher.train.guard import NonFiniteGuard
@@ -51,7 +52,7 @@ def make_trainer(
     if recipe.train.early_stopping:
         stop = recipe.train.early_stopping
         run_callbacks.append(EarlyStoppingCallback(stop.patience, stop.min_delta))
-    run_callbacks += [guard, *callbacks]
+    run_callbacks += [guard, WorkerCountLog(), *callbacks]
     if train_only:
         run_callbacks.append(TrainOnly())
     trainer = trainer_class(task)(
