@@ -19,7 +19,7 @@ import yaml
 from ftl.launcher.console import console, log
 from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write
+from ftl.launcher.files import atomic_write, make_dir
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.tune.trial import run_trial
 from ftl.tune.trial_runs import TrialSetup
@@ -72,7 +72,7 @@ class SearchDir:
                 f"--output: {root} already holds files; pass --resume to continue that {verb}, or choose another "
                 "--output"
             )
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root, "--output")
         atomic_write(found.root / "recipe.yaml", yaml.safe_dump(record["recipe"], sort_keys=False))
         atomic_write(found.record, json.dumps(record, indent=2) + "\n")
         return found

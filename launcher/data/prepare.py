@@ -22,6 +22,7 @@ from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 from ftl.launcher.data.sources import RawData, load_source
 from ftl.launcher.data.splits import carve_validation, oversample, subsample
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.files import check_writable
 from ftl.launcher.recipe.data import DataSection
 
 CACHE_ENV = "FTL_CACHE"
@@ -60,6 +61,17 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ftl")).expanduser()
 
 
+def check_cache(data: DataSection) -> None:
+    """The tokenisation cache can be written (when the recipe caches): one line naming the folder otherwise."""
+    if data.cache:
+        what = f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV) else "the data cache"
+        check_writable(
+            cache_root() / "data",
+            what,
+            fix=f"point {CACHE_ENV} at a folder you can write, or set data.cache: false",
+        )
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -92,6 +104,7 @@ def prepare_data(
     import datasets
 
     started = time.perf_counter()
+    check_cache(data)
     train_raw = load_source(data.train, dirs, "data.train")
     val_raw = load_source(data.validation, dirs, "data.validation") if data.validation else None
     split = data.validation_split

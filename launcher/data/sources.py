@@ -11,6 +11,7 @@ from pathlib import Path
 from ftl.launcher.data import readers
 from ftl.launcher.data.diagnose import diagnose
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.files import readable_file
 from ftl.launcher.locations import find_local, looked_in
 from ftl.launcher.recipe.data import DataSource
 
@@ -82,17 +83,16 @@ def load_source(source: DataSource, recipe_dirs: list[Path], what: str) -> RawDa
 
 def load_file(path: Path, what: str, source: DataSource | None = None) -> RawData:
     """An explicit file given on the command line (e.g. `ftl eval --data`)."""
-    if not path.exists():
-        raise FtlError(f"{what}: {path} not found")
+    if not path.is_dir():
+        readable_file(path, what)
     return _local(path, source or DataSource(path=str(path)), what)
 
 
 def _local(path: Path, source: DataSource, what: str) -> RawData:
-    files = _files_of(path)
-    if not files:
-        raise FtlError(f"{what}: no data files in {path}")
-    fmt = _format_of(files, source, what)
+    files = _files_of(path, what)
+    fmt = _format_of(files, source, what, path)
     for file in files:
+        readable_file(file, what)
         if file.stat().st_size == 0:
             raise FtlError(f"{what}: {file} is empty")
         if not os.access(file, os.R_OK):
@@ -101,33 +101,57 @@ def _local(path: Path, source: DataSource, what: str) -> RawData:
     return RawData(shown, fingerprint_files(files, fmt, source), fmt, files, source, what)
 
 
-def _files_of(path: Path) -> list[Path]:
+def _files_of(path: Path, what: str) -> list[Path]:
+    """The data files a path names: itself, a glob's matches, or a folder's files. As in `datasets`, hidden
+    files and a folder's README.md (and dataset metadata) are not data; a folder's files of unknown kinds are
+    left out too, but named when nothing else is there."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSION_FORMATS and p.is_file())
-    elif any(ch in path.name for ch in "*?["):
-        files = sorted(p for p in path.parent.glob(path.name) if p.is_file())
-    else:
-        files = [path]
-    return files
+        entries = sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p))
+        files = [p for p in entries if p.suffix.lower() in EXTENSION_FORMATS]
+        if not files:
+            found = (
+                f" (it holds {', '.join(p.name for p in entries[:5])}: no csv, tsv, json, jsonl, txt, parquet or CoNLL file)"
+                if entries
+                else " (it is empty)"
+            )
+            raise FtlError(f"{what}: no data files in {path}{found}")
+        return files
+    if any(ch in path.name for ch in "*?["):
+        files = sorted(p for p in path.parent.glob(path.name) if p.is_file() and not _ignored(p))
+        if not files:
+            raise FtlError(f"{what}: no data files match {path}")
+        return files
+    return [path]
 
 
-def _format_of(files: list[Path], source: DataSource, what: str) -> str:
+def _ignored(path: Path) -> bool:
+    from datasets.data_files import FILES_TO_IGNORE
+
+    return path.name.startswith((".", "__")) or path.name in FILES_TO_IGNORE
+
+
+def _format_of(files: list[Path], source: DataSource, what: str, path: Path) -> str:
     if source.format != "auto":
         return source.format
-    formats = {EXTENSION_FORMATS.get(f.suffix.lower()) for f in files}
-    if formats == {"json"} and all(readers.is_squad(f) for f in files):
+    formats = {f: EXTENSION_FORMATS.get(f.suffix.lower()) for f in files}
+    if set(formats.values()) == {"json"} and all(readers.is_squad(f) for f in files):
         return "squad"
-    if None in formats:
-        unknown = next(f for f in files if f.suffix.lower() not in EXTENSION_FORMATS)
+    if None in formats.values():
+        unknown = next(f for f, fmt in formats.items() if fmt is None)
         raise FtlError(
             f"{what}: cannot tell the format of {unknown} from its extension; set {what}.format to one of "
             f"{', '.join(sorted(set(EXTENSION_FORMATS.values())))}"
         )
-    if len(formats) > 1:
+    kinds = sorted(set(formats.values()), key=lambda k: (-sum(v == k for v in formats.values()), k == "text"))
+    if len(kinds) > 1:
+        main = kinds[0]
+        stray = [f.name for f, fmt in formats.items() if fmt != main]
         raise FtlError(
-            f"{what}: files of mixed formats ({', '.join(sorted(formats))}); give one format per split"
+            f"{what}: {path} mixes formats: {', '.join(stray[:5])} among its {main} files; move "
+            f"{'it' if len(stray) == 1 else 'them'} out, or point {what} at the {main} files alone (e.g. a glob "
+            f"like {path.name}/*{next(f.suffix for f, fmt in formats.items() if fmt == main)})"
         )
-    return formats.pop()
+    return kinds[0]
 
 
 def _read(files: list[Path], fmt: str, source: DataSource, what: str):

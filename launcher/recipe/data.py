@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.folds import FoldSplit
-from ftl.launcher.recipe.section import Seed, Section
+from ftl.launcher.recipe.section import Section, Seed
 
 
 class DataSource(Section):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ftl.launcher.recipe.section import Seed, Section
+from ftl.launcher.recipe.section import Section, Seed
 
 FoldMethod = Literal["auto", "stratified", "random", "contiguous", "group"]
 

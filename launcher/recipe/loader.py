@@ -216,6 +216,10 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         if not base_path.is_file():
             line = origins.get(("extends", index), origins[("extends",)])
+            if base_path.is_dir():
+                raise FtlError(
+                    f"{line}: extends: base recipe '{base}' is a directory ({base_path}); name a .yaml file"
+                )
             raise FtlError(f"{line}: extends: base recipe '{base}' not found (looked at {base_path})")
         base_data, base_origins = _read_with_extends(base_path, (*chain, resolved))
         base_data.pop("extends", None)

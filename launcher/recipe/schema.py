@@ -13,10 +13,9 @@ from pydantic import Field, field_validator, model_validator
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
 from ftl.launcher.recipe.search import TuneSection
-from ftl.launcher.recipe.section import STEPS_MAX, Seed, Section
+from ftl.launcher.recipe.section import STEPS_MAX, Section, Seed
 from ftl.launcher.recipe.stages import StageSection
 from ftl.launcher.recipe.tasks import TaskSection
-
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 

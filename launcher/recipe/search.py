@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.folds import KFold
-from ftl.launcher.recipe.section import Seed, Section
+from ftl.launcher.recipe.section import Section, Seed
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ftl.launcher.recipe.section import Seed, Section
+from ftl.launcher.recipe.section import Section, Seed
 from ftl.launcher.recipe.yaml_source import merge
 
 STAGE_SECTIONS = (

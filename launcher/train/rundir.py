@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write, honour_umask
+from ftl.launcher.files import atomic_write, honour_umask, make_dir
 from ftl.launcher.model.saved import write_base_record
 from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.recipe.schema import Recipe
@@ -76,6 +76,7 @@ class RunDir:
         run = cls(root)
         if root.exists() and not root.is_dir():
             raise FtlError(f"--output: {root} is a file; give a directory for the run")
+        make_dir(root.parent, "--output")
         occupied = root.exists() and any(root.iterdir())
         if resume:
             if not occupied or not run.recipe_file.exists():
@@ -84,7 +85,7 @@ class RunDir:
             raise FtlError(
                 f"--output: {root} already holds files; pass --resume to continue that run, or choose another --output"
             )
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root, "--output")
         return run
 
     @classmethod
