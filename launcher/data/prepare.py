@@ -43,6 +43,7 @@ class Preparer(Protocol):
     def state(self) -> dict[str, Any]: ...
     def restore(self, state: dict[str, Any]) -> None: ...
     def dataset_stats(self, dataset: Any, tokenizer: Any) -> dict[str, Any]: ...
+    def label_names(self) -> list[str] | None: ...
 
 
 @dataclass
@@ -108,9 +109,7 @@ def prepare_data(
     train_raw = load_source(data.train, dirs, "data.train")
     val_raw = load_source(data.validation, dirs, "data.validation") if data.validation else None
     split = data.validation_split
-    method = split.method
-    if method == "auto":
-        method = "group" if split.group_column else task.split_method
+    method = split_method(data, task)
     key_material = {
         "format": _CACHE_FORMAT,
         "ftl": __version__,
@@ -153,6 +152,37 @@ def prepare_data(
             log(f"[yellow]cache at {cache_dir} is unreadable; rebuilding it[/]")
 
     datasets.disable_caching()  # ftl caches the final result itself
+    train_rows, val_rows = split_rows(data, task, train_raw, val_raw, method)
+    train = task.tokenize(train_rows, tokenizer, "train")
+    validation = task.tokenize(val_rows, tokenizer, "validation")
+    stats = {
+        "train": task.dataset_stats(train, tokenizer),
+        "validation": task.dataset_stats(validation, tokenizer),
+        "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
+    }
+    if data.cache:
+        _store(
+            cache_dir,
+            datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
+            {"task_state": task.state(), "stats": stats, "key": key_material},
+        )
+    return PreparedData(
+        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
+    )
+
+
+def split_method(data: DataSection, task: Preparer) -> str:
+    split = data.validation_split
+    if split.method == "auto":
+        return "group" if split.group_column else task.split_method
+    return split.method
+
+
+def split_rows(data: DataSection, task: Preparer, train_raw: RawData, val_raw: RawData | None, method: str):
+    """Normalised (train, validation) rows as a run trains on them: labels fitted, rows encoded, validation
+    carved or read, folds, subsets and oversampling applied (no tokenising). `ftl check` calls it too, so a
+    split the data cannot give is found before training."""
+    split = data.validation_split
     task.fit(train_raw)
     if data.fold is not None:
         train_rows, val_rows = _fold_rows(train_raw, task, data, seed=split.seed)
@@ -173,6 +203,7 @@ def prepare_data(
                 stratify_column=stratify,
                 what="data.validation_split",
                 group_column=group,
+                names=task.label_names(),
             )
         train_rows = subsample(
             train_rows,
@@ -190,22 +221,7 @@ def prepare_data(
         stratify_column=task.stratify_column(),
         what="data.max_eval_rows",
     )
-    train = task.tokenize(train_rows, tokenizer, "train")
-    validation = task.tokenize(val_rows, tokenizer, "validation")
-    stats = {
-        "train": task.dataset_stats(train, tokenizer),
-        "validation": task.dataset_stats(validation, tokenizer),
-        "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
-    }
-    if data.cache:
-        _store(
-            cache_dir,
-            datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
-            {"task_state": task.state(), "stats": stats, "key": key_material},
-        )
-    return PreparedData(
-        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
-    )
+    return train_rows, val_rows
 
 
 def _fold_rows(train_raw: RawData, task: Preparer, data: DataSection, *, seed: int):

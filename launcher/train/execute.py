@@ -18,6 +18,7 @@ from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.freeze import apply_freezing, block_counts
+from ftl.launcher.model.integrity import check_fits
 from ftl.launcher.model.load import (
     LoadedModel,
     ModelSpec,
@@ -99,6 +100,7 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
     data = task.prepare(recipe.data, tokenizer, dirs=loaded.search_dirs, log=say)
     say(data_summary(data))
     model = build_model(loaded, task, tokenizer, rundir)
+    check_fits(model.model, tokenizer, recipe.model, recipe.task)  # before the first step fails on it
     schedule = layer_schedule(model.model, recipe)
     if schedule is not None and is_main_process():
         console.print(schedule_table(schedule, set(schedule.depth_of.values())))

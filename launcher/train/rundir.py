@@ -101,12 +101,19 @@ class RunDir:
             )
         return run
 
-    def remove_if_unused(self, up_to: Path) -> None:
-        """Delete a run directory that holds nothing but its recipe (the run failed before it began), and its
-        parents up to `up_to` when they are left empty."""
-        if not self.root.is_dir() or {p.name for p in self.root.iterdir()} - {self.recipe_file.name}:
+    def remove_if_unused(self, up_to: Path | None) -> None:
+        """Delete a run directory that holds nothing but its recipe and empty folders (the run failed before it
+        began: no checkpoint, log or result), and its parents up to `up_to` when they are left empty."""
+        if not self.root.is_dir():
+            return
+        files = [p for p in self.root.rglob("*") if not p.is_dir()]
+        if any(p != self.recipe_file for p in files):
             return
         self.recipe_file.unlink(missing_ok=True)
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            folder.rmdir()
+        if up_to is None:
+            return
         for directory in [self.root, *self.root.parents]:
             if any(directory.iterdir()):
                 return
