@@ -112,6 +112,7 @@ def check_data(data: DataSection, task, dirs) -> list[str]:
     lines = [
         f"data: train {len(train_rows):,} rows from {train.description}; validation {len(val_rows):,} rows {origin}"
     ]
+    lines += [f"[yellow]{line}[/]" for raw in (train, val) if raw is not None for line in raw.row_report()]
     labels = task.label_names()
     if labels:
         lines.append(f"labels: {', '.join(labels)}")

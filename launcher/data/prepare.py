@@ -138,6 +138,8 @@ def prepare_data(
             splits = datasets.load_from_disk(str(cache_dir / "splits"))
             meta = json.loads((cache_dir / "meta.json").read_text())
             task.restore(meta["task_state"])
+            for line in meta["stats"].get("rows_dropped_or_coerced", {}).get("report", []):
+                log(f"[yellow]{line}[/]")
             return PreparedData(
                 splits["train"],
                 splits["validation"],
@@ -153,12 +155,20 @@ def prepare_data(
 
     datasets.disable_caching()  # ftl caches the final result itself
     train_rows, val_rows = split_rows(data, task, train_raw, val_raw, method)
+    row_notes = [line for raw in (train_raw, val_raw) if raw is not None for line in raw.row_report()]
+    for line in row_notes:
+        log(f"[yellow]{line}[/]")
     train = task.tokenize(train_rows, tokenizer, "train")
     validation = task.tokenize(val_rows, tokenizer, "validation")
     stats = {
         "train": task.dataset_stats(train, tokenizer),
         "validation": task.dataset_stats(validation, tokenizer),
         "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
+        "rows_dropped_or_coerced": {
+            "train": train_raw.notes,
+            "validation": val_raw.notes if val_raw is not None else {},
+            "report": row_notes,
+        },
     }
     if data.cache:
         _store(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftl.launcher.data import readers
@@ -45,6 +45,25 @@ class RawData:
     _dataset: object = None  # datasets.Dataset, read on first use
     _row_starts: list[tuple[Path, int]] | None = None  # file and line of each row, for multi-line rows
     _ready: bool = False
+    # rows dropped or coerced while a task read them: kind -> reason -> {"rows": n, "first": file:line}
+    notes: dict = field(default_factory=dict)
+
+    def note(self, kind: str, reason: str, row: int) -> None:
+        """Count a row `kind` ('dropped' or 'coerced') for `reason` (see data/cells.py)."""
+        entry = self.notes.setdefault(kind, {}).setdefault(
+            reason, {"rows": 0, "first": self.row_location(row)}
+        )
+        entry["rows"] += 1
+
+    def row_report(self) -> list[str]:
+        """One line per kind: 'data.train: dropped 2 of 40 rows: no 'text' (2, first t.jsonl:3)'."""
+        lines = []
+        total = len(self.dataset)
+        for kind, reasons in self.notes.items():
+            count = sum(r["rows"] for r in reasons.values())
+            why = "; ".join(f"{reason} ({r['rows']}, first {r['first']})" for reason, r in reasons.items())
+            lines.append(f"{self.what}: {kind} {count} of {total} rows: {why}")
+        return lines
 
     @property
     def dataset(self):
@@ -168,7 +187,11 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             found = read(files, what)
             return datasets.Dataset.from_dict(found.columns), found.starts or None
         if fmt in ("csv", "tsv"):
+            _check_header(files, fmt)
             kwargs = {"delimiter": "\t", "quoting": 3} if fmt == "tsv" else {}
+            # only an empty cell is missing: pandas would also take the texts NA, None, null, n/a, nan ... for
+            # missing values and drop those rows (or fail on a label named NA)
+            kwargs.update(keep_default_na=False, na_values=[""])
             return datasets.load_dataset("csv", data_files=names, split="train", **kwargs), None
         if fmt in ("json", "jsonl"):
             return datasets.load_dataset("json", data_files=names, split="train"), None
@@ -189,6 +212,21 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
     raise FtlError(f"{what}: unsupported format {fmt}")
+
+
+def _check_header(files: list[Path], fmt: str) -> None:
+    """A column named twice in a header (pandas would quietly rename the second to 'name.1')."""
+    import csv
+
+    for file in files:
+        with file.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+            first = handle.readline().rstrip("\r\n")
+        header = first.split("\t") if fmt == "tsv" else next(csv.reader([first]), [])
+        seen: set[str] = set()
+        for name in (h.strip() for h in header):
+            if name in seen and name:
+                raise FtlError(f"{file}:1: column '{name}' appears twice in the header; rename one of them")
+            seen.add(name)
 
 
 def _renamed(dataset, mapping: dict[str, str], what: str):
