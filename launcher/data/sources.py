@@ -194,7 +194,8 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             kwargs.update(keep_default_na=False, na_values=[""])
             return datasets.load_dataset("csv", data_files=names, split="train", **kwargs), None
         if fmt in ("json", "jsonl"):
-            return datasets.load_dataset("json", data_files=names, split="train"), None
+            field = _rows_field(files) if fmt == "json" else None
+            return datasets.load_dataset("json", data_files=names, split="train", field=field), None
         if fmt == "parquet":
             return datasets.load_dataset("parquet", data_files=names, split="train"), None
         if fmt == "text":
@@ -212,6 +213,22 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
     raise FtlError(f"{what}: unsupported format {fmt}")
+
+
+def _rows_field(files: list[Path]) -> str | None:
+    """The key of a .json document that holds its rows ({"data": [{...}, ...]}): its only key whose value is a
+    list of objects (None for a list of rows or a mapping of columns)."""
+    import json
+
+    with files[0].open("rb") as handle:
+        if not handle.read(64).lstrip().startswith(b"{"):
+            return None
+    document = json.loads(files[0].read_text(encoding="utf-8"))
+    if isinstance(document, dict) and len(document) == 1:
+        key, value = next(iter(document.items()))
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return key
+    return None
 
 
 def _check_header(files: list[Path], fmt: str) -> None:

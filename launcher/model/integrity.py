@@ -15,7 +15,14 @@ from typing import Any
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.model.locate import ModelLocation
 
-_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_JSON_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "ftl_task.json",
+    "adapter_config.json",
+)
 _WEIGHTS = (
     "model.safetensors",
     "pytorch_model.bin",

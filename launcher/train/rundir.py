@@ -96,6 +96,11 @@ class RunDir:
                 f"{root}: not a run directory (no recipe.resolved.yaml); give the --output of an ftl run"
             )
         if not (run.model / "config.json").exists():
+            if run.model.is_dir():
+                raise FtlError(
+                    f"{run.model / 'config.json'} is missing: the run's model folder is incomplete; run the recipe "
+                    "again (or ftl run --resume from its checkpoints)"
+                )
             raise FtlError(
                 f"{root}: the run has no final model yet (model/ is missing); finish or resume the run"
             )
