@@ -32,18 +32,29 @@ _WEIGHTS = (
 
 
 def check_model_files(location: ModelLocation) -> None:
-    """A local model folder's JSON files parse, it has weights, and each safetensors file is whole."""
+    """A local model folder's JSON files parse, it has weights, and each safetensors file is whole. Where its
+    weights are is left to a model that ships its own code (and its loader: the trust_remote_code refusal
+    comes first while the recipe has not opted in)."""
     if location.kind != "local":
         return
     folder = Path(location.path)
     problem = broken_file(folder)
     if problem:
         raise FtlError(f"model: {problem}")
+    if _ships_code(folder):
+        return
     if not any((folder / name).is_file() for name in _WEIGHTS) and not list(folder.glob("*.safetensors")):
         raise FtlError(
             f"model: {folder} has config.json but no weights (model.safetensors or pytorch_model.bin); copy the "
             "model's weight files there"
         )
+
+
+def _ships_code(folder: Path) -> bool:
+    try:
+        return "auto_map" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def broken_file(folder: Path, gguf_file: str | None = None) -> str | None:
