@@ -21,7 +21,7 @@ from ftl.cluster.jobs import follow_logs
 from ftl.cluster.package import Staged, stage
 from ftl.cluster.storage import check_storage, job_location, resolve_storage
 from ftl.launcher.console import log, out
-from ftl.launcher.distributed.ray_launch import forwarded_env
+from ftl.launcher.distributed.ray_launch import GPU_MASK, forwarded_env
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.recipe.loader import where as origin_of
@@ -118,6 +118,7 @@ def job_env(connection: Connection, recipe) -> dict[str, str]:
     Never a token: the cluster's own processes authenticate the job's driver."""
 
     env = forwarded_env(recipe)
+    env.pop(GPU_MASK, None)  # the job's driver reserves its GPUs from Ray; it hides them from its own workers
     if not connection.address.is_loopback:
         env = {key: value for key, value in env.items() if key not in _LOCAL_PATH_ENV}
     env.update(JOB_ENV)

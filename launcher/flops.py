@@ -36,7 +36,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ftl.launcher.model.freeze import layer_pattern, layers_or_none
+from ftl.launcher.model.freeze import layer_pattern, layers_or_none, parameter_count
 
 
 @dataclass(frozen=True)
@@ -102,22 +102,6 @@ def mfu(flops: float, seconds: float, peak_flops_per_device: float | None, devic
 _EMBEDDING_NAME = re.compile(r"(^|\.)(embeddings?|wte|wpe|embed_tokens|embed_positions)(\.|$)")
 # peft's ModulesToSaveWrapper keeps the untouched original next to the trained copy; only the copy runs.
 _UNUSED_COPY = ".original_module."
-
-
-def parameter_count(parameter) -> int:
-    """Elements of a parameter as the model uses it: the full size of a ZeRO-3 partitioned parameter
-    (`ds_numel`) and of a bitsandbytes 4-bit one (packed two per byte, shape in `quant_state`)."""
-    full = getattr(parameter, "ds_numel", None)
-    if full is not None:
-        return int(full)
-    quant_state = getattr(parameter, "quant_state", None)
-    shape = getattr(quant_state, "shape", None)
-    if shape is not None:
-        count = 1
-        for size in shape:
-            count *= int(size)
-        return count
-    return int(parameter.numel())
 
 
 def flop_counts(model: Any) -> FlopCounts:

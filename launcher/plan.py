@@ -14,6 +14,12 @@ Memory per worker, in bytes (method and sources in docs/memory-plan.md):
   full set. Plus the logits over the vocabulary (s*b*V, fp32): at the backward peak the logits, their
   log-softmax and both gradients exist together, 4 copies.
 
+On a GPU (distributed.gpus_per_worker: 1, train.device: cuda, or `ftl plan --gpu-mem`) also what the
+frameworks keep beside the model states: the CUDA context, NCCL's buffers, DeepSpeed's gradient buckets (their
+defaults, or distributed.deepspeed's values), DDP's flat gradient buckets, autocast's 16-bit weight copies; and
+the peak while the model loads (fp32 weights before DeepSpeed converts them; a partition under ZeRO-3, which
+loads inside deepspeed.zero.Init).
+
 FLOPs per optimizer step come from `launcher.flops`, the same counting `ftl bench` uses for MFU, with every
 sequence `seq_len` (default task.max_length) tokens long.
 """
@@ -30,6 +36,18 @@ from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.train.batching import batch_plan
 
 GIB = 1024**3
+MIB = 1024**2
+# What a GPU process holds beside the model (docs/memory-plan.md says where each figure comes from).
+CUDA_CONTEXT_BYTES = 512 * MIB  # CUDA context, kernels (lazy loading) and the cuBLAS workspace
+NCCL_CHANNELS = 16  # NCCL's usual channel count within an NVLink node (it picks 2-32)
+NCCL_PROTOCOL_BYTES = (
+    4 * MIB + 4.5 * MIB + 256 * 1024
+)  # Simple (NCCL_BUFFSIZE) + LL128 + LL, per channel per peer
+DEEPSPEED_BUCKETS = {  # zero_optimization key -> DeepSpeed's default, in elements
+    "reduce_bucket_size": 500_000_000,
+    "allgather_bucket_size": 500_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+}
 _QUANT_BYTES = {4: 0.5, 8: 1.0}
 _QUANT_CONSTANTS = {True: 0.127 / 8, False: 4 / 64}  # bytes/param of absmax constants (double quant or not)
 
@@ -60,10 +78,12 @@ class MemoryPlan:
     flops_per_step: float = 0.0
     flops_per_step_trainable: float = 0.0
     tokens_per_step: int = 0
+    load_peak: float = 0.0  # bytes on the device while the model loads (before training starts)
 
     @property
     def device_total(self) -> float:
-        return sum(self.parts.values())
+        """The device's peak: training, or loading when that is higher."""
+        return max(sum(self.parts.values()), self.load_peak)
 
 
 def shape_of(model, recipe: Recipe) -> ModelShape:
@@ -115,8 +135,15 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
     )
 
 
-def plan_memory(shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None) -> MemoryPlan:
-    """Per-worker memory of weights, gradients, optimizer states and activations; FLOPs per optimizer step."""
+def on_gpu(recipe: Recipe) -> bool:
+    return recipe.distributed.gpus_per_worker >= 1 or recipe.train.device == "cuda"
+
+
+def plan_memory(
+    shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None, gpu: bool | None = None
+) -> MemoryPlan:
+    """Per-worker memory of weights, gradients, optimizer states and activations, and on a GPU (`gpu`, default:
+    the recipe asks for one) what CUDA, NCCL, DeepSpeed and DDP add; FLOPs per optimizer step."""
     distributed, train = recipe.distributed, recipe.train
     batches = batch_plan(recipe)
     workers = batches.workers
@@ -149,6 +176,9 @@ def plan_memory(shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None
     if distributed.offload_params != "none":
         offloaded["weights"] = parts.pop("weights")
     parts["activations"] = _activations(shape, recipe, seq_len)
+    if on_gpu(recipe) if gpu is None else gpu:
+        parts.update(_gpu_overheads(shape, recipe, workers, mixed))
+        plan.load_peak = _load_peak(shape, recipe, workers) + CUDA_CONTEXT_BYTES
     plan.parts, plan.offloaded = parts, offloaded
 
     tokens, squares = uniform_sequences(batches.global_batch, seq_len or recipe.task.max_length)
@@ -156,6 +186,40 @@ def plan_memory(shape: ModelShape, recipe: Recipe, *, seq_len: int | None = None
     plan.flops_per_step = model_flops(shape.flops, tokens, squares)
     plan.flops_per_step_trainable = trainable_flops(shape.flops, tokens, squares)
     return plan
+
+
+def _gpu_overheads(shape: ModelShape, recipe: Recipe, workers: int, mixed: bool) -> dict[str, float]:
+    distributed, train = recipe.distributed, recipe.train
+    stage = distributed.zero_stage
+    parts = {"CUDA context": float(CUDA_CONTEXT_BYTES)}
+    if workers > 1:  # a ring (and tree) neighbour on each side, per channel
+        parts["NCCL buffers"] = 2 * NCCL_CHANNELS * NCCL_PROTOCOL_BYTES
+    grad_bytes = 2.0 if mixed else 4.0
+    if stage is not None and stage >= 1 and workers > 1:
+        zero = {**DEEPSPEED_BUCKETS, **distributed.deepspeed.get("zero_optimization", {})}
+        buckets = min(zero["reduce_bucket_size"], shape.trainable) * grad_bytes
+        if stage == 3:
+            buckets += min(zero["stage3_prefetch_bucket_size"], shape.total) * grad_bytes
+        else:
+            buckets += min(zero["allgather_bucket_size"], shape.trainable) * grad_bytes
+        parts["DeepSpeed buckets"] = buckets
+    elif stage is None and workers > 1:  # DDP keeps a flat copy of every gradient in its buckets
+        parts["DDP gradient buckets"] = shape.trainable * 4.0
+    if stage is None and train.precision in ("bf16", "fp16"):  # torch.autocast caches 16-bit weight copies
+        parts["autocast weight copies"] = shape.quantizable * 2.0
+    return parts
+
+
+def _load_peak(shape: ModelShape, recipe: Recipe, workers: int) -> float:
+    """ftl loads weights in fp32; DeepSpeed moves them to the GPU before converting to 16 bits. Under ZeRO-3
+    transformers loads inside deepspeed.zero.Init: a partition plus one gathered layer per rank."""
+    if recipe.quantization is not None:
+        q = recipe.quantization
+        per_param = _QUANT_BYTES[q.bits] + (_QUANT_CONSTANTS[q.double_quant] if q.bits == 4 else 4 / 4096)
+        return shape.quantizable * per_param + (shape.total - shape.quantizable) * 4.0
+    if recipe.distributed.zero_stage == 3:
+        return shape.total * 4.0 / workers + 4.0 * shape.largest_layer
+    return shape.total * 4.0
 
 
 def _activations(shape: ModelShape, recipe: Recipe, seq_len: int | None) -> float:

@@ -37,7 +37,7 @@ def _plan_one(loaded: LoadedRecipe, *, gpu_mem: float | None, seq_len: int | Non
     tokenizer = load_tokenizer(recipe.model, loaded.search_dirs)
     model = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer).model
     shape = shape_of(model, recipe)
-    plan = plan_memory(shape, recipe, seq_len=seq_len)
+    plan = plan_memory(shape, recipe, seq_len=seq_len, gpu=True if gpu_mem is not None else None)
     console.print(_table(plan, shape_total=shape.total, trainable=shape.trainable, gpu_mem=gpu_mem))
     log(
         f"FLOPs per optimizer step: {plan.flops_per_step:.3e} (6N + attention over {plan.tokens_per_step:,} tokens, "
@@ -76,8 +76,19 @@ def _table(plan: MemoryPlan, *, shape_total: int, trainable: int, gpu_mem: float
         cpu = plan.offloaded.get(name)
         table.add_row(name, human_bytes(device) if device else "-", human_bytes(cpu) if cpu else "-")
     table.add_section()
-    total = plan.device_total
-    fits = "" if gpu_mem is None else ("  fits" if total <= gpu_mem else "  [red]exceeds --gpu-mem[/]")
+    training = sum(plan.parts.values())
     offloaded = sum(plan.offloaded.values())
-    table.add_row("total", human_bytes(total) + fits, human_bytes(offloaded) if offloaded else "-")
+    table.add_row("training total", human_bytes(training), human_bytes(offloaded) if offloaded else "-")
+    if plan.load_peak:
+        table.add_row("peak while loading", human_bytes(plan.load_peak), "-")
+    if gpu_mem is not None:
+        table.add_row("headroom on --gpu-mem", headroom(plan.device_total, gpu_mem), "-")
     return table
+
+
+def headroom(peak: float, gpu_mem: float) -> str:
+    """'12.30 GiB (15.4 %)' left at the peak, or 'short by 3.20 GiB: exceeds --gpu-mem'."""
+    left = gpu_mem - peak
+    if left >= 0:
+        return f"{human_bytes(left)} ({100 * left / gpu_mem:.1f} %)"
+    return f"[red]short by {human_bytes(-left)}: exceeds --gpu-mem[/]"

@@ -7,7 +7,15 @@ import pytest
 from ftl.launcher.cli import main
 from ftl.launcher.model.freeze import apply_freezing
 from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
-from ftl.launcher.plan import parse_memory, plan_memory, shape_of
+from ftl.launcher.plan import (
+    CUDA_CONTEXT_BYTES,
+    NCCL_CHANNELS,
+    NCCL_PROTOCOL_BYTES,
+    parse_memory,
+    plan_memory,
+    shape_of,
+)
+from ftl.launcher.plan_report import headroom
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.tasks.registry import task_for
 
@@ -96,3 +104,45 @@ def test_check_and_plan_count_only_the_adapters_as_trainable_with_lora(capsys, c
     err = capsys.readouterr().err
     total_line = next(line for line in err.splitlines() if line.startswith("total"))
     assert "100.0% trainable" not in total_line and "% trainable" in total_line
+
+
+# ---- on a GPU: what CUDA, NCCL, DeepSpeed and DDP keep beside the model states ------------------------------
+def test_a_gpu_plan_adds_the_cuda_context_nccl_buffers_and_deepspeeds_buckets(lm_recipe):
+    shape, cpu = _plan(lm_recipe, "distributed.workers=8", "distributed.zero_stage=2", "train.precision=bf16")
+    _, gpu = _plan(
+        lm_recipe,
+        "distributed.workers=8",
+        "distributed.zero_stage=2",
+        "train.precision=bf16",
+        "distributed.gpus_per_worker=1",
+        "distributed.deepspeed={zero_optimization: {reduce_bucket_size: 1000}}",
+    )
+    assert "CUDA context" not in cpu.parts  # a CPU plan is what benchmarks/memory_plan.py measures
+    assert gpu.parts["CUDA context"] == CUDA_CONTEXT_BYTES
+    assert gpu.parts["NCCL buffers"] == 2 * NCCL_CHANNELS * NCCL_PROTOCOL_BYTES
+    # the recipe's reduce bucket, DeepSpeed's default allgather bucket (capped by the gradients), 2 B each
+    assert gpu.parts["DeepSpeed buckets"] == (1000 + min(500_000_000, shape.trainable)) * 2.0
+    assert gpu.load_peak == shape.total * 4.0 + CUDA_CONTEXT_BYTES  # fp32 weights before DeepSpeed converts
+    assert gpu.device_total == sum(gpu.parts.values()) > cpu.device_total
+
+
+def test_ddp_keeps_a_gradient_copy_and_autocast_a_16_bit_weight_copy(lm_recipe):
+    shape, plan = _plan(
+        lm_recipe, "distributed.workers=2", "distributed.gpus_per_worker=1", "train.precision=bf16"
+    )
+    assert plan.parts["DDP gradient buckets"] == shape.trainable * 4.0
+    assert plan.parts["autocast weight copies"] == shape.quantizable * 2.0
+    assert "DeepSpeed buckets" not in plan.parts
+
+
+def test_zero3_loads_only_a_partition_per_rank(lm_recipe):
+    shape, plan = _plan(lm_recipe, "distributed.workers=4", "distributed.zero_stage=3", "train.device=cuda")
+    assert plan.load_peak == shape.total * 4.0 / 4 + 4.0 * shape.largest_layer + CUDA_CONTEXT_BYTES
+
+
+def test_plan_reports_headroom_on_the_gpu(capsys, lm_recipe):
+    assert headroom(60 * 1024**3, 80 * 1024**3) == "20.00 GiB (25.0 %)"
+    assert "short by 10.00 GiB" in headroom(90 * 1024**3, 80 * 1024**3)
+    assert main(["plan", str(lm_recipe), "--gpu-mem", "80GB"]) == 0
+    err = capsys.readouterr().err
+    assert "headroom on --gpu-mem" in err and "CUDA context" in err and "peak while loading" in err

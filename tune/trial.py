@@ -14,6 +14,7 @@ from typing import Any
 
 from ftl.launcher.console import quiet_library_notices
 from ftl.launcher.distributed.ray_launch import launch
+from ftl.launcher.distributed.storage import evaluation_count
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.outcome import numeric
 from ftl.launcher.train.rundir import RunDir
@@ -27,8 +28,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     os.environ.update(setup.env)  # before the training libraries load: they read it at import
     quiet_library_notices()
     from ray import tune
-
-    from ftl.launcher.distributed.storage import evaluation_count  # loads transformers: after the environment
 
     base = setup.base.load().recipe
     values = decode(config, base.tune) if base.tune is not None else dict(config)
@@ -53,7 +52,7 @@ def _train(loaded: LoadedRecipe, rundir_path: Path, *, pbt: bool) -> dict[str, A
     from ray import tune
 
     # the training libraries (torch, transformers) load here, in the trial's own process
-    from ftl.launcher.distributed.storage import RayStorageReporter
+    from ftl.launcher.distributed.storage_reporter import RayStorageReporter
     from ftl.launcher.train.execute import execute
     from ftl.tune.checkpoints import OptimizerSettingsRefresh, adopt_checkpoint
 

@@ -63,6 +63,21 @@ def matmul_dtype(precision: str, device: str, allow_tf32: bool = False) -> str:
     return precision
 
 
+def compute_dtype(precision: str, quantization_config=None) -> str:
+    """The dtype the matmuls run in: the run's precision, or for a bitsandbytes 4-bit model its compute dtype
+    (QLoRA dequantizes to it: precision fp32 with bf16 compute runs at the bf16 peak). 8-bit weights multiply
+    in fp16 (LLM.int8 casts activations to fp16)."""
+    if quantization_config is None:
+        return precision
+    settings = quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()
+    if settings.get("load_in_4bit"):
+        name = str(settings.get("bnb_4bit_compute_dtype") or "float32").removeprefix("torch.")
+        return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, precision)
+    if settings.get("load_in_8bit"):
+        return "fp16"
+    return precision
+
+
 def gpu_peak(device_name: str, dtype: str) -> Peak:
     """The datasheet peak of a GPU named like torch.cuda.get_device_name(), for one dtype."""
     for pattern, name, peaks in GPU_PEAKS:

@@ -116,7 +116,9 @@ def summarise(cell: Cell, timings: list[dict[str, Any]], peak_of) -> CellResult:
     flops_trainable = trainable_flops(counts, result.tokens, squares)
     result.tflops_6n = flops_6n / result.seconds / 1e12
     result.tflops_trainable = flops_trainable / result.seconds / 1e12
-    dtype = matmul_dtype(first["precision"], first["device"], first.get("allow_tf32", False))
+    dtype = matmul_dtype(
+        first.get("compute_dtype", first["precision"]), first["device"], first.get("allow_tf32", False)
+    )
     peak: Peak = peak_of(first["device"], first["device_name"], dtype)
     result.peak_tflops, result.peak_source = peak.tflops, peak.source
     result.mfu_6n = mfu(flops_6n, result.seconds, peak.flops, result.devices)

@@ -24,6 +24,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ftl.launcher.bench.peak import compute_dtype
 from ftl.launcher.files import atomic_write
 from ftl.launcher.flops import flop_counts
 
@@ -54,6 +55,11 @@ class StepTimer(TrainerCallback):
             "device_name": _device_name(self._cuda, args.device),
             "gpus": max(args.n_gpu, 1) if self._cuda else 0,
             "precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"),
+            # the matmuls' dtype: a quantized (QLoRA) model computes in its compute dtype, whatever the precision
+            "compute_dtype": compute_dtype(
+                "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"),
+                getattr(getattr(model, "config", None), "quantization_config", None),
+            ),
             "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
             "torch_threads": torch.get_num_threads(),
             "flop_counts": flop_counts(model).as_dict(),

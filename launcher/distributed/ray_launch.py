@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 from ftl.launcher.console import log
-from ftl.launcher.distributed.reshard import universal_for
+from ftl.launcher.distributed.reshard import universal_files, universal_for
+from ftl.launcher.distributed.storage import fetch_from_storage, push_to_storage
 from ftl.launcher.distributed.worker import train_worker
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.model.load import load_tokenizer, quiet_transformers
@@ -34,6 +35,10 @@ _FORWARDED_ENV = (
     "TQDM_DISABLE",
     "TOKENIZERS_PARALLELISM",
 )
+# Settings of the collective libraries (e.g. NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, TORCH_NCCL_ASYNC_ERROR_HANDLING)
+# that a multi-node run needs on every node, not only where the driver runs.
+_FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "GLOO_")
+GPU_MASK = "CUDA_VISIBLE_DEVICES"
 
 
 def launch(
@@ -52,9 +57,15 @@ def launch(
     device = "cuda" if distributed.gpus_per_worker > 0 else "cpu"
     if distributed.uses_deepspeed:
         validate_deepspeed_config(deepspeed_config(recipe, device=device), distributed.workers)
-    checkpoint = rundir.last_checkpoint()
+    stable_name = distributed.storage_path is not None
+    name = ray_run_name(recipe.name, rundir, stable=stable_name)
+    experiment = f"{distributed.storage_path.rstrip('/')}/{name}" if stable_name else None
+    # what the driver decides on (re-sharding) must follow storage, not only this machine's run directory
+    checkpoint = fetch_from_storage(rundir, experiment) if experiment else rundir.last_checkpoint()
     if distributed.uses_deepspeed and checkpoint is not None:
         extra = universal_for(checkpoint, distributed.workers)
+        if extra and experiment:  # workers on other nodes download the re-sharded copy from storage
+            push_to_storage(checkpoint, experiment, universal_files(checkpoint))
         if extra:
             # Universal loading applies to every load of this session, and checkpoints written from here on are
             # ordinary ones: reloading the best of them at the end would fail, so this session keeps the last.
@@ -97,7 +108,7 @@ def launch(
         ),
         torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
         run_config=RunConfig(
-            name=ray_run_name(recipe.name, rundir, stable=distributed.storage_path is not None),
+            name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.keep_checkpoints + 1),
@@ -124,14 +135,19 @@ def launch(
 
 
 def forwarded_env(recipe) -> dict[str, str]:
-    """Environment every Ray worker gets: the driver's data homes, caches and offline settings."""
+    """Environment every Ray worker gets: the driver's data homes, caches, offline settings and NCCL tuning.
+
+    Workers, trials and folds that reserve no GPU see none: Ray leaves CUDA_VISIBLE_DEVICES alone for them,
+    and `train.device: auto` would otherwise put every one of them on the GPUs the others reserved."""
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
+    env.update({name: value for name, value in os.environ.items() if name.startswith(_FORWARDED_PREFIXES)})
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("TQDM_DISABLE", "1")
     if recipe.distributed.gpus_per_worker == 0 and (
         recipe.tune is None or recipe.tune.trial_resources.gpus == 0
     ):
         env["DS_ACCELERATOR"] = "cpu"
+        env[GPU_MASK] = ""
     return env
 
 

@@ -58,3 +58,9 @@ def universal_for(checkpoint: Path, workers: int) -> dict | None:
             ) from None
     (checkpoint / "latest_universal").write_text(universal)
     return {"checkpoint": {"load_universal": True}}
+
+
+def universal_files(checkpoint: Path) -> list[str]:
+    """The names a re-sharding added to a checkpoint folder (the universal copy and its pointer)."""
+    pointer = checkpoint / "latest_universal"
+    return [pointer.read_text().strip(), pointer.name] if pointer.is_file() else []

@@ -13,27 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from ftl.launcher.train.rundir import RunDir
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
-
-
-class RayStorageReporter(TrainerCallback):
-    """After each save, hand the checkpoint folder to Ray (a barrier in Ray Train: every worker reports).
-
-    `report(metrics, folder)` defaults to Ray Train's; a Ray Tune trial passes Tune's. `folder` is the
-    checkpoint directory, or None when this worker wrote none.
-    """
-
-    def __init__(self, report=None, *, best_of: str | None = None) -> None:
-        self._report = report or _train_report
-        self._best_of = best_of
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self._report(progress_metrics(state, best_of=self._best_of), folder if folder.is_dir() else None)
 
 
 def progress_metrics(state, *, best_of: str | None = None) -> dict[str, float]:
@@ -71,7 +53,7 @@ def _evaluations(log_history: list[dict]) -> list[dict]:
     ]
 
 
-def _train_report(metrics, folder: Path | None) -> None:
+def train_report(metrics, folder: Path | None) -> None:
     import ray.train
 
     checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
@@ -102,3 +84,50 @@ def restore_from_storage(rundir: RunDir) -> Path | None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the other workers on this node wait for the download
     return target if newer else local
+
+
+def fetch_from_storage(rundir: RunDir, experiment: str) -> Path | None:
+    """On the driver, before it decides anything about a resume (e.g. re-sharding to another worker count):
+    the latest checkpoint Ray storage holds for this run (`experiment`: <storage_path>/<run name>), downloaded
+    into <run>/checkpoints when it is newer than the newest local one. The run directory may sit on a node of
+    its own, so the driver cannot rely on seeing the workers' checkpoints there. Returns the newest checkpoint."""
+    from ray.train import Result
+
+    local = rundir.last_checkpoint()
+    try:
+        stored = Result.from_path(experiment).checkpoint
+    except (RuntimeError, OSError, ValueError):  # nothing in storage yet (a new run, or none reported)
+        return local
+    if stored is None:
+        return local
+    match = _STEP.search(stored.path.rstrip("/"))
+    if match is None or (local is not None and int(match.group(1)) <= int(local.name.split("-")[1])):
+        return local
+    target = rundir.checkpoints / match.group(0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    stored.to_directory(str(staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def push_to_storage(checkpoint: Path, experiment: str, names: list[str]) -> None:
+    """Copy files the driver added to a checkpoint (a re-sharded universal copy) into the same checkpoint in
+    Ray storage, where workers on other nodes download it from."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment))
+    destination = f"{root.rstrip('/')}/{checkpoint.name}"
+    for name in names:
+        source = checkpoint / name
+        if source.is_dir():
+            pyarrow.fs.copy_files(str(source), f"{destination}/{name}", destination_filesystem=filesystem)
+        else:
+            with filesystem.open_output_stream(f"{destination}/{name}") as stream:
+                stream.write(source.read_bytes())
+
+
+def _as_uri(path: str) -> str:
+    return path if "://" in path else Path(path).resolve().as_uri()

@@ -8,6 +8,7 @@ from typing import Any
 
 from ftl.launcher.console import log, quiet_library_notices
 from ftl.launcher.distributed.extensions import remove_stale_locks, use_private_extensions_dir
+from ftl.launcher.distributed.storage import restore_from_storage
 from ftl.launcher.files import is_main_process
 from ftl.launcher.train.outcome import numeric
 from ftl.launcher.train.rundir import RunDir
@@ -22,7 +23,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     # the training libraries (torch, transformers) load only now, after the environment is set
-    from ftl.launcher.distributed.storage import RayStorageReporter, restore_from_storage
+    from ftl.launcher.distributed.storage_reporter import RayStorageReporter
     from ftl.launcher.train.execute import execute
 
     loaded = config["recipe"].load()

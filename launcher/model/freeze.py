@@ -14,6 +14,22 @@ from ftl.launcher.recipe.schema import FreezeSection
 _LAYER_CONTAINER_NAMES = ("layers", "layer", "h", "blocks", "block")
 
 
+def parameter_count(parameter) -> int:
+    """Elements of a parameter as the model uses it: the full size of a ZeRO-3 partitioned parameter
+    (`ds_numel`) and of a bitsandbytes 4-bit one (packed two per byte, shape in `quant_state`)."""
+    full = getattr(parameter, "ds_numel", None)
+    if full is not None:
+        return int(full)
+    quant_state = getattr(parameter, "quant_state", None)
+    shape = getattr(quant_state, "shape", None)
+    if shape is not None:
+        count = 1
+        for size in shape:
+            count *= int(size)
+        return count
+    return int(parameter.numel())
+
+
 @dataclass
 class BlockCount:
     block: str
@@ -47,7 +63,7 @@ def layers_or_none(model) -> tuple[str, int] | None:
             continue
         if len({type(child) for child in module}) != 1:
             continue
-        size = sum(p.numel() for p in module.parameters())
+        size = sum(parameter_count(p) for p in module.parameters())
         if best is None or size > best[2]:
             best = (name, len(module), size)
     return None if best is None else (best[0], best[1])
@@ -157,6 +173,7 @@ def block_counts(model, head_names: list[str]) -> list[BlockCount]:
             block = "head"
         else:
             block = "other"
-        counts[block].total += parameter.numel()
-        counts[block].trainable += parameter.numel() if parameter.requires_grad else 0
+        size = parameter_count(parameter)  # the full size also when ZeRO-3 or 4-bit storage holds a part
+        counts[block].total += size
+        counts[block].trainable += size if parameter.requires_grad else 0
     return [counts[b] for b in order if counts[b].total]

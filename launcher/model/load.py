@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config
 from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
@@ -233,31 +237,72 @@ def load_model(
             model = auto.from_config(config, trust_remote_code=section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
     if location.kind == "config" or (location.gguf_file and spec.quantization is not None):
-        dense = _dense_model(spec, location, config, auto)
         if spec.lora is None:
-            return dense
+            return _dense_model(spec, location, config, auto)
         if base_dir is None:
             raise FtlError("lora: a base model built here needs a run directory to be saved in")
-        _save_base(dense.model, base_dir)
-        location = ModelLocation("local", str(base_dir), None, note=f"{location} saved as the adapter's base")
-        config = dense.model.config
-    loaded_model = _pretrained(section, location, config, auto, spec.quantization)
+        return _with_adapters(_built_base(spec, location, config, auto, base_dir), spec, head, base_dir)
+    return _with_adapters(_pretrained(section, location, config, auto, spec.quantization), spec, head, None)
+
+
+def _with_adapters(base: LoadedModel, spec: ModelSpec, head: ModelHead, base_dir: Path | None) -> LoadedModel:
     if spec.lora is None:
-        return loaded_model
+        return base
     peft_model = add_lora(
-        loaded_model.model,
+        base.model,
         spec.lora,
         head.peft_task_type,
         quantized=spec.quantization is not None,
         gradient_checkpointing=spec.gradient_checkpointing,
     )
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    return LoadedModel(
-        peft_model,
-        loaded_model.location,
-        trainable,
-        base_weights=base_dir if location.path == str(base_dir) else None,
-    )
+    return LoadedModel(peft_model, base.location, trainable, base_weights=base_dir)
+
+
+def _built_base(spec: ModelSpec, location: ModelLocation, config, auto, base_dir: Path) -> LoadedModel:
+    """The base of adapters that exists in no file (built from a config, or a GGUF file to be quantized).
+
+    Every process builds it itself (seeded: the same weights everywhere) and trains on its own copy; rank 0
+    also saves it to `base_dir` for ftl predict, eval and export, which nobody reads during this run. So no
+    process ever waits for, or reads half of, another's file, and nodes need not share a disk. bitsandbytes
+    quantizes while reading weight files: a quantized base is read back from a private copy of this process."""
+    with full_weights():  # the base is saved whole, also under ZeRO-3
+        dense = _dense_model(spec, location, config, auto)
+    saved_as = ModelLocation("local", str(base_dir), None, note=f"{location} saved as the adapter's base")
+    if is_main_process():
+        _save_base(dense.model, base_dir)
+    if spec.quantization is None:
+        return LoadedModel(dense.model, saved_as, dense.head_names)
+    base_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".base-private-", dir=base_dir.parent) as private:
+        dense.model.save_pretrained(private)
+        del dense
+        quantized = _pretrained(
+            spec.section, ModelLocation("local", private, None), config, auto, spec.quantization
+        )
+    return LoadedModel(quantized.model, saved_as, quantized.head_names)
+
+
+@contextlib.contextmanager
+def full_weights():
+    """Build a model whole even when the Trainer's arguments asked for ZeRO-3 (which makes transformers build
+    every model inside deepspeed.zero.Init, partitioned over the ranks)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def quantized_device_map() -> dict[str, Any]:
+    """Where bitsandbytes puts a quantized model: this process's own GPU (Ray Train sets each worker's
+    current device; a single-process run is pinned to one), else the CPU. Never GPU 0 for every rank."""
+    import torch
+
+    return {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
 
 
 def _dense_model(spec: ModelSpec, location: ModelLocation, config, auto) -> LoadedModel:
@@ -273,19 +318,15 @@ def _dense_model(spec: ModelSpec, location: ModelLocation, config, auto) -> Load
 
 
 def _save_base(model, directory: Path) -> None:
-    """Write the base once (atomically: concurrent workers build the same seeded base)."""
-    import os
-    import shutil
-    import tempfile
-
+    """Write the base atomically (a kill never leaves half of it); kept when a resumed run wrote it before."""
     if (directory / "config.json").exists():
         return
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".base-", dir=directory.parent))
-    model.save_pretrained(str(staging))
     try:
+        model.save_pretrained(str(staging))
         os.replace(staging, directory)
-    except OSError:  # another worker finished first
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -298,7 +339,7 @@ def _pretrained(
     if quantization is not None:
         extra.update(
             quantization_config=bitsandbytes_config(quantization, keep=head_modules(auto, config)),
-            device_map={"": 0 if torch.cuda.is_available() else "cpu"},
+            device_map=quantized_device_map(),
         )
     if location.gguf_file:
         from transformers import GgufConfig

@@ -278,13 +278,16 @@ def global_batch_divides_evenly(recipe: Recipe) -> Violation | None:
 
 
 @rule
-def whole_gpus_per_worker(recipe: Recipe) -> Violation | None:
+def one_gpu_per_worker(recipe: Recipe) -> Violation | None:
+    """Each Ray Train worker is one rank, and DDP, DeepSpeed and NCCL give a rank exactly one device: a fraction
+    puts two ranks on one GPU (NCCL fails with 'duplicate GPU'), more than one leaves the extra GPUs idle."""
     gpus = recipe.distributed.gpus_per_worker
-    if gpus > 1 and gpus != int(gpus):
-        return (
-            "distributed",
-            "gpus_per_worker",
-        ), f"{gpus} GPUs cannot be shared by one worker; use a whole number"
+    if gpus not in (0, 1):
+        more = f"distributed.workers={int(gpus) * recipe.distributed.workers} with " if gpus > 1 else ""
+        return ("distributed", "gpus_per_worker"), (
+            f"{gpus:g}: a worker trains on exactly one GPU or none; use 0 (CPU) or 1 "
+            f"({more}one GPU each to use more GPUs)"
+        )
     return None
 
 

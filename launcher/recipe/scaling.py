@@ -17,7 +17,10 @@ class DistributedSection(Section):
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = Field(
-        0.0, ge=0, description="GPUs per worker; 0 trains on CPU (gloo), >0 on GPU (NCCL)."
+        0.0,
+        ge=0,
+        description="GPUs per worker: 0 trains on CPU (gloo), 1 on one GPU each (NCCL); more GPUs come from "
+        "more workers.",
     )
     zero_stage: Literal[0, 1, 2, 3] | None = Field(
         None,

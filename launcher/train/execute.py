@@ -17,7 +17,7 @@ from ftl.launcher.console import console, log
 from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import is_main_process
-from ftl.launcher.model.freeze import apply_freezing, block_counts
+from ftl.launcher.model.freeze import apply_freezing, block_counts, parameter_count
 from ftl.launcher.model.integrity import check_fits
 from ftl.launcher.model.load import (
     LoadedModel,
@@ -30,6 +30,8 @@ from ftl.launcher.model.locate import ModelLocation, locate_model
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.train.arguments import training_arguments
+from ftl.launcher.train.deepspeed_config import join_deepspeed
 from ftl.launcher.train.device import DevicePlan, plan_device
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
@@ -54,6 +56,7 @@ class Built:
     trainer: Any
     guard: NonFiniteGuard
     say: Any  # log on rank 0, silence elsewhere
+    loading: dict[str, Any]  # what this process held right after the model was loaded (after_loading)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -99,8 +102,20 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
     tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
     data = task.prepare(recipe.data, tokenizer, dirs=loaded.search_dirs, log=say)
     say(data_summary(data))
+    # The Trainer's arguments exist before the model: under ZeRO-3 they make transformers build and load the
+    # model inside deepspeed.zero.Init, so each rank only ever holds its partition of the weights.
+    args = training_arguments(
+        recipe,
+        rundir.checkpoints,
+        device,
+        loss_counts_items=task.loss_counts_items,
+        generate=task.generates_in_evaluation,
+    )
+    if recipe.distributed.uses_deepspeed:
+        join_deepspeed(device.device)  # zero.Init reads the world size from deepspeed.comm
     model = build_model(loaded, task, tokenizer, rundir)
     check_fits(model.model, tokenizer, recipe.model, recipe.task)  # before the first step fails on it
+    loading = after_loading(model.model)
     schedule = layer_schedule(model.model, recipe)
     if schedule is not None and is_main_process():
         console.print(schedule_table(schedule, set(schedule.depth_of.values())))
@@ -109,18 +124,48 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
     guard = NonFiniteGuard(recipe.train.nan_policy, recipe.train.max_bad_steps)
     trainer = make_trainer(
         recipe,
+        args,
         task,
         model.model,
         tokenizer,
         data,
         rundir,
-        device,
         schedule=schedule,
         guard=guard,
         callbacks=callbacks,
         train_only=train_only,
     )
-    return Built(loaded, device, task, location, tokenizer, data, model, trainer, guard, say, started)
+    return Built(
+        loaded, device, task, location, tokenizer, data, model, trainer, guard, say, loading, started
+    )
+
+
+def after_loading(model) -> dict[str, Any]:
+    """Parameters of the model, how many elements of them this process holds (ZeRO-3 loads only a partition
+    per rank), the process's memory now and at its peak so far (resident, and CUDA's peak when it is in use)
+    and the attention implementation transformers chose: for the manifest."""
+    import resource
+
+    total = held = 0
+    for parameter in model.parameters():
+        total += parameter_count(parameter)
+        partition = getattr(parameter, "ds_tensor", None)  # ZeRO-3: this rank's share
+        held += int(partition.numel()) if partition is not None else int(parameter.numel())
+    import psutil
+    import torch
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    found = {
+        "parameters": total,
+        "held_by_this_process": held,
+        "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),  # now, with the model loaded
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        found["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    config = getattr(model, "config", None)
+    found["attention"] = getattr(config, "_attn_implementation", None)  # sdpa, eager, flash_attention_2
+    return found
 
 
 def build_model(loaded: LoadedRecipe, task: Task, tokenizer, rundir: RunDir) -> LoadedModel:
@@ -217,6 +262,7 @@ def finish(
             extra={
                 "model_location": str(built.location),
                 "workers": trainer.args.world_size,
+                "after_loading": built.loading,  # rank 0's share of the weights and its peak memory then
                 "deepspeed": trainer.args.deepspeed if isinstance(trainer.args.deepspeed, dict) else None,
                 "resumed_from": resumed_from.name if resumed_from else None,
                 "data_stats": data.stats,

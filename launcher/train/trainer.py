@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer, Trainer
 
 from ftl.launcher.train import checkpoints
+from ftl.launcher.train.deepspeed_config import wants_cpu_adam
 from ftl.launcher.train.eval_order import LongestFirstSampler, in_row_order, row_lengths, sampler_of
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import LayerSchedule
@@ -40,6 +41,26 @@ class FtlTrainerMixin:
         self.layer_schedule = layer_schedule
         self.nonfinite_guard = nonfinite_guard
         super().__init__(*args, **kwargs)
+        offload = (self.args.hf_deepspeed_config.config if self.args.deepspeed else {}).get(
+            "zero_optimization", {}
+        )
+        self.cpu_adam = wants_cpu_adam(
+            offload.get("offload_optimizer", {}).get("device", "none"), self.args.device.type
+        )
+
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        """HF's AdamW, or DeepSpeed's CPUAdam with the same settings for an optimizer offloaded from a GPU."""
+        optimizer_cls, kwargs = super().get_optimizer_cls_and_kwargs(args, model)
+        if not self.cpu_adam:
+            return optimizer_cls, kwargs
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam, {
+            "lr": kwargs["lr"],
+            "betas": kwargs["betas"],
+            "eps": kwargs["eps"],
+            "adamw_mode": True,
+        }
 
     def close_loggers(self) -> None:
         """Close the loggers that keep files open until the final evaluation is logged (TensorBoard)."""

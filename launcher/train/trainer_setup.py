@@ -9,14 +9,12 @@ from ftl.launcher.console import console, log
 from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.recipe.schema import Recipe
 from ftl.launcher.tasks.base import Task
-from ftl.launcher.train.arguments import training_arguments
 from ftl.launcher.train.callbacks import (
     ProgressCallback,
     TensorBoardLogger,
     TrainOnly,
     replace_default_printers,
 )
-from ftl.launcher.train.device import DevicePlan
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import LayerSchedule
 from ftl.launcher.train.losses import class_weights, flat_labels, weighted_cross_entropy
@@ -26,28 +24,22 @@ from ftl.launcher.train.trainers import trainer_class
 
 def make_trainer(
     recipe: Recipe,
+    args,
     task: Task,
     model,
     tokenizer,
     data: PreparedData,
     rundir: RunDir,
-    device: DevicePlan,
     *,
     schedule: LayerSchedule | None,
     guard: NonFiniteGuard,
     callbacks: list,
     train_only: bool = False,
 ):
-    """The Trainer for a run; `callbacks` (e.g. a search's reporter) come after the run's own."""
+    """The Trainer for a run with its `args` (training_arguments); `callbacks` (e.g. a search's reporter)
+    come after the run's own."""
     from transformers import EarlyStoppingCallback
 
-    args = training_arguments(
-        recipe,
-        rundir.checkpoints,
-        device,
-        loss_counts_items=task.loss_counts_items,
-        generate=task.generates_in_evaluation,
-    )
     task.configure_model(model, tokenizer)
     run_callbacks: list[Any] = [
         ProgressCallback(
