@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftl-installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo dracula test test-fast lint gpu-check clean
+.PHONY: setup demo dracula test test-fast fuzz lint gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+fuzz: setup  # the long property-based sweep: fresh random inputs, FUZZ_EXAMPLES per property (default 500)
+	$(BIN)/python benchmarks/fuzz_sweep.py --examples $(or $(FUZZ_EXAMPLES),500)
 
 # On a node with NVIDIA GPUs: each path this CPU machine cannot run (bf16, fp16, NCCL 1..N, ZeRO-3 load-time
 # partitioning, 4-bit per rank, attention kernel, bench MFU, plan vs measured memory) in ~10 min; one results file.

@@ -102,6 +102,8 @@ def _read_token(path: Path, source: str, *, required: bool = True) -> Token | No
                 f"{source}: token file not found; give the file that holds the cluster's Ray token"
             )
         return None
+    if path.is_dir():
+        raise FtlError(f"{source}: {path} is a directory; give the file that holds the cluster's Ray token")
     try:
         value = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

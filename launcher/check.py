@@ -9,8 +9,10 @@ from __future__ import annotations
 import yaml
 
 from ftl.launcher.console import console, log, out
+from ftl.launcher.data.prepare import check_cache, split_method, split_rows
 from ftl.launcher.data.sources import load_source
 from ftl.launcher.model.freeze import block_counts
+from ftl.launcher.model.integrity import check_fits, check_model_files
 from ftl.launcher.model.load import ModelSpec, load_tokenizer, quiet_transformers, remote_code_warning
 from ftl.launcher.model.locate import locate_model
 from ftl.launcher.model.meta import meta_model
@@ -64,13 +66,15 @@ def _check_one(loaded: LoadedRecipe):
         for name, sub_task in task.tasks.items():
             found += [
                 f"task {name} ({sub_task.config.type}):",
-                *_check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs),
+                *check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs),
             ]
     else:
-        found = _check_data(recipe.data, task, loaded.search_dirs)
+        found = check_data(recipe.data, task, loaded.search_dirs)
     location = locate_model(recipe.model, loaded.search_dirs)
+    check_model_files(location)
     tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
     built = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer)
+    check_fits(built.model, tokenizer, recipe.model, recipe.task)
     if recipe.tune is not None:
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)
@@ -96,16 +100,19 @@ def _check_one(loaded: LoadedRecipe):
     return report
 
 
-def _check_data(data: DataSection, task, dirs) -> list[str]:
-    """Files, columns and labels of train and validation, read as a run would read them; the report lines."""
+def check_data(data: DataSection, task, dirs) -> list[str]:
+    """Files, columns, cells and labels of train and validation, read, split and subsampled as a run would (only
+    not tokenised), and the cache folder; the report lines."""
+    check_cache(data)
     train = load_source(data.train, dirs, "data.train")
-    task.fit(train)
-    rows = task.encode_raw(train)
-    validation = "carved from train"
-    if data.validation is not None:
-        val = load_source(data.validation, dirs, "data.validation")
-        validation = f"{len(task.encode_raw(val)):,} rows from {val.description}"
-    lines = [f"data: train {len(rows):,} rows from {train.description}; validation {validation}"]
+    val = load_source(data.validation, dirs, "data.validation") if data.validation is not None else None
+    method = split_method(data, task)
+    train_rows, val_rows = split_rows(data, task, train, val, method)
+    origin = f"from {val.description}" if val is not None else f"carved from train ({method})"
+    lines = [
+        f"data: train {len(train_rows):,} rows from {train.description}; validation {len(val_rows):,} rows {origin}"
+    ]
+    lines += [f"[yellow]{line}[/]" for raw in (train, val) if raw is not None for line in raw.row_report()]
     labels = task.label_names()
     if labels:
         lines.append(f"labels: {', '.join(labels)}")

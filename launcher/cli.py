@@ -31,6 +31,7 @@ from ftl.cluster.commands import register as register_cluster_commands
 from ftl.launcher.cli_types import OverridesArg, RecipeArg
 from ftl.launcher.console import quiet_library_notices
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import os_error_line
 from ftl.launcher.use.commands import register as register_use_commands
 
 app = typer.Typer(
@@ -273,15 +274,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except BrokenPipeError:  # stdout closed early (ftl schema | head): nothing left to say to it
+        _quiet_stdout()
+        return 0
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _fail(
+                f"no space left on the device writing {exc.filename or 'a file'} ({exc.strerror}); free some "
+                "space, then run the same command again (with --resume for a run that has checkpoints)"
+            )
+            return 2
+        if exc.filename is None:
             raise
-        _fail(
-            f"no space left on the device writing {exc.filename or 'a file'} ({exc.strerror}); free some space, "
-            "then run the same command again (with --resume for a run that has checkpoints)"
-        )
+        # a path ftl was given or derived from one (a folder it could not make, a file it could not read): the
+        # last resort for OS errors no verb turned into its own line
+        _fail(os_error_line(exc))
         return 2
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(message: str) -> None:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import make_dir
 from ftl.launcher.model.load import quiet_transformers
 from ftl.launcher.model.saved import is_adapter, load_trained
 from ftl.launcher.tasks.registry import task_for
@@ -22,6 +23,7 @@ def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32"
         raise FtlError(f"--output: {output} is a file; give a new directory")
     if output.exists() and any(output.iterdir()):
         raise FtlError(f"--output: {output} already holds files; choose an empty or new directory")
+    make_dir(output.parent, "--output")
     recipe = rundir.read_recipe()
     quiet_transformers(recipe.log.level)
     adapter = is_adapter(rundir.model)

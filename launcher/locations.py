@@ -41,12 +41,18 @@ def find_local(path: str, recipe_dirs: list[Path]) -> Path | None:
     """The first existing match for `path` (absolute, or relative to a data home), else None."""
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
-        return candidate if candidate.exists() or _has_glob(path) and _glob_any(candidate) else None
+        return candidate if _present(candidate) or _has_glob(path) and _glob_any(candidate) else None
     for home in data_homes(recipe_dirs):
         full = home / candidate
-        if full.exists() or (_has_glob(path) and _glob_any(full)):
+        if _present(full) or (_has_glob(path) and _glob_any(full)):
             return full
     return None
+
+
+def _present(path: Path) -> bool:
+    """There is something at `path`: a file, folder, or a symbolic link even when broken (reading it then says
+    what is wrong, rather than 'not found')."""
+    return path.exists() or path.is_symlink()
 
 
 def looked_in(recipe_dirs: list[Path]) -> str:

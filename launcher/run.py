@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.distributed.ray_launch import launch
-from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.execute import execute
 from ftl.launcher.train.resume import check_same_recipe
@@ -32,12 +31,15 @@ def run_recipe(
     `callbacks` are Trainer callbacks added in every process (picklable: Ray ships them to its workers);
     `train_only` trains without evaluations, checkpoints or a final model (see `execute`)."""
     created = next((p for p in reversed([output, *output.parents]) if not p.exists()), None)
+    was_empty = created is None and output.is_dir() and not any(output.iterdir())
     rundir = RunDir.open_for_run(output, resume=resume)
     try:
         return _run(loaded, rundir, resume=resume, train_only=train_only, callbacks=callbacks)
-    except FtlError:
-        if created is not None and not rundir.training_started:  # a mistake found before training
-            rundir.remove_if_unused(up_to=created)
+    except BaseException:
+        # anything that stops a run before its first step (a mistake, a library's error, Ctrl+C) leaves nothing,
+        # so the same command can run again; after that the folder stays for --resume
+        if (created is not None or was_empty) and not rundir.training_started:
+            rundir.remove_if_unused(up_to=created)  # an empty folder given as --output stays, empty
         raise
 
 

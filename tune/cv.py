@@ -43,6 +43,7 @@ def fold_spec(recipe, folds: int | None, group_by: str | None) -> KFold:
         raise FtlError(f"--folds/--group-by: {error['msg'].removeprefix('Value error, ')}") from None
 
 
+@setup.removes_unused_output
 def run_cv(
     loaded: LoadedRecipe,
     output: Path,
@@ -64,6 +65,8 @@ def run_cv(
     except InvalidVariant as exc:
         raise FtlError(f"ftl cv: {exc}") from None
     metric, mode = objective(recipe)
+    if not resume:
+        setup.preflight_data(loaded, first)  # fold 0 as its trial reads it: a fold count the data refuses
     search = setup.SearchDir.open(
         output,
         resume=resume,

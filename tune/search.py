@@ -23,6 +23,7 @@ from ftl.tune.study import open_storage, study_name, study_storage
 DEFAULT_SAMPLES = 8
 
 
+@setup.removes_unused_output
 def run_search(
     loaded: LoadedRecipe,
     output: Path,
@@ -51,6 +52,8 @@ def run_search(
             log(f"the space holds {size} combination(s): running {size} trial(s), not {total}")
             total = size
     total = total or DEFAULT_SAMPLES
+    if not resume:
+        setup.preflight_data(loaded, recipe)
     search = setup.SearchDir.open(
         output,
         resume=resume,

@@ -8,28 +8,70 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ftl.launcher.check import check_data
 from ftl.launcher.console import console, log
 from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write
+from ftl.launcher.files import atomic_write, make_dir
 from ftl.launcher.recipe.loader import LoadedRecipe
+from ftl.launcher.tasks.registry import task_for
 from ftl.tune.trial import run_trial
 from ftl.tune.trial_runs import TrialSetup
 
 EXPERIMENT = "ray"
 
 
+_CLAIMED: contextvars.ContextVar[list[SearchDir] | None] = contextvars.ContextVar("claimed", default=None)
+
+
+def removes_unused_output(function):
+    """A search or cross-validation that fails before any trial ran (a refused fold count, data a trial cannot
+    read, Ctrl+C while Ray starts) removes the output folder it created, so the same command can run again."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        claimed: list[SearchDir] = []
+        token = _CLAIMED.set(claimed)
+        try:
+            return function(*args, **kwargs)
+        except BaseException:
+            for search in claimed:
+                search.discard_if_unused()
+            raise
+        finally:
+            _CLAIMED.reset(token)
+
+    return wrapper
+
+
+def preflight_data(loaded: LoadedRecipe, recipe) -> None:
+    """Read, encode and split the data once in the driver, as `ftl check` does, before any output folder or
+    trial: a mistake in it is one line now instead of every trial failing."""
+    if recipe.data is not None:
+        check_data(recipe.data, task_for(recipe.task), loaded.search_dirs)
+
+
 @dataclass
 class SearchDir:
     root: Path
+    created: bool = False  # by this command (it did not exist or was empty)
+
+    def discard_if_unused(self) -> None:
+        """Remove the folder when no trial has written anything in it yet."""
+        trials = self.trials
+        if self.created and not (trials.exists() and any(trials.iterdir())):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def trials(self) -> Path:
@@ -72,7 +114,11 @@ class SearchDir:
                 f"--output: {root} already holds files; pass --resume to continue that {verb}, or choose another "
                 "--output"
             )
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root, "--output")
+        found.created = True
+        claimed = _CLAIMED.get()
+        if claimed is not None:
+            claimed.append(found)
         atomic_write(found.root / "recipe.yaml", yaml.safe_dump(record["recipe"], sort_keys=False))
         atomic_write(found.record, json.dumps(record, indent=2) + "\n")
         return found

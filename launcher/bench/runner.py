@@ -43,6 +43,7 @@ from ftl.launcher.bench.results import (
 from ftl.launcher.bench.table import BenchTable
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
+from ftl.launcher.files import make_dir
 from ftl.launcher.train.rundir import git_sha
 
 
@@ -119,7 +120,7 @@ def run_bench(
 def _claim(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FtlError(f"--output: {output} already holds files; choose another --output or remove it")
-    output.mkdir(parents=True, exist_ok=True)
+    make_dir(output, "--output")
 
 
 class _Peaks:

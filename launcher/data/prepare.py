@@ -22,6 +22,7 @@ from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 from ftl.launcher.data.sources import RawData, load_source
 from ftl.launcher.data.splits import carve_validation, oversample, subsample
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.files import check_writable
 from ftl.launcher.recipe.data import DataSection
 
 CACHE_ENV = "FTL_CACHE"
@@ -42,6 +43,7 @@ class Preparer(Protocol):
     def state(self) -> dict[str, Any]: ...
     def restore(self, state: dict[str, Any]) -> None: ...
     def dataset_stats(self, dataset: Any, tokenizer: Any) -> dict[str, Any]: ...
+    def label_names(self) -> list[str] | None: ...
 
 
 @dataclass
@@ -58,6 +60,17 @@ class PreparedData:
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ftl")).expanduser()
+
+
+def check_cache(data: DataSection) -> None:
+    """The tokenisation cache can be written (when the recipe caches): one line naming the folder otherwise."""
+    if data.cache:
+        what = f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV) else "the data cache"
+        check_writable(
+            cache_root() / "data",
+            what,
+            fix=f"point {CACHE_ENV} at a folder you can write, or set data.cache: false",
+        )
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -92,12 +105,11 @@ def prepare_data(
     import datasets
 
     started = time.perf_counter()
+    check_cache(data)
     train_raw = load_source(data.train, dirs, "data.train")
     val_raw = load_source(data.validation, dirs, "data.validation") if data.validation else None
     split = data.validation_split
-    method = split.method
-    if method == "auto":
-        method = "group" if split.group_column else task.split_method
+    method = split_method(data, task)
     key_material = {
         "format": _CACHE_FORMAT,
         "ftl": __version__,
@@ -126,6 +138,8 @@ def prepare_data(
             splits = datasets.load_from_disk(str(cache_dir / "splits"))
             meta = json.loads((cache_dir / "meta.json").read_text())
             task.restore(meta["task_state"])
+            for line in meta["stats"].get("rows_dropped_or_coerced", {}).get("report", []):
+                log(f"[yellow]{line}[/]")
             return PreparedData(
                 splits["train"],
                 splits["validation"],
@@ -140,6 +154,45 @@ def prepare_data(
             log(f"[yellow]cache at {cache_dir} is unreadable; rebuilding it[/]")
 
     datasets.disable_caching()  # ftl caches the final result itself
+    train_rows, val_rows = split_rows(data, task, train_raw, val_raw, method)
+    row_notes = [line for raw in (train_raw, val_raw) if raw is not None for line in raw.row_report()]
+    for line in row_notes:
+        log(f"[yellow]{line}[/]")
+    train = task.tokenize(train_rows, tokenizer, "train")
+    validation = task.tokenize(val_rows, tokenizer, "validation")
+    stats = {
+        "train": task.dataset_stats(train, tokenizer),
+        "validation": task.dataset_stats(validation, tokenizer),
+        "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
+        "rows_dropped_or_coerced": {
+            "train": train_raw.notes,
+            "validation": val_raw.notes if val_raw is not None else {},
+            "report": row_notes,
+        },
+    }
+    if data.cache:
+        _store(
+            cache_dir,
+            datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
+            {"task_state": task.state(), "stats": stats, "key": key_material},
+        )
+    return PreparedData(
+        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
+    )
+
+
+def split_method(data: DataSection, task: Preparer) -> str:
+    split = data.validation_split
+    if split.method == "auto":
+        return "group" if split.group_column else task.split_method
+    return split.method
+
+
+def split_rows(data: DataSection, task: Preparer, train_raw: RawData, val_raw: RawData | None, method: str):
+    """Normalised (train, validation) rows as a run trains on them: labels fitted, rows encoded, validation
+    carved or read, folds, subsets and oversampling applied (no tokenising). `ftl check` calls it too, so a
+    split the data cannot give is found before training."""
+    split = data.validation_split
     task.fit(train_raw)
     if data.fold is not None:
         train_rows, val_rows = _fold_rows(train_raw, task, data, seed=split.seed)
@@ -160,6 +213,7 @@ def prepare_data(
                 stratify_column=stratify,
                 what="data.validation_split",
                 group_column=group,
+                names=task.label_names(),
             )
         train_rows = subsample(
             train_rows,
@@ -177,22 +231,7 @@ def prepare_data(
         stratify_column=task.stratify_column(),
         what="data.max_eval_rows",
     )
-    train = task.tokenize(train_rows, tokenizer, "train")
-    validation = task.tokenize(val_rows, tokenizer, "validation")
-    stats = {
-        "train": task.dataset_stats(train, tokenizer),
-        "validation": task.dataset_stats(validation, tokenizer),
-        "raw_rows": {"train": len(train_rows), "validation": len(val_rows)},
-    }
-    if data.cache:
-        _store(
-            cache_dir,
-            datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
-            {"task_state": task.state(), "stats": stats, "key": key_material},
-        )
-    return PreparedData(
-        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
-    )
+    return train_rows, val_rows
 
 
 def _fold_rows(train_raw: RawData, task: Preparer, data: DataSection, *, seed: int):

@@ -82,7 +82,7 @@ def is_squad(file: Path) -> bool:
     """A .json file holding a SQuAD-style document (decided from its first bytes, without parsing it all)."""
     with file.open("rb") as handle:
         head = handle.read(4096).lstrip()
-    return head.startswith(b"{") and b'"data"' in head and (b'"paragraphs"' in head or b'"title"' in head)
+    return head.startswith(b"{") and b'"data"' in head and b'"paragraphs"' in head
 
 
 def read_squad(files: list[Path], what: str) -> Columns:

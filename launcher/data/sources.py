@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftl.launcher.data import readers
 from ftl.launcher.data.diagnose import diagnose
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.files import readable_file
 from ftl.launcher.locations import find_local, looked_in
 from ftl.launcher.recipe.data import DataSource
 
@@ -44,6 +45,25 @@ class RawData:
     _dataset: object = None  # datasets.Dataset, read on first use
     _row_starts: list[tuple[Path, int]] | None = None  # file and line of each row, for multi-line rows
     _ready: bool = False
+    # rows dropped or coerced while a task read them: kind -> reason -> {"rows": n, "first": file:line}
+    notes: dict = field(default_factory=dict)
+
+    def note(self, kind: str, reason: str, row: int) -> None:
+        """Count a row `kind` ('dropped' or 'coerced') for `reason` (see data/cells.py)."""
+        entry = self.notes.setdefault(kind, {}).setdefault(
+            reason, {"rows": 0, "first": self.row_location(row)}
+        )
+        entry["rows"] += 1
+
+    def row_report(self) -> list[str]:
+        """One line per kind: 'data.train: dropped 2 of 40 rows: no 'text' (2, first t.jsonl:3)'."""
+        lines = []
+        total = len(self.dataset)
+        for kind, reasons in self.notes.items():
+            count = sum(r["rows"] for r in reasons.values())
+            why = "; ".join(f"{reason} ({r['rows']}, first {r['first']})" for reason, r in reasons.items())
+            lines.append(f"{self.what}: {kind} {count} of {total} rows: {why}")
+        return lines
 
     @property
     def dataset(self):
@@ -82,17 +102,16 @@ def load_source(source: DataSource, recipe_dirs: list[Path], what: str) -> RawDa
 
 def load_file(path: Path, what: str, source: DataSource | None = None) -> RawData:
     """An explicit file given on the command line (e.g. `ftl eval --data`)."""
-    if not path.exists():
-        raise FtlError(f"{what}: {path} not found")
+    if not path.is_dir():
+        readable_file(path, what)
     return _local(path, source or DataSource(path=str(path)), what)
 
 
 def _local(path: Path, source: DataSource, what: str) -> RawData:
-    files = _files_of(path)
-    if not files:
-        raise FtlError(f"{what}: no data files in {path}")
-    fmt = _format_of(files, source, what)
+    files = _files_of(path, what)
+    fmt = _format_of(files, source, what, path)
     for file in files:
+        readable_file(file, what)
         if file.stat().st_size == 0:
             raise FtlError(f"{what}: {file} is empty")
         if not os.access(file, os.R_OK):
@@ -101,33 +120,57 @@ def _local(path: Path, source: DataSource, what: str) -> RawData:
     return RawData(shown, fingerprint_files(files, fmt, source), fmt, files, source, what)
 
 
-def _files_of(path: Path) -> list[Path]:
+def _files_of(path: Path, what: str) -> list[Path]:
+    """The data files a path names: itself, a glob's matches, or a folder's files. As in `datasets`, hidden
+    files and a folder's README.md (and dataset metadata) are not data; a folder's files of unknown kinds are
+    left out too, but named when nothing else is there."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSION_FORMATS and p.is_file())
-    elif any(ch in path.name for ch in "*?["):
-        files = sorted(p for p in path.parent.glob(path.name) if p.is_file())
-    else:
-        files = [path]
-    return files
+        entries = sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p))
+        files = [p for p in entries if p.suffix.lower() in EXTENSION_FORMATS]
+        if not files:
+            found = (
+                f" (it holds {', '.join(p.name for p in entries[:5])}: no csv, tsv, json, jsonl, txt, parquet or CoNLL file)"
+                if entries
+                else " (it is empty)"
+            )
+            raise FtlError(f"{what}: no data files in {path}{found}")
+        return files
+    if any(ch in path.name for ch in "*?["):
+        files = sorted(p for p in path.parent.glob(path.name) if p.is_file() and not _ignored(p))
+        if not files:
+            raise FtlError(f"{what}: no data files match {path}")
+        return files
+    return [path]
 
 
-def _format_of(files: list[Path], source: DataSource, what: str) -> str:
+def _ignored(path: Path) -> bool:
+    from datasets.data_files import FILES_TO_IGNORE
+
+    return path.name.startswith((".", "__")) or path.name in FILES_TO_IGNORE
+
+
+def _format_of(files: list[Path], source: DataSource, what: str, path: Path) -> str:
     if source.format != "auto":
         return source.format
-    formats = {EXTENSION_FORMATS.get(f.suffix.lower()) for f in files}
-    if formats == {"json"} and all(readers.is_squad(f) for f in files):
+    formats = {f: EXTENSION_FORMATS.get(f.suffix.lower()) for f in files}
+    if set(formats.values()) == {"json"} and all(readers.is_squad(f) for f in files):
         return "squad"
-    if None in formats:
-        unknown = next(f for f in files if f.suffix.lower() not in EXTENSION_FORMATS)
+    if None in formats.values():
+        unknown = next(f for f, fmt in formats.items() if fmt is None)
         raise FtlError(
             f"{what}: cannot tell the format of {unknown} from its extension; set {what}.format to one of "
             f"{', '.join(sorted(set(EXTENSION_FORMATS.values())))}"
         )
-    if len(formats) > 1:
+    kinds = sorted(set(formats.values()), key=lambda k: (-sum(v == k for v in formats.values()), k == "text"))
+    if len(kinds) > 1:
+        main = kinds[0]
+        stray = [f.name for f, fmt in formats.items() if fmt != main]
         raise FtlError(
-            f"{what}: files of mixed formats ({', '.join(sorted(formats))}); give one format per split"
+            f"{what}: {path} mixes formats: {', '.join(stray[:5])} among its {main} files; move "
+            f"{'it' if len(stray) == 1 else 'them'} out, or point {what} at the {main} files alone (e.g. a glob "
+            f"like {path.name}/*{next(f.suffix for f, fmt in formats.items() if fmt == main)})"
         )
-    return formats.pop()
+    return kinds[0]
 
 
 def _read(files: list[Path], fmt: str, source: DataSource, what: str):
@@ -144,10 +187,15 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             found = read(files, what)
             return datasets.Dataset.from_dict(found.columns), found.starts or None
         if fmt in ("csv", "tsv"):
+            _check_header(files, fmt)
             kwargs = {"delimiter": "\t", "quoting": 3} if fmt == "tsv" else {}
+            # only an empty cell is missing: pandas would also take the texts NA, None, null, n/a, nan ... for
+            # missing values and drop those rows (or fail on a label named NA)
+            kwargs.update(keep_default_na=False, na_values=[""])
             return datasets.load_dataset("csv", data_files=names, split="train", **kwargs), None
         if fmt in ("json", "jsonl"):
-            return datasets.load_dataset("json", data_files=names, split="train"), None
+            field = _rows_field(files) if fmt == "json" else None
+            return datasets.load_dataset("json", data_files=names, split="train", field=field), None
         if fmt == "parquet":
             return datasets.load_dataset("parquet", data_files=names, split="train"), None
         if fmt == "text":
@@ -165,6 +213,37 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             diagnose(files, fmt, what)  # names the file:line when it can
         raise FtlError(f"{what}: cannot read {', '.join(names)} as {fmt}: {reason}") from None
     raise FtlError(f"{what}: unsupported format {fmt}")
+
+
+def _rows_field(files: list[Path]) -> str | None:
+    """The key of a .json document that holds its rows ({"data": [{...}, ...]}): its only key whose value is a
+    list of objects (None for a list of rows or a mapping of columns)."""
+    import json
+
+    with files[0].open("rb") as handle:
+        if not handle.read(64).lstrip().startswith(b"{"):
+            return None
+    document = json.loads(files[0].read_text(encoding="utf-8"))
+    if isinstance(document, dict) and len(document) == 1:
+        key, value = next(iter(document.items()))
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return key
+    return None
+
+
+def _check_header(files: list[Path], fmt: str) -> None:
+    """A column named twice in a header (pandas would quietly rename the second to 'name.1')."""
+    import csv
+
+    for file in files:
+        with file.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+            first = handle.readline().rstrip("\r\n")
+        header = first.split("\t") if fmt == "tsv" else next(csv.reader([first]), [])
+        seen: set[str] = set()
+        for name in (h.strip() for h in header):
+            if name in seen and name:
+                raise FtlError(f"{file}:1: column '{name}' appears twice in the header; rename one of them")
+            seen.add(name)
 
 
 def _renamed(dataset, mapping: dict[str, str], what: str):

@@ -14,6 +14,7 @@ def carve_validation(
     stratify_column: str | None,
     what: str,
     group_column: str | None = None,
+    names: list[str] | None = None,
 ):
     """Return (train, validation). Methods: stratified (keeps label ratios), random, tail (last rows), group
     (whole groups of `group_column` on one side, about `fraction` of the rows held out)."""
@@ -29,25 +30,50 @@ def carve_validation(
         train_idx, val_idx = _group_indices(dataset[group_column], fraction, seed, what, group_column)
         return dataset.select(train_idx), dataset.select(val_idx)
     train_idx, val_idx = _split_indices(
-        dataset, n_val, seed, stratify_column if method == "stratified" else None, what
+        dataset, n_val, seed, stratify_column if method == "stratified" else None, what, names
     )
     return dataset.select(train_idx), dataset.select(val_idx)
 
 
-def subsample(dataset, rows: int | None, *, seed: int, stratify_column: str | None, what: str):
+def subsample(
+    dataset,
+    rows: int | None,
+    *,
+    seed: int,
+    stratify_column: str | None,
+    what: str,
+    names: list[str] | None = None,
+):
     """A seeded random subset of `rows` rows (stratified when a label column is given); all rows if fewer."""
     if rows is None or rows >= len(dataset):
         return dataset
-    _, keep = _split_indices(dataset, rows, seed, stratify_column, what)
+    _, keep = _split_indices(dataset, rows, seed, stratify_column, what, names)
     return dataset.select(sorted(keep))
 
 
-def _split_indices(dataset, n_second: int, seed: int, stratify_column: str | None, what: str):
+def _name(label, names: list[str] | None) -> str:
+    """A label's name (the data holds ids into the task's label names)."""
+    return names[label] if names and isinstance(label, int) and 0 <= label < len(names) else str(label)
+
+
+def _split_indices(
+    dataset, n_second: int, seed: int, stratify_column: str | None, what: str, names: list[str] | None = None
+):
     import numpy as np
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(dataset))
     labels = dataset[stratify_column] if stratify_column else None
+    if labels is not None:
+        counts: dict = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        rare = next((label for label, count in counts.items() if count < 2), None)
+        if rare is not None:
+            raise FtlError(
+                f"{what}: label '{_name(rare, names)}' has a single row; keeping label ratios needs at least 2 rows of "
+                "every label: add rows, or use data.validation_split.method: random"
+            )
     try:
         first, second = train_test_split(
             indices, test_size=n_second, random_state=seed, shuffle=True, stratify=labels

@@ -9,21 +9,23 @@ from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def bitsandbytes_config(q: QuantizationSection | None):
-    """The BitsAndBytesConfig of `quantization:` (None without it)."""
+def bitsandbytes_config(q: QuantizationSection | None, keep: list[str] | None = None):
+    """The BitsAndBytesConfig of `quantization:` (None without it); `keep`: modules left unquantized besides
+    quantization.skip_modules (the task's head)."""
     if q is None:
         return None
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip = list(dict.fromkeys([*q.skip_modules, *(keep or [])])) or None
     if q.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=q.skip_modules or None)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, _DTYPES[q.compute_dtype]),
-        llm_int8_skip_modules=q.skip_modules or None,
+        llm_int8_skip_modules=skip,
     )
 
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ftl.launcher.errors import FtlError, did_you_mean, first_line
+from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config
+from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
 from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
 from ftl.launcher.recipe.schema import ModelSection, Recipe
@@ -116,11 +117,7 @@ def model_config(section: ModelSection, head: ModelHead, location: ModelLocation
     overrides = head.config_overrides()
     if location.kind == "config":
         settings = dict(section.config)
-        model_type = settings.pop("model_type")
-        try:
-            config = AutoConfig.for_model(model_type, **settings)
-        except ValueError as exc:
-            raise FtlError(f"model.config: {str(exc).splitlines()[0]}") from None
+        config = _config_from_settings(dict(settings))
         if tokenizer is not None and "vocab_size" not in settings:
             config.vocab_size = len(tokenizer)
         if tokenizer is not None:
@@ -139,6 +136,58 @@ def model_config(section: ModelSection, head: ModelHead, location: ModelLocation
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     return config
+
+
+def _config_from_settings(settings: dict[str, Any]):
+    """model.config as a transformers config: an unknown model type or setting is named (with a close match),
+    as is a value of the wrong type."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    model_type = str(settings.pop("model_type"))
+    if model_type not in CONFIG_MAPPING:
+        raise FtlError(
+            f"model.config.model_type: unknown model type '{model_type}'{did_you_mean(model_type, CONFIG_MAPPING.keys())}; "
+            "e.g. bert, roberta, gpt2, llama, t5"
+        )
+    known = CONFIG_MAPPING[model_type]().to_dict()
+    for key in settings:
+        if key not in known:
+            raise FtlError(
+                f"model.config.{key}: {CONFIG_MAPPING[model_type].__name__} has no setting '{key}'"
+                f"{did_you_mean(key, known)}"
+            )
+    try:
+        return AutoConfig.for_model(model_type, **settings)
+    except Exception as exc:  # transformers validates settings with several exception types
+        key = next((k for k in settings if f"'{k}'" in str(exc)), None)
+        raise FtlError(f"model.config{'.' + key if key else ''}: {library_reason(exc)}") from None
+
+
+def library_reason(exc: BaseException) -> str:
+    """A library exception's message on one line: its first line, with the next when the first only announces
+    it (ends with ':')."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+@contextlib.contextmanager
+def building(section: ModelSection, location: ModelLocation):
+    """Building a model from its config: a library's error (a size that does not divide, a negative size, a
+    dropout above 1) is one line blaming the settings that made the config."""
+    try:
+        yield
+    except FtlError:
+        raise
+    except Exception as exc:  # torch and transformers raise ValueError, RuntimeError, TypeError, ...
+        if section.config_overrides:
+            key = "model.config_overrides"
+        elif location.kind == "config":
+            key = "model.config"
+        else:
+            key = f"model ({location})"
+        raise FtlError(f"{key}: cannot build the model: {library_reason(exc)}") from None
 
 
 def _override(config, settings: dict[str, Any]) -> None:
@@ -184,7 +233,7 @@ def load_model(
     config = model_config(section, head, location, tokenizer)
     auto = head.model_class()
     if meta:
-        with torch.device("meta"):
+        with torch.device("meta"), building(section, location):
             model = auto.from_config(config, trust_remote_code=section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
     if location.kind == "config" or (location.gguf_file and spec.quantization is not None):
@@ -262,7 +311,8 @@ def _dense_model(spec: ModelSpec, location: ModelLocation, config, auto) -> Load
 
     if location.kind == "config":
         torch.manual_seed(spec.seed)
-        model = auto.from_config(config, trust_remote_code=spec.section.trust_remote_code)
+        with building(spec.section, location):
+            model = auto.from_config(config, trust_remote_code=spec.section.trust_remote_code)
         return LoadedModel(model, location, _head_parameter_names(model))
     return _pretrained(spec.section, location, config, auto, quantization=None)
 
@@ -288,7 +338,7 @@ def _pretrained(
     extra = location.hf_kwargs()
     if quantization is not None:
         extra.update(
-            quantization_config=bitsandbytes_config(quantization),
+            quantization_config=bitsandbytes_config(quantization, keep=head_modules(auto, config)),
             device_map=quantized_device_map(),
         )
     if location.gguf_file:
@@ -313,6 +363,17 @@ def _pretrained(
     return LoadedModel(model, location, fresh)
 
 
+def head_modules(auto, config) -> list[str]:
+    """The modules a task puts on top of the backbone (a classifier, an LM head): trained in full beside the
+    adapters, so they must stay unquantized (bitsandbytes cannot train a 4-bit head; peft's copy of one fails)."""
+    import torch
+
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    prefix = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children() if name != prefix and any(child.parameters())]
+
+
 def forget_gguf_origin(model) -> None:
     """A dequantized GGUF model is a plain dense model: drop the quantizer so it trains and saves as one."""
     model.hf_quantizer = None
@@ -333,13 +394,18 @@ def _hub_errors(location: ModelLocation, what: str):
         yield
     except FtlError:
         raise
-    except (OSError, ValueError) as exc:
-        reason = first_line(exc)
+    except Exception as exc:  # a library's error while reading files the user pointed at
+        reason = library_reason(exc)
         if "contains custom code" in reason:
             raise FtlError(
                 f"model.trust_remote_code: {location} ships Python code of its own, which ftl runs only when the "
                 "recipe opts in; read that code, then set model.trust_remote_code: true"
             ) from None
+        if location.kind in ("local", "gguf"):
+            folder = Path(location.path)
+            broken = broken_file(folder, location.gguf_file) if folder.is_dir() else None
+            if broken:
+                raise FtlError(f"model: cannot load the {what}: {broken}") from None
         hint = ""
         if location.kind == "hub":
             hint = (

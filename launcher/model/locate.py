@@ -47,7 +47,7 @@ def locate_model(section: ModelSection, recipe_dirs: list[Path]) -> ModelLocatio
 
 def locate_path(location: str, recipe_dirs: list[Path], what: str) -> ModelLocation:
     """Resolve a single location string (e.g. model.tokenizer)."""
-    found = _local(location, None, recipe_dirs)
+    found = _local(location, None, recipe_dirs, what)
     if found is not None:
         return found
     if location.startswith("package:") or looks_local(location):
@@ -55,26 +55,28 @@ def locate_path(location: str, recipe_dirs: list[Path], what: str) -> ModelLocat
     return ModelLocation("hub", location)
 
 
-def _local(candidate: str, gguf_file: str | None, recipe_dirs: list[Path]) -> ModelLocation | None:
+def _local(
+    candidate: str, gguf_file: str | None, recipe_dirs: list[Path], what: str = "model"
+) -> ModelLocation | None:
     if candidate.startswith("package:"):
         path = package_dir(candidate)
         if path is None or not path.exists():
             return None
-        return _inspect(path, gguf_file, note=f"from installed {candidate}")
+        return _inspect(path, gguf_file, note=f"from installed {candidate}", what=what)
     path = Path(candidate).expanduser()
     options = [path] if path.is_absolute() else [d / path for d in recipe_dirs] + [Path.cwd() / path]
     for option in options:
         if option.exists():
-            return _inspect(option.resolve(), gguf_file, note="local")
+            return _inspect(option.resolve(), gguf_file, note="local", what=what)
     return None
 
 
-def _inspect(path: Path, gguf_file: str | None, note: str) -> ModelLocation | None:
+def _inspect(path: Path, gguf_file: str | None, note: str, what: str = "model") -> ModelLocation | None:
     """A directory with config.json (or one level below it), or a GGUF file."""
     if path.is_file():
         if path.suffix == ".gguf":
             return ModelLocation("gguf", str(path.parent), path.name, note)
-        raise FtlError(f"model: {path} is a file but not a .gguf model; give its directory instead")
+        raise FtlError(f"{what}: {path} is a file but not a .gguf model; give its directory instead")
     if gguf_file:
         if not (path / gguf_file).is_file():
             present = ", ".join(p.name for p in path.glob("*.gguf")) or "none"

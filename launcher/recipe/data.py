@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.folds import FoldSplit
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section, Seed
 
 
 class DataSource(Section):
@@ -49,7 +49,7 @@ class ValidationSplit(Section):
     """How to carve a validation split out of train when no validation data is given."""
 
     fraction: float = Field(0.1, gt=0, lt=1, description="Share of the training rows held out.")
-    seed: int = Field(42, description="Seed of the split (independent of the training seed).")
+    seed: Seed = Field(42, description="Seed of the split (independent of the training seed).")
     method: Literal["auto", "stratified", "random", "tail", "group"] = Field(
         "auto",
         description="stratified keeps label ratios (classification); random shuffles; tail holds out the last "

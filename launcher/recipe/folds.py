@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section, Seed
 
 FoldMethod = Literal["auto", "stratified", "random", "contiguous", "group"]
 
@@ -25,7 +25,7 @@ class KFold(Section):
     group_column: str | None = Field(
         None, description="Column whose values must not be split across folds (a user, a document, ...)."
     )
-    seed: int = Field(42, description="Seed of the fold assignment.")
+    seed: Seed = Field(42, description="Seed of the fold assignment.")
 
     @model_validator(mode="after")
     def _group_needs_a_column(self) -> KFold:

@@ -170,10 +170,20 @@ def validate(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -
         return Recipe.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        message = _describe(errors[0], data, origins, path)
+        message = _describe(_most_specific(errors), data, origins, path)
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         raise FtlError(message) from None
+
+
+def _most_specific(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first error, or, when every error is about the same key (the branches of a union such as
+    class_weights: 'balanced' | a list), the one that reached deepest into the value: it names the problem."""
+    first = tuple(errors[0]["loc"])
+    same_key = [e for e in errors if tuple(e["loc"][: len(first) - 1]) == first[:-1]]
+    if len(same_key) == len(errors) > 1:
+        return max(errors, key=lambda e: len(e["loc"]))
+    return errors[0]
 
 
 def where(origins: dict[KeyPath, Origin], key_path: KeyPath, path: Path) -> str:
@@ -206,6 +216,10 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         if not base_path.is_file():
             line = origins.get(("extends", index), origins[("extends",)])
+            if base_path.is_dir():
+                raise FtlError(
+                    f"{line}: extends: base recipe '{base}' is a directory ({base_path}); name a .yaml file"
+                )
             raise FtlError(f"{line}: extends: base recipe '{base}' not found (looked at {base_path})")
         base_data, base_origins = _read_with_extends(base_path, (*chain, resolved))
         base_data.pop("extends", None)

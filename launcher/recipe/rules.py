@@ -199,6 +199,17 @@ def multitask_trains_full_heads(recipe: Recipe) -> Violation | None:
 
 
 @rule
+def text_is_not_the_label(recipe: Recipe) -> Violation | None:
+    task = recipe.task
+    if task is not None and task.type == "sequence_classification" and task.text_column == task.label_column:
+        return ("task", "text_column"), (
+            f"'{task.text_column}' is also task.label_column: the model would read the answer; name the column "
+            "that holds the text"
+        )
+    return None
+
+
+@rule
 def text_pair_differs_from_text(recipe: Recipe) -> Violation | None:
     task = recipe.task
     if getattr(task, "text_pair_column", None) and task.text_pair_column == task.text_column:

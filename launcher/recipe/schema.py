@@ -6,16 +6,18 @@ Cross-section rules (settings that are valid alone but not together) live in `ru
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
 from ftl.launcher.recipe.search import TuneSection
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import STEPS_MAX, Section, Seed
 from ftl.launcher.recipe.stages import StageSection
 from ftl.launcher.recipe.tasks import TaskSection
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ModelSection(Section):
@@ -128,14 +130,16 @@ class TrainSection(Section):
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training data (ignored when max_steps is set)."
     )
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(
+        None, gt=0, le=STEPS_MAX, description="Stop after this many optimizer steps."
+    )
     batch_size: int = Field(16, gt=0, description="Examples per forward pass (micro batch) per device.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro batches accumulated per optimizer step.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(
         0.01, ge=0, description="AdamW decoupled weight decay (not on biases and norms)."
     )
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1, beta2.")
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW beta1, beta2 (each in [0, 1)).")
     adam_eps: float = Field(1e-8, gt=0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule after warmup."
@@ -210,7 +214,7 @@ class Recipe(Section):
     extends: str | list[str] | None = Field(
         None, description="Base recipe file(s) this one is merged onto (resolved when loading)."
     )
-    seed: int = Field(42, description="Seed for model initialisation, data order and dropout.")
+    seed: Seed = Field(42, description="Seed for model initialisation, data order and dropout.")
     model: ModelSection
     task: TaskSection | None = Field(None, description="What to train for (required, unless stages give it).")
     data: DataSection | None = Field(
@@ -232,6 +236,15 @@ class Recipe(Section):
         description="Run several stages in order, each from the previous stage's model (e.g. masked-LM "
         "pretraining on the task's text, then the classifier); each stage's sections merge onto the recipe's.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_take_their_defaults(cls, data: Any) -> Any:
+        """`freeze:` with every key commented out is YAML's null: the section's defaults, as if it were absent."""
+        if isinstance(data, dict):
+            defaulted = ("freeze", "train", "eval", "log", "distributed")
+            return {k: v for k, v in data.items() if not (k in defaulted and v is None)}
+        return data
 
     @model_validator(mode="after")
     def _task_and_data_unless_staged(self) -> Recipe:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.folds import KFold
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section, Seed
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "logint", "choice", "grid")
 
@@ -183,7 +183,7 @@ class TuneSection(Section):
         "tpe",
         description="Optuna sampler: tpe (seeded), random, or grid (every combination of finite dimensions).",
     )
-    seed: int = Field(0, description="Seed of the sampler.")
+    seed: Seed = Field(0, description="Seed of the sampler.")
     startup_trials: int | None = Field(
         None,
         ge=1,

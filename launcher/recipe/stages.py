@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import Section, Seed
 from ftl.launcher.recipe.yaml_source import merge
 
 STAGE_SECTIONS = (
@@ -54,7 +54,7 @@ class StageSection(Section):
         description="Where the stage's model starts: previous (the stage before), base (the recipe's model), or "
         "the name of an earlier stage.",
     )
-    seed: int | None = Field(None, description="A seed of its own (default: the recipe's).")
+    seed: Seed | None = Field(None, description="A seed of its own (default: the recipe's).")
     model: dict[str, Any] | None = None
     task: dict[str, Any] | None = Field(None, description="The stage's task (replaces the recipe's).")
     data: dict[str, Any] | None = None

@@ -6,12 +6,29 @@ This module stays free of heavy imports so that `ftl check` starts fast.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.section import Section
+
+
+def _label_names(value: Any) -> Any:
+    """Label names are text: YAML integers (labels: [0, 1]) are the names '0' and '1'; YAML's booleans (an
+    unquoted yes, no, on, off) are refused, since the name written is lost."""
+    if not isinstance(value, list):
+        return value
+    flag = next((v for v in value if isinstance(v, bool)), None)
+    if flag is not None:
+        raise ValueError(
+            f"YAML reads unquoted yes/no/on/off/true/false as the boolean {str(flag).lower()}; quote label names "
+            "such as 'yes' and 'no'"
+        )
+    return [str(v) if isinstance(v, int) else v for v in value]
+
+
+LabelNames = Annotated[list[str] | None, BeforeValidator(_label_names)]
 
 
 class SequenceClassificationTask(Section):
@@ -25,11 +42,12 @@ class SequenceClassificationTask(Section):
         None, description="Second text column for pair tasks (NLI, paraphrase)."
     )
     label_column: str = Field("label", description="Column holding the label (a name or an integer id).")
-    labels: list[str] | None = Field(
+    labels: LabelNames = Field(
         None,
         min_length=2,
-        description="Label names in id order. Integer labels in the data index this list; string labels must "
-        "be among these names. Derived from the training data (sorted) when absent.",
+        description="Label names in id order. Integer labels in the data index this list, unless the names are "
+        "integers themselves (labels: ['5', '7']: a 5 in the data is the name '5'); string labels must be among "
+        "these names. Derived from the training data (sorted; integers numerically) when absent.",
     )
     max_length: int = Field(128, gt=0, description="Token limit per example; longer inputs are truncated.")
     class_weights: Literal["balanced"] | list[float] | None = Field(
@@ -164,7 +182,7 @@ class TokenClassificationTask(Section):
     tags_column: str = Field(
         "tags", description="Column holding one tag per word (names like B-person, or ids into labels)."
     )
-    labels: list[str] | None = Field(
+    labels: LabelNames = Field(
         None,
         min_length=2,
         description="Tag names in id order (integer tags index this list). Derived from the training data when "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.cells import usable_text
 from ftl.launcher.data.prepare import PreparedData, prepare_data
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
@@ -99,7 +100,7 @@ class Task(ABC):
         """The rows whose `column` holds non-blank text, with only that column and `keep_columns`."""
         dataset = raw.dataset.select_columns([column, *(c for c in keep_columns if c != column)])
         texts = dataset[column]
-        keep = [i for i, text in enumerate(texts) if text is not None and str(text).strip()]
+        keep = usable_text(raw, column, "task.text_column", texts)
         if not keep:
             raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{column}'")
         return dataset.select(keep) if len(keep) != len(texts) else dataset

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.cells import usable_text
 from ftl.launcher.data.collate import BlockCollator, PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
@@ -47,7 +48,7 @@ class CausalLM(Task):
         wanted += [k for k in keep_columns if k not in wanted]
         dataset = raw.dataset.select_columns(list(dict.fromkeys(wanted)))
         responses = dataset[c.response_column]
-        keep = [i for i, text in enumerate(responses) if text is not None and str(text).strip()]
+        keep = usable_text(raw, c.response_column, "task.response_column", responses)
         if not keep:
             raise FtlError(f"{raw.what} ({raw.description}): every row has an empty '{c.response_column}'")
         return dataset.select(keep) if len(keep) != len(responses) else dataset

@@ -6,11 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.cells import checked_text, usable_text
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
 from ftl.launcher.tasks.base import LabelledTask, Predictions
 from ftl.launcher.tasks.prediction import PredictionInputs
+
+
+def _integer(value: Any) -> int | None:
+    """An integer label (5, True, '5', ' 07 ') as an int; None for anything else (a name, a float, 5.5)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
 
 
 class SequenceClassification(LabelledTask):
@@ -46,12 +58,12 @@ class SequenceClassification(LabelledTask):
             raise FtlError(
                 f"{train.row_location(missing)}: empty label in column '{self.config.label_column}'"
             )
-        if all(isinstance(v, (int, bool)) for v in values):
-            distinct = sorted({int(v) for v in values})
+        if all(_integer(v) is not None for v in values):  # 0/1 or '5'/'7': sorted as numbers
+            distinct = sorted({_integer(v) for v in values})
             self._int_labels_are_ids = distinct == list(range(len(distinct)))
             self._names = [str(v) for v in distinct]
         else:
-            self._names = sorted({str(v) for v in values})
+            self._names = sorted({str(v).strip() for v in values})
         if len(self._names) < 2:
             raise FtlError(
                 f"{train.what} ({train.description}): column '{self.config.label_column}' has a single label "
@@ -86,29 +98,31 @@ class SequenceClassification(LabelledTask):
         )
         keep += [c for c in keep_columns if c not in keep and c != "labels"]
         dataset = dataset.select_columns(keep).add_column("labels", ids)
+        if self.config.text_pair_column:
+            checked_text(raw, self.config.text_pair_column, "task.text_pair_column")
         texts = dataset[self.config.text_column]
-        empty = [i for i, text in enumerate(texts) if text is None or not str(text).strip()]
-        if len(empty) == len(texts):
+        usable = usable_text(raw, self.config.text_column, "task.text_column", texts)
+        if not usable:
             raise FtlError(
                 f"{raw.what} ({raw.description}): every row has an empty '{self.config.text_column}'"
             )
-        if empty:
-            dropped = set(empty)
-            dataset = dataset.select([i for i in range(len(texts)) if i not in dropped])
-        return dataset
+        return dataset.select(usable) if len(usable) != len(texts) else dataset
 
     def _label_id(self, value: Any, index: dict[str, int]) -> int | None:
+        """A label's id: its name, or an integer. Integers name labels whose names are integers ('5' is the
+        name '5', whatever its position); otherwise (names like negative, positive) they are ids."""
         if value is None or value == "":
             return None
-        if isinstance(value, (int, bool)) and not isinstance(value, str):
-            if self._int_labels_are_ids:
-                return int(value) if 0 <= int(value) < len(self._names) else None
-            return index.get(str(int(value)))
         text = str(value).strip()
         if text in index:
             return index[text]
-        if self._int_labels_are_ids and text.lstrip("-").isdigit():
-            number = int(text)
+        number = _integer(value)
+        if number is None:
+            return None
+        names_are_integers = all(_integer(name) is not None for name in self._names)
+        if names_are_integers:
+            return index.get(str(number))
+        if self._int_labels_are_ids:
             return number if 0 <= number < len(self._names) else None
         return None
 

@@ -18,7 +18,7 @@ from ftl.launcher.data.prepare import PreparedData, prepare_data
 from ftl.launcher.data.sources import load_source
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
 from ftl.launcher.files import atomic_write
-from ftl.launcher.model.load import LoadedModel, ModelSpec, model_config
+from ftl.launcher.model.load import LoadedModel, ModelSpec, full_weights, model_config
 from ftl.launcher.model.locate import locate_model
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks.base import Predictions, Task
@@ -142,14 +142,15 @@ class MultiTask(Task):
             with torch.device("meta"):
                 config = multitask_model.MultiTaskConfig(encoder_config.to_dict(), heads, self.config.dropout)
                 model = multitask_model.MultiTaskModel(config)
-        else:
-            model = multitask_model.build(
-                None if location.kind == "config" else location.path,
-                encoder_config,
-                heads,
-                self.config.dropout,
-                load_kwargs,
-            )
+        else:  # built whole: the heads are initialised around the encoder, which zero.Init would have cut up
+            with full_weights():
+                model = multitask_model.build(
+                    None if location.kind == "config" else location.path,
+                    encoder_config,
+                    heads,
+                    self.config.dropout,
+                    load_kwargs,
+                )
         head_names = [name for name, _ in model.named_parameters() if name.startswith("heads.")]
         return LoadedModel(model, location, head_names)
 

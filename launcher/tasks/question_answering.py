@@ -299,7 +299,14 @@ def windows(batch: dict[str, list], tokenizer, config) -> dict[str, list]:
 def _answer_lists(gold: Any, where: str, column: str) -> tuple[list[str], list[int]]:
     """{'text': [...], 'answer_start': [...]} (SQuAD/hub layout) or a list of {'text', 'answer_start'}."""
     if isinstance(gold, dict) and "text" in gold and "answer_start" in gold:
-        texts, starts = list(gold["text"]), list(gold["answer_start"])
+        texts, starts = gold["text"], gold["answer_start"]
+        if isinstance(texts, str) and isinstance(starts, int):  # one answer, not in lists: read as one
+            texts, starts = [texts], [starts]
+        if not isinstance(texts, list) or not isinstance(starts, list):
+            raise FtlError(
+                f"{where}: column '{column}' must hold {{text: [...], answer_start: [...]}} (lists, one entry per "
+                f"answer), got text {type(texts).__name__} and answer_start {type(starts).__name__}"
+            )
     elif isinstance(gold, list) and all(isinstance(g, dict) for g in gold):
         texts = [g.get("text") for g in gold]
         starts = [g.get("answer_start") for g in gold]

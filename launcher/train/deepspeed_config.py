@@ -116,6 +116,15 @@ def wants_cpu_adam(offload_optimizer: str, device: str) -> bool:
     return offload_optimizer != "none" and device == "cuda"
 
 
+def join_deepspeed(device: str) -> None:
+    """Put DeepSpeed's communication on the process group Ray Train set up. The Trainer would do it once it
+    exists; ZeRO-3 needs it before: the model is built inside deepspeed.zero.Init, which reads the world size
+    (for its batch-size check and the partitioning) from deepspeed.comm."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+
+
 def validate_deepspeed_config(config: dict[str, Any], workers: int) -> None:
     """Let DeepSpeed itself check the config (as for one worker); its complaint becomes a one-line error."""
     from deepspeed.runtime.config import DeepSpeedConfig

@@ -20,6 +20,7 @@ from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.freeze import apply_freezing, block_counts, parameter_count
+from ftl.launcher.model.integrity import check_fits
 from ftl.launcher.model.load import (
     LoadedModel,
     ModelSpec,
@@ -33,6 +34,7 @@ from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.arguments import training_arguments
 from ftl.launcher.train.callbacks import WorkerCountLog
+from ftl.launcher.train.deepspeed_config import join_deepspeed
 from ftl.launcher.train.device import DevicePlan, plan_device
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
@@ -120,10 +122,10 @@ def build(loaded: LoadedRecipe, rundir: RunDir, *, callbacks: list, train_only: 
         loss_counts_items=task.loss_counts_items,
         generate=task.generates_in_evaluation,
     )
-    _ = (
-        args.device
-    )  # joins the distributed state (deepspeed.init_distributed) that zero.Init reads its world from
+    if recipe.distributed.uses_deepspeed:
+        join_deepspeed(device.device)  # zero.Init reads the world size from deepspeed.comm
     model = build_model(loaded, task, tokenizer, rundir)
+    check_fits(model.model, tokenizer, recipe.model, recipe.task)  # before the first step fails on it
     loading = after_loading(model.model)
     schedule = layer_schedule(model.model, recipe)
     if schedule is not None and is_main_process():
@@ -168,8 +170,8 @@ def placement() -> list[dict[str, Any]]:
 
 def after_loading(model) -> dict[str, Any]:
     """Parameters of the model, how many elements of them this process holds (ZeRO-3 loads only a partition
-    per rank), the process's peak memory so far (resident, and CUDA's when it is in use) and the attention
-    implementation transformers chose: for the manifest."""
+    per rank), the process's memory now and at its peak so far (resident, and CUDA's peak when it is in use)
+    and the attention implementation transformers chose: for the manifest."""
     import resource
 
     total = held = 0
@@ -177,10 +179,16 @@ def after_loading(model) -> dict[str, Any]:
         total += parameter_count(parameter)
         partition = getattr(parameter, "ds_tensor", None)  # ZeRO-3: this rank's share
         held += int(partition.numel()) if partition is not None else int(parameter.numel())
+    import psutil
     import torch
 
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    found = {"parameters": total, "held_by_this_process": held, "peak_rss_mib": round(peak_kib / 1024, 1)}
+    found = {
+        "parameters": total,
+        "held_by_this_process": held,
+        "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),  # now, with the model loaded
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         found["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     config = getattr(model, "config", None)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write, honour_umask
+from ftl.launcher.files import atomic_write, honour_umask, make_dir
 from ftl.launcher.model.saved import write_base_record
 from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.recipe.schema import Recipe
@@ -76,6 +76,7 @@ class RunDir:
         run = cls(root)
         if root.exists() and not root.is_dir():
             raise FtlError(f"--output: {root} is a file; give a directory for the run")
+        make_dir(root.parent, "--output")
         occupied = root.exists() and any(root.iterdir())
         if resume:
             if not occupied or not run.recipe_file.exists():
@@ -84,7 +85,7 @@ class RunDir:
             raise FtlError(
                 f"--output: {root} already holds files; pass --resume to continue that run, or choose another --output"
             )
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root, "--output")
         return run
 
     @classmethod
@@ -95,17 +96,29 @@ class RunDir:
                 f"{root}: not a run directory (no recipe.resolved.yaml); give the --output of an ftl run"
             )
         if not (run.model / "config.json").exists():
+            if run.model.is_dir():
+                raise FtlError(
+                    f"{run.model / 'config.json'} is missing: the run's model folder is incomplete; run the recipe "
+                    "again (or ftl run --resume from its checkpoints)"
+                )
             raise FtlError(
                 f"{root}: the run has no final model yet (model/ is missing); finish or resume the run"
             )
         return run
 
-    def remove_if_unused(self, up_to: Path) -> None:
-        """Delete a run directory that holds nothing but its recipe (the run failed before it began), and its
-        parents up to `up_to` when they are left empty."""
-        if not self.root.is_dir() or {p.name for p in self.root.iterdir()} - {self.recipe_file.name}:
+    def remove_if_unused(self, up_to: Path | None) -> None:
+        """Delete a run directory that holds nothing but its recipe and empty folders (the run failed before it
+        began: no checkpoint, log or result), and its parents up to `up_to` when they are left empty."""
+        if not self.root.is_dir():
+            return
+        files = [p for p in self.root.rglob("*") if not p.is_dir()]
+        if any(p != self.recipe_file for p in files):
             return
         self.recipe_file.unlink(missing_ok=True)
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            folder.rmdir()
+        if up_to is None:
+            return
         for directory in [self.root, *self.root.parents]:
             if any(directory.iterdir()):
                 return

@@ -20,7 +20,7 @@ from typing import Any
 from ftl.launcher import markdown
 from ftl.launcher.console import console, log, out
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write
+from ftl.launcher.files import atomic_write, make_dir
 from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.use.curves import Curves, read_curves
 from ftl.launcher.use.runs import RECIPE_FILE, RunInfo, describe, duration
@@ -80,7 +80,11 @@ def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | 
         curves=plotted(names, curves, runs, extra_metrics or []),
         sources=[c.source for c in curves],
     )
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise FtlError(
+            f"--output: {output} is a file; give a folder for compare.png, compare.md and compare.json"
+        )
+    make_dir(output, "--output")
     comparison.files = {
         "png": output / "compare.png",
         "md": output / "compare.md",

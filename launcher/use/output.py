@@ -11,7 +11,7 @@ from typing import Any
 
 from ftl.launcher.console import console, log
 from ftl.launcher.errors import FtlError
-from ftl.launcher.files import atomic_write
+from ftl.launcher.files import atomic_write, make_dir
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
@@ -29,6 +29,7 @@ def write_text(text: str, output: Path | None) -> None:
         raise FtlError(
             f"--output: {output} is a directory; give a file name, e.g. {output / 'predictions.jsonl'}"
         )
+    make_dir(output.parent, "--output")
     if output.exists():
         log(f"replacing {output}")
     atomic_write(output, text)

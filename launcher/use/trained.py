@@ -16,6 +16,7 @@ from typing import Any
 
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.load import quiet_transformers
 from ftl.launcher.model.saved import load_trained
 from ftl.launcher.recipe.schema import Recipe
@@ -53,9 +54,13 @@ def open_trained(path: Path) -> TrainedRun:
     quiet_transformers(recipe.log.level)
     task = task_for(recipe.task)
     state_file = rundir.model / TASK_STATE_FILE
+    if not state_file.exists():
+        raise FtlError(
+            f"{state_file} is missing (the run's label names and task settings); the run folder is incomplete: "
+            "run the recipe again"
+        )
     with _damaged(rundir.model, "tokenizer and task state"):
-        if state_file.exists():
-            task.restore(json.loads(state_file.read_text()))
+        task.restore(json.loads(state_file.read_text()))
         tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
     return TrainedRun(rundir, recipe, task, tokenizer, _device(recipe))
 
@@ -65,10 +70,14 @@ def _damaged(folder: Path, what: str) -> Iterator[None]:
     """A model folder that cannot be read (files missing, cut short, or not what they should be): one line."""
     try:
         yield
-    except (OSError, ValueError) as exc:  # JSON, safetensors and tokenizer files raise these
+    except FtlError:
+        raise
+    except Exception as exc:  # JSON, safetensors and tokenizer libraries raise their own types
+        broken = broken_file(folder)
+        reason = broken or f"{folder}: {first_line(exc)}"
         raise FtlError(
-            f"{folder}: cannot load the run's {what} ({first_line(exc)}); the folder is incomplete or damaged: "
-            "run the recipe again (or ftl run --resume from its checkpoints)"
+            f"cannot load the run's {what}: {reason}; the folder is incomplete or damaged: run the recipe again "
+            "(or ftl run --resume from its checkpoints)"
         ) from None
 
 
