@@ -211,6 +211,7 @@ def nodes_table(cluster: LocalCluster):
 def add_node(cluster: LocalCluster, *, cpus: int | None, name: str | None = None) -> NodeRecord:
     """Start one more node for the local cluster and record it (so ftl cluster stop ends it)."""
     name = name or f"node-{len(cluster.nodes) + 2}"
+    index = int(name.removeprefix("node-"))
     node = start_node(
         cluster.gcs_address,
         Path(cluster.token_file),
@@ -218,6 +219,9 @@ def add_node(cluster: LocalCluster, *, cpus: int | None, name: str | None = None
         temp_dir=Path(f"{cluster.temp_dir}-{name.removeprefix('node-')}"),  # short: Ray's socket paths
         log_file=Path(cluster.log_file).with_name(f"ray-{name}.log"),
         cpus=cpus,
+        # an address of its own on the loopback network (127.0.0.2, ...): Ray tells nodes, and a driver its
+        # node, apart by IP (a driver attached to a node that is then killed would die with it)
+        node_ip=f"127.0.0.{index}",
     )
     cluster.nodes = [existing for existing in cluster.nodes if existing.name != name] + [node]
     write_state(cluster)
@@ -251,6 +255,7 @@ def join(address: str, token_file: Path, *, cpus: int | None, temp_dir: Path | N
         temp_dir=temp_dir or Path(tempfile.gettempdir()) / f"ftl-ray-{name}",
         log_file=state_dir() / f"ray-{name}.log",
         cpus=cpus,
+        node_ip=None,  # another machine: Ray finds its address
     )
     write_joined([*joined, node])
     log(f"joined {address} as {name} (log {node.log_file}); ftl cluster stop ends it")

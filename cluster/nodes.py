@@ -30,6 +30,10 @@ _NODE_PORTS = (
 _STARTED = "Ray runtime started"
 
 
+SETTLE_S = 8.0  # a node must stay up this long after starting: a port taken meanwhile kills its agents
+ATTEMPTS = 3
+
+
 def start_node(
     gcs_address: str,
     token_file: Path,
@@ -38,9 +42,39 @@ def start_node(
     temp_dir: Path,
     log_file: Path,
     cpus: int | None = None,
-    node_ip: str = HOST,
+    node_ip: str | None = HOST,
 ) -> NodeRecord:
-    """Start a raylet that joins the head at `gcs_address` (host:port); returns once it runs."""
+    """Start a raylet that joins the head at `gcs_address` (host:port); returns once it runs and stays up.
+    Ports are chosen free just before `ray start` binds them; one taken in between fails the node, which is
+    then started again on other ports."""
+    for attempt in range(1, ATTEMPTS + 1):
+        node = _start_once(gcs_address, token_file, name=name, temp_dir=temp_dir, log_file=log_file, cpus=cpus,
+                           node_ip=node_ip)  # fmt: skip
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and node.alive():
+            time.sleep(0.5)
+        if node.alive():
+            node.processes = tree(node.pid)
+            return node
+        stop_node(node)
+        if attempt == ATTEMPTS:
+            raise FtlError(
+                f"{name}: ray start ended right after joining {gcs_address}: {last_line(log_file)} (full log: "
+                f"{log_file})"
+            )
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    gcs_address: str,
+    token_file: Path,
+    *,
+    name: str,
+    temp_dir: Path,
+    log_file: Path,
+    cpus: int | None = None,
+    node_ip: str | None = HOST,
+) -> NodeRecord:
     ports = free_ports(_NODE_PORTS)
     argv = [
         ray_executable(),
@@ -48,8 +82,7 @@ def start_node(
         "--address",
         gcs_address,
         "--block",
-        "--node-ip-address",
-        node_ip,
+        *(["--node-ip-address", node_ip] if node_ip else []),
         "--temp-dir",
         str(temp_dir),
         "--disable-usage-stats",
@@ -94,7 +127,6 @@ def start_node(
                 f"{name}: did not join {gcs_address} within {JOIN_TIMEOUT_S:.0f} s; see {log_file}"
             )
         time.sleep(0.5)
-    record.processes = tree(record.pid)
     return record
 
 

@@ -156,15 +156,17 @@ def plan_memory(
         return workers if stage is not None and stage >= level else 1
 
     weight_bytes = 2.0 if mixed else 4.0
+    layer_bytes = 4.0  # per parameter of the layer ZeRO-3 gathers (DeepSpeed's estimator counts 4 B)
     if recipe.quantization is not None:
         q = recipe.quantization
         per_param = _QUANT_BYTES[q.bits] + (_QUANT_CONSTANTS[q.double_quant] if q.bits == 4 else 4 / 4096)
         weights = shape.quantizable * per_param + (p - shape.quantizable) * weight_bytes
+        layer_bytes = per_param  # a quantized layer is gathered as its 4-bit storage
     else:
         weights = p * weight_bytes
     parts = {"weights": weights / share(3)}
     if stage == 3:
-        parts["gathered layer"] = 4.0 * shape.largest_layer
+        parts["gathered layer"] = layer_bytes * shape.largest_layer
     gradients = t * (2.0 if mixed else 4.0) / share(2)
     optimizer = t * (8.0 + (8.0 if mixed else 0.0)) / share(1)  # moments (+ fp32 master weights and grads)
     parts["gradients"] = gradients

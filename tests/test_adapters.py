@@ -83,3 +83,43 @@ def test_lora_classification_evaluates_from_the_adapter(tmp_path, classification
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+
+
+@pytest.mark.usefixtures("ray_after_module")
+def test_qlora_under_zero3_shards_the_4bit_storage_over_two_workers(tmp_path, lm_recipe):
+    """bitsandbytes stores the packed 4-bit weights in bf16 (bnb_4bit_quant_storage), so DeepSpeed ZeRO-3
+    partitions them like any bf16 tensor: each of two workers keeps half of the storage, and training works.
+    (On CPU; on a GPU the same storage is what each rank keeps on its GPU.)"""
+    out = tmp_path / "sharded"
+    llama = (
+        "model.config={model_type: llama, hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+        "num_key_value_heads: 4, intermediate_size: 256, max_position_embeddings: 256, tie_word_embeddings: true}"
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(lm_recipe),
+                llama,
+                "quantization={bits: 4, compute_dtype: bf16}",
+                "lora={r: 8, target_modules: [q_proj, v_proj]}",
+                "train.precision=bf16",
+                "distributed.zero_stage=3",
+                "distributed.workers=2",
+                "train.batch_size=4",
+                "train.max_steps=10",
+                "train.log_every_steps=5",
+                "train.lr=1e-2",
+                "eval.before_training=false",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    loaded, trained = manifest["after_loading"], manifest["after_training"]
+    assert loaded["storage_elements"] < loaded["parameters"]  # 4 bits per weight, packed into bf16 elements
+    assert loaded["held_by_this_process"] == loaded["storage_elements"]  # quantized models load whole ...
+    assert 0.45 < trained["held_by_this_process"] / trained["storage_elements"] < 0.55  # ... ZeRO-3 halves it
+    assert all(loss == loss for loss in _losses(out))  # finite: no NaN

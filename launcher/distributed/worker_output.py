@@ -10,6 +10,7 @@ import io
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class RelayedLines(io.TextIOBase):
             line, self.pending = self.pending.split("\n", 1)
             try:
                 self.queue.put_nowait(line)
-            except Exception:  # noqa: BLE001 - the driver (and its queue) went away: keep training, log only
+            except Exception as exc:  # noqa: BLE001 - the driver (and its queue) went away: keep training
+                self.also.write(f"[ftl: lines no longer reach the driver's console: {type(exc).__name__}]\n")
                 self.queue = None
                 break
         return len(text)
@@ -69,7 +71,7 @@ class ConsoleRelay:
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # on the driver's node: a lost worker node must not take the console with it
         self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._stop = threading.Event()
@@ -86,6 +88,7 @@ class ConsoleRelay:
         self.queue.shutdown(force=True)
 
     def _print(self) -> None:
+        from ray.exceptions import ActorDiedError
         from ray.util.queue import Empty
 
         while not self._stop.is_set():
@@ -93,8 +96,11 @@ class ConsoleRelay:
                 line = self.queue.get(timeout=0.5)
             except Empty:
                 continue
-            except Exception:  # noqa: BLE001 - the queue's actor went away with the cluster: nothing more comes
+            except ActorDiedError:  # the queue went away with the cluster: nothing more comes
                 return
+            except Exception:  # noqa: BLE001 - a node lost meanwhile makes calls fail for a moment; go on
+                time.sleep(0.5)
+                continue
             _show(line)
 
     def _drain(self) -> None:

@@ -9,9 +9,13 @@ from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def bitsandbytes_config(q: QuantizationSection | None, keep: list[str] | None = None):
+def bitsandbytes_config(
+    q: QuantizationSection | None, keep: list[str] | None = None, *, sharded: bool = False
+):
     """The BitsAndBytesConfig of `quantization:` (None without it); `keep`: modules left unquantized besides
-    quantization.skip_modules (the task's head)."""
+    quantization.skip_modules (the task's head). `sharded` (ZeRO-3): the packed 4-bit weights are stored in the
+    compute dtype (bnb_4bit_quant_storage, as PEFT's DeepSpeed guide does), so every parameter has one dtype and
+    DeepSpeed partitions the 4-bit storage like any other tensor."""
     if q is None:
         return None
     import torch
@@ -26,14 +30,39 @@ def bitsandbytes_config(q: QuantizationSection | None, keep: list[str] | None = 
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, _DTYPES[q.compute_dtype]),
         llm_int8_skip_modules=skip,
+        **({"bnb_4bit_quant_storage": getattr(torch, _DTYPES[q.compute_dtype])} if sharded else {}),
     )
 
 
-def add_lora(model, lora: LoraSection, peft_task_type: str, *, quantized: bool, gradient_checkpointing: bool):
-    """Wrap the model with LoRA adapters (after preparing a quantized model for k-bit training)."""
+def load_dtype(q: QuantizationSection | None, *, sharded: bool):
+    """The dtype ftl loads weights in: fp32, except a model quantized for ZeRO-3, whose unquantized weights take
+    the 4-bit storage's dtype (DeepSpeed partitions one dtype)."""
+    import torch
+
+    return getattr(torch, _DTYPES[q.compute_dtype]) if q is not None and sharded else torch.float32
+
+
+def add_lora(
+    model,
+    lora: LoraSection,
+    peft_task_type: str,
+    *,
+    quantized: bool,
+    gradient_checkpointing: bool,
+    sharded: bool = False,
+):
+    """Wrap the model with LoRA adapters (after preparing a quantized model for k-bit training). Sharded (ZeRO-3):
+    peft's preparation would upcast the unquantized weights to fp32 beside the 16-bit 4-bit storage, which
+    DeepSpeed cannot partition together; the weights stay in one dtype and DeepSpeed keeps fp32 master copies of
+    what trains (the adapters)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
+    if quantized and sharded:
+        for parameter in model.parameters():
+            parameter.requires_grad = False
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+    elif quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         task_type=peft_task_type,

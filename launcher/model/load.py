@@ -7,13 +7,14 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.files import is_main_process
-from ftl.launcher.model.adapters import add_lora, bitsandbytes_config
+from ftl.launcher.model.adapters import add_lora, bitsandbytes_config, load_dtype
 from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
 from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
@@ -41,6 +42,9 @@ class ModelSpec:
     lora: LoraSection | None = None
     seed: int = 42
     gradient_checkpointing: bool = False
+    sharded: bool = (
+        False  # ZeRO-3 partitions the weights (a quantized model stores 4 bits in its compute dtype)
+    )
 
     @classmethod
     def of(cls, recipe: Recipe, dirs) -> ModelSpec:
@@ -51,6 +55,7 @@ class ModelSpec:
             recipe.lora,
             recipe.seed,
             recipe.train.gradient_checkpointing,
+            recipe.distributed.zero_stage == 3,
         )
 
 
@@ -70,6 +75,8 @@ def quiet_transformers(level: str = "info") -> None:
 
     transformers.logging.set_verbosity(logging.INFO if level == "debug" else logging.ERROR)
     transformers.logging.disable_progress_bar()
+    if level != "debug":  # deprecation notices of the library's own internals, not of anything ftl asks for
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|torch)\.")
     for name in ("bitsandbytes", "datasets", "torch.distributed", "DeepSpeed"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
@@ -242,7 +249,8 @@ def load_model(
         if base_dir is None:
             raise FtlError("lora: a base model built here needs a run directory to be saved in")
         return _with_adapters(_built_base(spec, location, config, auto, base_dir), spec, head, base_dir)
-    return _with_adapters(_pretrained(section, location, config, auto, spec.quantization), spec, head, None)
+    loaded = _pretrained(section, location, config, auto, spec.quantization, sharded=spec.sharded)
+    return _with_adapters(loaded, spec, head, None)
 
 
 def _with_adapters(base: LoadedModel, spec: ModelSpec, head: ModelHead, base_dir: Path | None) -> LoadedModel:
@@ -254,6 +262,7 @@ def _with_adapters(base: LoadedModel, spec: ModelSpec, head: ModelHead, base_dir
         head.peft_task_type,
         quantized=spec.quantization is not None,
         gradient_checkpointing=spec.gradient_checkpointing,
+        sharded=spec.sharded,
     )
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     return LoadedModel(peft_model, base.location, trainable, base_weights=base_dir)
@@ -278,7 +287,12 @@ def _built_base(spec: ModelSpec, location: ModelLocation, config, auto, base_dir
         dense.model.save_pretrained(private)
         del dense
         quantized = _pretrained(
-            spec.section, ModelLocation("local", private, None), config, auto, spec.quantization
+            spec.section,
+            ModelLocation("local", private, None),
+            config,
+            auto,
+            spec.quantization,
+            sharded=spec.sharded,
         )
     return LoadedModel(quantized.model, saved_as, quantized.head_names)
 
@@ -331,14 +345,20 @@ def _save_base(model, directory: Path) -> None:
 
 
 def _pretrained(
-    section: ModelSection, location: ModelLocation, config, auto, quantization: QuantizationSection | None
+    section: ModelSection,
+    location: ModelLocation,
+    config,
+    auto,
+    quantization: QuantizationSection | None,
+    *,
+    sharded: bool = False,
 ) -> LoadedModel:
-    import torch
-
     extra = location.hf_kwargs()
     if quantization is not None:
         extra.update(
-            quantization_config=bitsandbytes_config(quantization, keep=head_modules(auto, config)),
+            quantization_config=bitsandbytes_config(
+                quantization, keep=head_modules(auto, config), sharded=sharded
+            ),
             device_map=quantized_device_map(),
         )
     if location.gguf_file:
@@ -353,7 +373,7 @@ def _pretrained(
             revision=section.revision,
             trust_remote_code=section.trust_remote_code,
             output_loading_info=True,
-            dtype=torch.float32,
+            dtype=load_dtype(quantization, sharded=sharded),
             **extra,
         )
     if location.gguf_file:

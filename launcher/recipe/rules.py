@@ -365,11 +365,21 @@ def quantized_weights_need_adapters(recipe: Recipe) -> Violation | None:
 
 
 @rule
-def four_bit_is_not_sharded_by_zero3(recipe: Recipe) -> Violation | None:
+def quantized_weights_shard_in_one_dtype(recipe: Recipe) -> Violation | None:
+    """ZeRO-3 partitions 4-bit weights stored in the compute dtype (bnb_4bit_quant_storage), which must then be
+    the dtype DeepSpeed trains in; 8-bit weights have no such storage."""
     q = recipe.quantization
-    if q is not None and recipe.distributed.zero_stage == 3:
+    if q is None or recipe.distributed.zero_stage != 3:
+        return None
+    if q.bits == 8:
         return ("distributed", "zero_stage"), (
-            f"ZeRO-3 cannot partition bitsandbytes {q.bits}-bit weights; use zero_stage 0-2 with quantization"
+            "ZeRO-3 cannot partition bitsandbytes 8-bit weights; use quantization.bits: 4, or zero_stage 0-2"
+        )
+    if q.compute_dtype != recipe.train.precision:
+        return ("quantization", "compute_dtype"), (
+            f"{q.compute_dtype}: under ZeRO-3 the 4-bit weights are stored in the compute dtype and every weight "
+            f"must share DeepSpeed's dtype ({recipe.train.precision}); set quantization.compute_dtype and "
+            "train.precision to the same (bf16 on an Ampere GPU)"
         )
     return None
 

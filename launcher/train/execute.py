@@ -168,24 +168,30 @@ def placement() -> list[dict[str, Any]]:
     return everyone
 
 
-def after_loading(model) -> dict[str, Any]:
-    """Parameters of the model, how many elements of them this process holds (ZeRO-3 loads only a partition
-    per rank), the process's memory now and at its peak so far (resident, and CUDA's peak when it is in use)
-    and the attention implementation transformers chose: for the manifest."""
-    import resource
-
-    total = held = 0
+def weights_held(model) -> dict[str, int]:
+    """The model's parameters, the elements its weight tensors store (fewer than the parameters for packed
+    4-bit weights) and how many of those this process holds (a partition under ZeRO-3)."""
+    parameters = storage = held = 0
     for parameter in model.parameters():
-        total += parameter_count(parameter)
+        parameters += parameter_count(parameter)
+        storage += int(getattr(parameter, "ds_numel", None) or parameter.numel())
         partition = getattr(parameter, "ds_tensor", None)  # ZeRO-3: this rank's share
         held += int(partition.numel()) if partition is not None else int(parameter.numel())
+    return {"parameters": parameters, "storage_elements": storage, "held_by_this_process": held}
+
+
+def after_loading(model) -> dict[str, Any]:
+    """What this process holds right after loading (weights_held: ZeRO-3 loads only a partition per rank), its
+    memory now and at its peak so far (resident, and CUDA's peak when it is in use) and the attention
+    implementation transformers chose: for the manifest."""
+    import resource
+
     import psutil
     import torch
 
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    found = {
-        "parameters": total,
-        "held_by_this_process": held,
+    found: dict[str, Any] = {
+        **weights_held(model),
         "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),  # now, with the model loaded
         "peak_rss_mib": round(peak_kib / 1024, 1),
     }
@@ -291,6 +297,7 @@ def finish(
                 "model_location": str(built.location),
                 "workers": trainer.args.world_size,
                 "after_loading": built.loading,  # rank 0's share of the weights and its peak memory then
+                "after_training": weights_held(trainer.model),  # and once DeepSpeed partitioned them
                 "placement": built.placement,
                 "workers_over_time": next(
                     (c.history for c in trainer.callback_handler.callbacks if isinstance(c, WorkerCountLog)),
