@@ -158,6 +158,11 @@ def write_classification_recipe(folder: Path) -> Path:
 @pytest.fixture
 def lm_recipe(tmp_path) -> Path:
     """A tiny Llama causal-LM recipe on a small text file."""
+    return write_lm_recipe(tmp_path)
+
+
+def write_lm_recipe(tmp_path: Path) -> Path:
+    """tiny-lm.yaml and its book.txt in a folder (see the lm_recipe fixture)."""
     rng = random.Random(3)
     paragraphs = [
         " ".join(rng.choice(FILLER + POSITIVE) for _ in range(rng.randint(20, 60))) for _ in range(120)
