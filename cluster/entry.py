@@ -66,15 +66,18 @@ def run_job(
         record["outcome"] = "succeeded"
     except BaseException as exc:
         record["outcome"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         record["ended"] = time.time()
-        if output.is_dir():
-            (output / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-            if upload:
-                log(f"uploading the run directory to {destination}")
-                copy_tree(str(output), destination)
+        output.mkdir(parents=True, exist_ok=True)  # a run failing before its first step removed its folder
+        if not (output / "recipe.resolved.yaml").is_file():
+            (output / RECIPE_FILE).write_bytes(recipe_file.read_bytes())  # what ran, beside why it failed
+        (output / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if upload:
+            log(f"uploading the run directory to {destination}")
+            copy_tree(str(output), destination)
 
 
 def _run(kind: str, recipe_file: Path, output: Path, samples: int | None) -> None:

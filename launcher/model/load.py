@@ -391,7 +391,11 @@ def head_modules(auto, config) -> list[str]:
     with torch.device("meta"):
         model = auto.from_config(config)
     prefix = getattr(model, "base_model_prefix", "")
-    return [name for name, child in model.named_children() if name != prefix and any(child.parameters())]
+    return [
+        name
+        for name, child in model.named_children()
+        if name != prefix and next(child.parameters(), None) is not None
+    ]
 
 
 def forget_gguf_origin(model) -> None:

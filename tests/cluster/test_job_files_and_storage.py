@@ -244,8 +244,9 @@ def test_job_entry_writes_to_uri_storage_also_after_a_failure(tmp_path, monkeypa
     write_tsv(staged.root / FILES / "data-train" / "train.tsv", [("good film", 7), ("bad film", 0)] * 20)
     assert main(["job-entry", "run", "--job-id", "ftl-bad-1", "--storage", store]) == 2
     failed = tmp_path / "store" / "ftl-bad-1"
-    assert json.loads((failed / JOB_RECORD).read_text())["outcome"] == "failed"
-    assert (failed / "recipe.resolved.yaml").is_file()
+    record = json.loads((failed / JOB_RECORD).read_text())
+    assert record["outcome"] == "failed" and "7" in record["error"] and "\n" not in record["error"]
+    assert (failed / RECIPE_FILE).read_bytes() == (staged.root / RECIPE_FILE).read_bytes()
 
 
 def test_job_entry_outside_a_job_is_one_line(capsys, tmp_path, monkeypatch):
