@@ -60,6 +60,11 @@ def add_lora(
     if quantized and sharded:
         for parameter in model.parameters():
             parameter.requires_grad = False
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights for its CPU inference kernel (AVX512-BF16) at the first
+            # evaluation and cannot unpack them to save a checkpoint unless they are stored as uint8.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         if gradient_checkpointing:
             model.enable_input_require_grads()
     elif quantized:

@@ -284,7 +284,7 @@ def _built_base(spec: ModelSpec, location: ModelLocation, config, auto, base_dir
         return LoadedModel(dense.model, saved_as, dense.head_names)
     base_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-private-", dir=base_dir.parent) as private:
-        dense.model.save_pretrained(private)
+        _save_private(dense.model, Path(private))
         del dense
         quantized = _pretrained(
             spec.section,
@@ -295,6 +295,14 @@ def _built_base(spec: ModelSpec, location: ModelLocation, config, auto, base_dir
             sharded=spec.sharded,
         )
     return LoadedModel(quantized.model, saved_as, quantized.head_names)
+
+
+def _save_private(model, directory: Path) -> None:
+    """This process's own copy of a model's files (transformers' save_pretrained writes on rank 0 only)."""
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(str(directory))
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})  # tied weights once
 
 
 @contextlib.contextmanager
@@ -359,8 +367,9 @@ def _pretrained(
             quantization_config=bitsandbytes_config(
                 quantization, keep=head_modules(auto, config), sharded=sharded
             ),
-            device_map=quantized_device_map(),
         )
+        if not sharded:  # under ZeRO-3 DeepSpeed places the shards (it refuses a device_map)
+            extra["device_map"] = quantized_device_map()
     if location.gguf_file:
         from transformers import GgufConfig
 
@@ -388,7 +397,7 @@ def head_modules(auto, config) -> list[str]:
     adapters, so they must stay unquantized (bitsandbytes cannot train a 4-bit head; peft's copy of one fails)."""
     import torch
 
-    with torch.device("meta"):
+    with torch.device("meta"), full_weights():  # an empty copy, not one partitioned by ZeRO-3's zero.Init
         model = auto.from_config(config)
     prefix = getattr(model, "base_model_prefix", "")
     return [
