@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("recipe", ("ftl.launcher.recipe",)),
+    ("track", ("ftl.launcher.track",)),
     ("data | model", ("ftl.launcher.data", "ftl.launcher.model")),
     ("tasks", ("ftl.launcher.tasks",)),
     ("train", ("ftl.launcher.train",)),

@@ -1,0 +1,43 @@
+"""What a tracker run is told when it starts, and how a run finds its parent (a search or a bench)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# A search (or a trial of tune.cv) tells its trials and folds where its own tracker runs are, through the
+# environment: it crosses Ray Tune trials, Ray tasks and Ray Train workers alike (ray_launch forwards it).
+PARENT_ENV = "FTL_TRACKING_PARENT"
+
+
+@dataclass
+class RunSpec:
+    name: str  # the run's display name
+    kind: str  # run | trial | fold | search | cv | bench | cell
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    group: str | None = None  # W&B group (a search's trials share the search's)
+
+
+@dataclass
+class Parent:
+    """The tracker runs of the search this run belongs to: {"mlflow": {...}, "wandb": {...}}."""
+
+    kind: str  # search | cv | trial (the trial of a tune.cv search, for its folds)
+    trackers: dict[str, dict[str, Any]]
+
+    def of(self, tracker: str) -> dict[str, Any]:
+        return self.trackers.get(tracker, {})
+
+    def to_env(self) -> dict[str, str]:
+        return {PARENT_ENV: json.dumps({"kind": self.kind, "trackers": self.trackers})}
+
+    @classmethod
+    def from_env(cls) -> Parent | None:
+        text = os.environ.get(PARENT_ENV)
+        if not text:
+            return None
+        data = json.loads(text)
+        return cls(data["kind"], data["trackers"])

@@ -1,0 +1,126 @@
+"""One Weights & Biases run through `wandb.init(...)` and the Run it returns (reinit="create_new": never the
+global `wandb.run` of someone else).
+
+W&B has no nested runs: a search's trials share the search run's group (and the search run has job_type
+search). Metrics are logged against the trainer's step as the metric `global_step` (W&B's own step must only
+grow, which a resumed run, going back to its checkpoint's step, would break). Offline mode writes
+<output>/wandb/offline-run-*/ and needs no login.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.log import WandbSettings
+from ftl.launcher.track.spec import Parent, RunSpec
+
+STEP = "global_step"
+
+
+class WandbRun:
+    name = "wandb"
+
+    def __init__(self, settings: WandbSettings, *, output: Path, parent: Parent | None) -> None:
+        self.settings = settings
+        from_parent = parent.of("wandb") if parent else {}
+        self.project = settings.project or from_parent.get("project") or os.environ.get("WANDB_PROJECT")
+        self.entity = settings.entity or from_parent.get("entity") or os.environ.get("WANDB_ENTITY")
+        self.mode = settings.mode or from_parent.get("mode") or os.environ.get("WANDB_MODE") or "online"
+        if self.mode not in ("online", "offline"):
+            raise FtlError(f"WANDB_MODE={self.mode}: ftl runs W&B online or offline (log.wandb.mode)")
+        self.group = from_parent.get("group")
+        self.dir = output
+        self.run_id: str | None = None
+        self.run: Any = None
+        if self.mode == "online" and not _logged_in():
+            raise FtlError(
+                "log.trackers: wandb runs online and finds no W&B login; set WANDB_API_KEY in the environment (or "
+                "run `wandb login`), or set log.wandb.mode: offline"
+            )
+
+    def ids(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "project": self.project,
+            "entity": self.entity,
+            "mode": self.mode,
+            "group": self.group,
+            "dir": str(self.dir.resolve()),
+        }
+
+    def shown_uri(self) -> str:
+        where = Path(self.run.dir).parent if self.mode == "offline" and self.run is not None else self.project
+        return f"{self.mode} {where}"
+
+    # ---- calls (on the courier's thread) -----------------------------------------------------------
+    def start(self, spec: RunSpec, resume: dict[str, Any] | None) -> None:
+        import wandb
+
+        self.project = self.project or spec.name
+        group = self.group or spec.group
+        resumed = resume.get("run_id") if resume else None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            dir=str(self.dir),
+            id=resumed,
+            resume="allow" if resumed else None,
+            name=spec.name,
+            group=group,
+            job_type=spec.kind,
+            tags=self.settings.tags or None,
+            config={**spec.params, **{f"ftl.{k}": v for k, v in spec.tags.items()}},
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        self.run_id = self.run.id
+        self.group = group
+        self.run.define_metric(STEP)
+        self.run.define_metric("*", step_metric=STEP, step_sync=True)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self.run.log({**values, STEP: step})
+
+    def final(self, values: dict[str, float], step: int) -> None:
+        """The run's final metrics: in the summary (what the runs table shows) and as final/<name>."""
+        self.run.log({**{f"final/{k}": v for k, v in values.items()}, STEP: step})
+        self.run.summary.update(values)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self.run.config.update({f"ftl.{k}": v for k, v in tags.items()}, allow_val_change=True)
+
+    def files(self, paths: list[Path], folder: str | None = None) -> None:
+        import shutil
+
+        for path in paths:  # files in the run's folder are uploaded when it ends (wandb.save would symlink)
+            if path.is_file():
+                shutil.copy2(path, Path(self.run.dir) / path.name)
+
+    def model(self, folder: Path) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{self.run_id}", type="model")
+        artifact.add_dir(str(folder))
+        self.run.log_artifact(artifact)
+
+    def end(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+    def close(self) -> None:
+        return None
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+
+        return bool(read_netrc_auth(host=os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")))
+    except Exception:  # noqa: BLE001 - no readable login: as if none
+        return False
