@@ -16,6 +16,7 @@ from typing import Any
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.log import MlflowSettings, is_relative_local
 from ftl.launcher.secrets import redact
+from ftl.launcher.track.params import MAX_KEY, param_text
 from ftl.launcher.track.spec import Parent, RunSpec
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -160,5 +161,5 @@ def _key(name: str) -> str:
     return _BAD_KEY.sub("_", name)[:250]
 
 
-def _clean(values: dict[str, str]) -> dict[str, str]:
-    return {_key(k): str(v)[:6000] for k, v in values.items()}
+def _clean(values: dict[str, Any]) -> dict[str, str]:
+    return {_key(k)[:MAX_KEY]: param_text(v) for k, v in values.items()}

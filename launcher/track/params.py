@@ -1,5 +1,5 @@
-"""A recipe as tracker parameters: flattened dotted keys (train.lr, model.config.hidden_size) with text values,
-kept within MLflow's limits (key 250 characters, value 6000); numbers flattened out of nested results."""
+"""A recipe as tracker parameters: flattened dotted keys (train.lr, model.config.hidden_size), kept within
+MLflow's limits (key 250 characters, value 6000); numbers flattened out of nested results."""
 
 from __future__ import annotations
 
@@ -11,19 +11,23 @@ MAX_KEY = 250
 MAX_VALUE = 6000
 
 
-def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{'train.lr': '0.01', 'task.labels': '["negative", "positive"]', ...}; empty sections leave no key."""
-    flat: dict[str, str] = {}
+def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train.lr': 0.01, 'task.labels': ['negative', 'positive'], ...}: a (recipe) mapping flattened to dotted
+    keys, values as they are (W&B keeps their types; MLflow takes them as `param_text`)."""
+    flat: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             flat.update(flat_params(value, f"{name}."))
-            continue
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        if len(text) > MAX_VALUE:
-            text = text[: MAX_VALUE - 14] + "...(truncated)"
-        flat[name[:MAX_KEY]] = text
+        else:
+            flat[name] = value
     return flat
+
+
+def param_text(value: Any) -> str:
+    """A parameter's value as MLflow stores it: text (JSON for anything but text), at most 6000 characters."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 14] + "...(truncated)"
 
 
 def flat_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -16,7 +16,7 @@ PARENT_ENV = "FTL_TRACKING_PARENT"
 class RunSpec:
     name: str  # the run's display name
     kind: str  # run | trial | fold | search | cv | bench | cell
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     group: str | None = None  # W&B group (a search's trials share the search's)
 

@@ -80,7 +80,8 @@ class RunTracking:
 
     def failed(self, exc: BaseException) -> None:
         if self.tracking:
-            interrupted = isinstance(exc, KeyboardInterrupt)
+            # ftl turns Ctrl+C into a one-line FtlError ("interrupted; ... --resume")
+            interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
             self.tracking.finish(status="KILLED" if interrupted else "FAILED")
 
 
