@@ -33,6 +33,8 @@ class Undelivered:
     items: list[str] = field(default_factory=list)
 
     def add(self, parcel: Parcel) -> None:
+        if not parcel.what:  # a marker (Tracking.wait), nothing of the run's
+            return
         if parcel.metrics is not None:
             for name in parcel.metrics:
                 self.steps.setdefault(name, []).append(parcel.step if parcel.step is not None else -1)
@@ -116,7 +118,7 @@ class Courier:
             except Exception as exc:  # noqa: BLE001 - a tracker's failure must never reach training
                 with self._lock:
                     self.undelivered.add(parcel)
-                self._fail(f"{type(exc).__name__}: {first_line(exc)}")
+                self._fail(_why(exc))
 
     def _fail(self, why: str) -> None:
         with self._lock:
@@ -127,3 +129,13 @@ class Courier:
             f"[bold yellow]warning[/]: {self.name} failed ({self.down}); training goes on, and ftl sends nothing "
             f"more to {self.name} in this run (what it missed is listed when the run ends)"
         )
+
+
+def _why(exc: Exception) -> str:
+    """The exception in one line: its type and first line, plus the second when the first only counts errors
+    (pydantic's '1 validation error for Settings')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = first_line(exc)
+    if len(lines) > 1 and "error" in lines[0] and lines[0][0].isdigit():
+        text = f"{lines[0]}: {' '.join(lines[1:3])}"
+    return f"{type(exc).__name__}: {text}"

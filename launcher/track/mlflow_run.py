@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ class MlflowRun:
         return redact(self.uri)
 
     # ---- calls (on the courier's thread) -----------------------------------------------------------
-    def start(self, spec: RunSpec, resume: dict[str, Any] | None) -> None:
+    def start(self, spec: RunSpec, resume: dict[str, Any] | None, keep: Callable[[], None]) -> None:
+        """Create the run (or continue `resume`'s), `keep` its id, log the parameters."""
         for name, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         client = self.client()
@@ -81,6 +83,7 @@ class MlflowRun:
             run = client.create_run(self.experiment_id, run_name=spec.name, tags=_clean(tags))
             self.run_id = run.info.run_id
             params = _clean(spec.params)
+        keep()
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
@@ -117,6 +120,19 @@ class MlflowRun:
 
     def model(self, folder: Path) -> None:
         self.client().log_artifacts(self.run_id, str(folder), "model")
+
+    def mark(self, child: dict[str, Any], status: str, best: bool) -> None:
+        client, run_id = self.client(), child["run_id"]
+        client.set_tag(run_id, "ftl.status", status)
+        if best:
+            client.set_tag(run_id, "ftl.best", "true")
+        # the scheduler ends a stopped trial's process mid-run (its run is left RUNNING, or FAILED by the
+        # interruption): KILLED, as MLflow calls a run stopped from outside
+        ended = client.get_run(run_id).info.status
+        if status == "stopped early" and ended != "FINISHED":
+            client.set_terminated(run_id, status="KILLED")
+        elif status == "error" and ended == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
 
     def end(self, status: str) -> None:
         """status: FINISHED, FAILED or KILLED."""

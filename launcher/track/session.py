@@ -83,9 +83,8 @@ class Tracking:
         previous = tracking._read()
         for backend in backends:
 
-            def start(backend=backend) -> None:
-                backend.start(spec, previous.get(backend.name))
-                tracking._write()
+            def start(backend=backend) -> None:  # keeps the run id as soon as it is known (a kill may follow)
+                backend.start(spec, previous.get(backend.name), keep=tracking._write)
 
             tracking.couriers[backend.name].call("the run's start (parameters)", start)
         return tracking
@@ -110,6 +109,15 @@ class Tracking:
             self.couriers[backend.name].call("", event.set)
         for event in done:
             event.wait(timeout)
+
+    def mark_child(self, ids: dict[str, dict[str, Any]], status: str, *, best: bool, label: str) -> None:
+        """Tag a child run (a trial, fold or cell, by the ids in its trackers.json) with how it ended: completed,
+        stopped early (by the scheduler, which ends the trial's process) or error; `best` marks the best trial."""
+        for backend in self.backends:
+            if ids.get(backend.name, {}).get("run_id"):
+                self.couriers[backend.name].call(
+                    f"the status of {label}", lambda b=backend: b.mark(ids[b.name], status, best)
+                )
 
     def parent_for_children(self, kind: str) -> Parent:
         """What this run's children (trials, folds, cells) need to nest under it."""
@@ -150,7 +158,7 @@ class Tracking:
             if courier.undelivered:
                 log(
                     f"[bold yellow]{backend.name} did not receive[/]: {courier.undelivered.describe()} "
-                    f"({courier.down}); the run directory holds all of it (metrics.json, log_history.json)"
+                    f"({courier.down}); the run directory keeps ftl's own record (log_history.json, metrics.json)"
                 )
             elif backend.run_id:
                 log(f"{backend.name}: run {backend.run_id} ({backend.shown_uri()})")

@@ -10,6 +10,23 @@ from typing import Any
 # A search (or a trial of tune.cv) tells its trials and folds where its own tracker runs are, through the
 # environment: it crosses Ray Tune trials, Ray tasks and Ray Train workers alike (ray_launch forwards it).
 PARENT_ENV = "FTL_TRACKING_PARENT"
+# Tracker settings a Ray worker or cluster job needs as the driver has them. Never the secrets (WANDB_API_KEY,
+# MLFLOW_TRACKING_TOKEN/PASSWORD): they would travel in Ray's runtime_env, which the cluster shows to anyone who
+# can list jobs. A local Ray inherits them from ftl's own environment; a remote cluster's nodes hold their own.
+TRACKER_ENV = (
+    PARENT_ENV,
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "WANDB_BASE_URL",
+)
 
 
 @dataclass

@@ -10,6 +10,9 @@ grow, which a resumed run, going back to its checkpoint's step, would break). Of
 from __future__ import annotations
 
 import os
+import secrets
+import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,30 +59,32 @@ class WandbRun:
         return f"{self.mode} {where}"
 
     # ---- calls (on the courier's thread) -----------------------------------------------------------
-    def start(self, spec: RunSpec, resume: dict[str, Any] | None) -> None:
+    def start(self, spec: RunSpec, resume: dict[str, Any] | None, keep: Callable[[], None]) -> None:
+        """`keep` the run's id first (ftl chooses it: a trial stopped while W&B starts still names its run),
+        then start or continue the run."""
         import wandb
 
         self.project = self.project or spec.name
-        group = self.group or spec.group
+        self.group = self.group or (resume or {}).get("group") or spec.group
         resumed = resume.get("run_id") if resume else None
+        self.run_id = resumed or _new_id()
+        keep()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
             mode=self.mode,
             dir=str(self.dir),
-            id=resumed,
-            resume="allow" if resumed else None,
+            id=self.run_id,
+            resume="allow",
             name=spec.name,
-            group=group,
+            group=self.group,
             job_type=spec.kind,
             tags=self.settings.tags or None,
             config={**spec.params, **{f"ftl.{k}": v for k, v in spec.tags.items()}},
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True),
         )
-        self.run_id = self.run.id
-        self.group = group
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP, step_sync=True)
 
@@ -108,6 +113,28 @@ class WandbRun:
         artifact.add_dir(str(folder))
         self.run.log_artifact(artifact)
 
+    def mark(self, child: dict[str, Any], status: str, best: bool) -> None:
+        """Reopen a child run for a moment (W&B runs cannot be changed from outside offline) to record its status:
+        only for the best trial and those that did not complete (a stopped trial's process ended mid-run)."""
+        if status == "completed" and not best:
+            return
+        import wandb
+
+        run = wandb.init(
+            project=child.get("project"),
+            entity=child.get("entity"),
+            mode=child.get("mode", self.mode),
+            dir=child["dir"],
+            id=child["run_id"],
+            resume="allow",
+            group=child.get("group"),
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+        run.tags = tuple(tag for tag in (status.replace(" ", "-"), "best" if best else None) if tag)
+        run.summary.update({"ftl.status": status, "ftl.best": best})
+        run.finish(exit_code=1 if status == "error" else 0)
+
     def end(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
@@ -124,3 +151,8 @@ def _logged_in() -> bool:
         return bool(read_netrc_auth(host=os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")))
     except Exception:  # noqa: BLE001 - no readable login: as if none
         return False
+
+
+def _new_id() -> str:
+    """A W&B run id as wandb makes them: 8 random base-36 characters."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
