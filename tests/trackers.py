@@ -119,6 +119,7 @@ class WandbOfflineRun:
     config: dict = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
     summary: dict = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
     exit_code: int | None = None
     files: set[str] = field(default_factory=set)
     artifacts: list[str] = field(default_factory=list)
@@ -135,6 +136,7 @@ class WandbOfflineRun:
                 run = record.run
                 found.run_id, found.project, found.job_type = run.run_id, run.project, run.job_type
                 found.group = run.run_group
+                found.tags = list(run.tags)
                 for item in run.config.update:
                     found.config[item.key] = json.loads(item.value_json)
             elif kind == "config":
@@ -162,3 +164,15 @@ class WandbOfflineRun:
 def wandb_offline_runs(root: Path) -> list[WandbOfflineRun]:
     """Every offline run under root/wandb/, oldest first (a resumed run has one folder per session)."""
     return [WandbOfflineRun.read(folder) for folder in sorted((root / "wandb").glob("offline-run-*"))]
+
+
+def mlflow_runs(store: Path) -> dict[str, list]:
+    """The runs of a local MLflow store (<output>/mlflow.db) by their ftl.kind tag (search, trial, fold, ...)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store.resolve()}")
+    found: dict[str, list] = defaultdict(list)
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            found[run.data.tags.get("ftl.kind", "")].append(run)
+    return found

@@ -21,6 +21,12 @@ from ftl.launcher.recipe.log import WandbSettings
 from ftl.launcher.track.spec import Parent, RunSpec
 
 STEP = "global_step"
+# wandb runs its runs in a service process and tells child processes where it is (WANDB_SERVICE). Ray's
+# workers inherit the environment of the process that started Ray, so a search's trials would all use the
+# driver's service, which keeps the run of a trial the scheduler killed open ("run ID ... is in use"). Each
+# process of ftl uses a service of its own.
+_SERVICE_ENV = "WANDB_SERVICE"
+_own_service = False
 
 
 class WandbRun:
@@ -70,6 +76,7 @@ class WandbRun:
         self.run_id = resumed or _new_id()
         keep()
         self.dir.mkdir(parents=True, exist_ok=True)
+        _use_own_service()
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -83,7 +90,7 @@ class WandbRun:
             tags=self.settings.tags or None,
             config={**spec.params, **{f"ftl.{k}": v for k, v in spec.tags.items()}},
             reinit="create_new",
-            settings=wandb.Settings(console="off", silent=True),
+            settings=_settings(wandb),
         )
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP, step_sync=True)
@@ -120,6 +127,7 @@ class WandbRun:
             return
         import wandb
 
+        _use_own_service()
         run = wandb.init(
             project=child.get("project"),
             entity=child.get("entity"),
@@ -129,7 +137,7 @@ class WandbRun:
             resume="allow",
             group=child.get("group"),
             reinit="create_new",
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            settings=_settings(wandb, x_disable_stats=True),
         )
         run.tags = tuple(tag for tag in (status.replace(" ", "-"), "best" if best else None) if tag)
         run.summary.update({"ftl.status": status, "ftl.best": best})
@@ -156,3 +164,20 @@ def _logged_in() -> bool:
 def _new_id() -> str:
     """A W&B run id as wandb makes them: 8 random base-36 characters."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _use_own_service() -> None:
+    """Forget a wandb service inherited from another process (once, before this process's first run)."""
+    global _own_service
+    if not _own_service:
+        os.environ.pop(_SERVICE_ENV, None)
+        _own_service = True
+
+
+def _settings(wandb, **extra):
+    """No console capture (ftl has its own logs), and the run's file written every 2 s rather than every 15 s: a
+    trial the scheduler stops ends its process, and wandb's service with it, before the run finishes."""
+    fields = getattr(wandb.Settings, "model_fields", {})
+    if "x_transaction_log_flush_interval" in fields:  # wandb >= 0.23
+        extra.setdefault("x_transaction_log_flush_interval", 2.0)
+    return wandb.Settings(console="off", silent=True, **extra)
