@@ -94,6 +94,7 @@ def test_a_missing_tracker_library_or_wandb_login_is_one_line(
     edit_recipe(classification_recipe, log={"trackers": ["wandb"], "wandb": {"mode": "online"}})
     message = fails(capsys, ["run", str(classification_recipe), "--output", str(tmp_path / "b")])
     assert "finds no W&B login; set WANDB_API_KEY" in message and "log.wandb.mode: offline" in message
+    assert fails(capsys, ["check", str(classification_recipe)]) == message  # ftl check finds it too
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything ran
 
 
@@ -183,8 +184,10 @@ class StopServerAt(TrainerCallback):
 
 
 @pytest.mark.slow
-def test_a_tracking_server_that_dies_mid_run_does_not_stop_training(tmp_path, classification_recipe, capsys):
-    server = MlflowServer(tmp_path / "server").start()
+def test_a_tracking_server_that_dies_mid_run_does_not_stop_training(
+    mlflow_server, tmp_path, classification_recipe, capsys
+):
+    server = mlflow_server  # stopped mid-run, started again (the same database and port) to read it back
     try:
         edit_recipe(
             classification_recipe,
@@ -211,4 +214,31 @@ def test_a_tracking_server_that_dies_mid_run_does_not_stop_training(tmp_path, cl
         assert run.info.status == "RUNNING"  # its end was never delivered
         assert [m.step for m in client.get_metric_history(record["run_id"], "loss")] == [1, 4]
     finally:
-        server.stop()
+        if server.process is None:
+            server.start()  # for the module's other tests
+
+
+def test_ray_workers_and_cluster_jobs_get_tracker_settings_but_no_tracker_secret(
+    monkeypatch, classification_recipe
+):
+    from ftl.cluster.address import parse_address
+    from ftl.cluster.client import Connection
+    from ftl.cluster.submit import job_env
+    from ftl.launcher.distributed.ray_launch import forwarded_env
+
+    settings = {
+        "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+        "WANDB_PROJECT": "p",
+        "WANDB_MODE": "offline",
+    }
+    secrets = {
+        "WANDB_API_KEY": "planted-wandb-key-0123456789",
+        "MLFLOW_TRACKING_TOKEN": "planted-mlflow-tok-42",
+    }
+    for name, value in {**settings, **secrets}.items():
+        monkeypatch.setenv(name, value)
+    recipe = load_recipe(classification_recipe).recipe
+    remote = job_env(Connection(parse_address("https://ray-head.example:8265"), None, None), recipe)
+    for env in (forwarded_env(recipe), remote):
+        assert settings.items() <= env.items()
+        assert not set(secrets) & set(env)

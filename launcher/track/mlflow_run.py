@@ -24,10 +24,11 @@ PARENT_TAG = "mlflow.parentRunId"
 # MLflow's client retries a failed request 7 times with exponential backoff (minutes in all) and waits 120 s
 # for an answer: a dead server would keep a run's delivery busy long after training ends. ftl's defaults, unless
 # the environment sets them:
-_HTTP_DEFAULTS = {
+_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # ftl says where the run is, once, on stderr
 }
 _BAD_KEY = re.compile(r"[^0-9A-Za-z_\-. :/]")  # what MLflow accepts in metric and param names
 _BATCH = 100  # params or tags per request (MLflow's limit); metrics allow 1000
@@ -61,12 +62,16 @@ class MlflowRun:
         return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
 
     def shown_uri(self) -> str:
-        return redact(self.uri)
+        """The UI's page of the run on a server, else the store."""
+        shown = redact(self.uri)
+        if shown.startswith(("http://", "https://")) and self.run_id:
+            return f"{shown.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return shown
 
     # ---- calls (on the courier's thread) -----------------------------------------------------------
     def start(self, spec: RunSpec, resume: dict[str, Any] | None, keep: Callable[[], None]) -> None:
         """Create the run (or continue `resume`'s), `keep` its id, log the parameters."""
-        for name, value in _HTTP_DEFAULTS.items():
+        for name, value in _CLIENT_DEFAULTS.items():
             os.environ.setdefault(name, value)
         client = self.client()
         if resume and resume.get("run_id") and resume.get("tracking_uri") == redact(self.uri):

@@ -22,7 +22,7 @@ from ftl.launcher.secrets import redact
 from ftl.launcher.track.courier import Courier, Parcel
 from ftl.launcher.track.mlflow_run import MlflowRun
 from ftl.launcher.track.spec import Parent, RunSpec
-from ftl.launcher.track.wandb_run import WandbRun
+from ftl.launcher.track.wandb_run import WandbRun, check_login, wandb_mode
 
 TRACKERS_FILE = "trackers.json"
 EXTERNAL = ("mlflow", "wandb")  # tensorboard writes files in the run directory (a Trainer callback)
@@ -42,6 +42,13 @@ def check_installed(log_section: LogSection) -> None:
                 f"log.trackers: {name} is not installed; install it with pip install 'ftl[trackers]' (or pip "
                 f"install {_PACKAGES[name]}), or remove {name} from log.trackers"
             )
+
+
+def preflight(log_section: LogSection) -> None:
+    """What `ftl check` and every run find before training: the trackers' libraries, and a W&B login online."""
+    check_installed(log_section)
+    if "wandb" in external_trackers(log_section) and wandb_mode(log_section.wandb) == "online":
+        check_login()
 
 
 class Tracking:

@@ -37,18 +37,13 @@ class WandbRun:
         from_parent = parent.of("wandb") if parent else {}
         self.project = settings.project or from_parent.get("project") or os.environ.get("WANDB_PROJECT")
         self.entity = settings.entity or from_parent.get("entity") or os.environ.get("WANDB_ENTITY")
-        self.mode = settings.mode or from_parent.get("mode") or os.environ.get("WANDB_MODE") or "online"
-        if self.mode not in ("online", "offline"):
-            raise FtlError(f"WANDB_MODE={self.mode}: ftl runs W&B online or offline (log.wandb.mode)")
+        self.mode = settings.mode or from_parent.get("mode") or wandb_mode(settings)
         self.group = from_parent.get("group")
         self.dir = output
         self.run_id: str | None = None
         self.run: Any = None
-        if self.mode == "online" and not _logged_in():
-            raise FtlError(
-                "log.trackers: wandb runs online and finds no W&B login; set WANDB_API_KEY in the environment (or "
-                "run `wandb login`), or set log.wandb.mode: offline"
-            )
+        if self.mode == "online":
+            check_login()
 
     def ids(self) -> dict[str, Any]:
         return {
@@ -148,6 +143,21 @@ class WandbRun:
 
     def close(self) -> None:
         return None
+
+
+def wandb_mode(settings: WandbSettings) -> str:
+    mode = settings.mode or os.environ.get("WANDB_MODE") or "online"
+    if mode not in ("online", "offline"):
+        raise FtlError(f"WANDB_MODE={mode}: ftl runs W&B online or offline (log.wandb.mode)")
+    return mode
+
+
+def check_login() -> None:
+    if not _logged_in():
+        raise FtlError(
+            "log.trackers: wandb runs online and finds no W&B login; set WANDB_API_KEY in the environment (or "
+            "run `wandb login`), or set log.wandb.mode: offline"
+        )
 
 
 def _logged_in() -> bool:
