@@ -242,3 +242,29 @@ def test_ray_workers_and_cluster_jobs_get_tracker_settings_but_no_tracker_secret
     for env in (forwarded_env(recipe), remote):
         assert settings.items() <= env.items()
         assert not set(secrets) & set(env)
+
+
+def test_a_dead_tracker_costs_the_run_one_warning_and_no_waiting(tmp_path, capsys):
+    """Nothing listens at the tracking URI from the start: every call returns at once, one warning, and the
+    report names what was not delivered."""
+    import time
+
+    from ftl.launcher.recipe.log import LogSection
+    from ftl.launcher.track.session import Tracking
+    from ftl.launcher.track.spec import RunSpec
+    from tests.trackers import free_port
+
+    log = LogSection(trackers=["mlflow"], mlflow={"tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    started = time.perf_counter()
+    tracking = Tracking.open(log, tmp_path, RunSpec(name="r", kind="run", recipe="r", params={"a": 1}))
+    for step in range(1, 51):
+        tracking.metrics({"loss": 1.0 / step}, step)
+    assert time.perf_counter() - started < 1.0  # none of it waits for the tracker
+    tracking.wait()
+    tracking.finish(final={"eval_loss": 0.5}, step=50)
+    err = capsys.readouterr().err
+    assert err.count("warning: mlflow failed") == 1
+    assert "mlflow did not receive: loss at steps 1-50 (50 logs); the run's start (parameters); " in err
+    assert (
+        not (tmp_path / "trackers.json").exists() or "run_id" not in (tmp_path / "trackers.json").read_text()
+    )

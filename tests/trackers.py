@@ -35,6 +35,8 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
+        if self.process is not None and self.process.poll() is None:
+            return self
         command = [
             sys.executable,
             "-m",

@@ -48,6 +48,7 @@ class SearchTracking:
         spec = RunSpec(
             name=f"{kind}-{recipe.name}",
             kind=kind,
+            recipe=recipe.name,
             params={**flat_params(data), **flat_params(extra)},
             tags={"ftl.output": str(root.resolve())},
             group=f"{kind}-{recipe.name}-{root.resolve().name}",

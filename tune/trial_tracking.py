@@ -18,6 +18,7 @@ def trial_tracking(recipe, rundir_path: Path) -> Tracking | None:
     spec = RunSpec(
         name=rundir_path.name,
         kind="trial",
+        recipe=recipe.name,
         params=flat_params(recipe.model_dump(mode="json", exclude={"extends"})),
         tags={"ftl.run_dir": str(rundir_path.resolve())},
     )

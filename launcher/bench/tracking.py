@@ -37,6 +37,7 @@ class BenchTracking:
         """loaded: the recipe with the bench's overrides but without the bench's fixed settings (those switch
         every tracker off for the cells)."""
         self.log = loaded.recipe.log
+        self.recipe_name = loaded.recipe.name
         self.output = output
         self.parent: Tracking | None = None
         if external_trackers(self.log):
@@ -44,6 +45,7 @@ class BenchTracking:
             spec = RunSpec(
                 name=f"bench-{name}",
                 kind="bench",
+                recipe=name,
                 params={
                     **flat_params(loaded.recipe.model_dump(mode="json", exclude={"extends"})),
                     **flat_params({"bench": settings}),
@@ -64,6 +66,7 @@ class BenchTracking:
         spec = RunSpec(
             name=result.cell,
             kind="cell",
+            recipe=self.recipe_name,
             params={**result.settings, "devices": result.devices, "workers": result.workers},
             tags={"ftl.status": result.status, "ftl.reason": result.reason, "ftl.device": result.device_name},
         )

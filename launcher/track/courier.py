@@ -78,7 +78,7 @@ class Courier:
 
     def send(self, parcel: Parcel) -> None:
         with self._lock:
-            if self.down is not None:
+            if self.down is not None and parcel.what:  # a marker (no `what`) still runs: someone waits on it
                 self.undelivered.add(parcel)
                 return
         self._queue.put(parcel)
@@ -107,7 +107,7 @@ class Courier:
             if parcel is _STOP:
                 return
             with self._lock:
-                skip = self.down is not None
+                skip = self.down is not None and parcel.what
             if skip:
                 with self._lock:
                     self.undelivered.add(parcel)

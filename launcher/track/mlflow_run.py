@@ -81,7 +81,7 @@ class MlflowRun:
             params = {k: v for k, v in _clean(spec.params).items() if k not in known}
         else:
             if self.experiment_id is None:
-                self.experiment_id = self._experiment(self.experiment_name or spec.name)
+                self.experiment_id = self._experiment(self.experiment_name or spec.recipe)
             tags = {"ftl.kind": spec.kind, **self.settings.tags, **spec.tags}
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id

@@ -33,6 +33,7 @@ TRACKER_ENV = (
 class RunSpec:
     name: str  # the run's display name
     kind: str  # run | trial | fold | search | cv | bench | cell
+    recipe: str  # the recipe's name: the default MLflow experiment and W&B project of a run and its children
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     group: str | None = None  # W&B group (a search's trials share the search's)

@@ -65,7 +65,7 @@ class WandbRun:
         then start or continue the run."""
         import wandb
 
-        self.project = self.project or spec.name
+        self.project = self.project or spec.recipe
         self.group = self.group or (resume or {}).get("group") or spec.group
         resumed = resume.get("run_id") if resume else None
         self.run_id = resumed or _new_id()

@@ -96,6 +96,7 @@ def run_tracking(loaded: LoadedRecipe, rundir: RunDir):
         spec = RunSpec(
             name=rundir.root.name if parent else recipe.name,
             kind=kind,
+            recipe=recipe.name,
             params=flat_params(recipe.model_dump(mode="json", exclude={"extends"})),
             tags={"ftl.run_dir": str(rundir.root.resolve()), "ftl.git_sha": git_sha() or "unknown"},
         )
