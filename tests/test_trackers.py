@@ -152,6 +152,8 @@ def test_a_run_logs_to_mlflow_and_wandb_and_resume_continues_the_same_runs(
     assert params["log.mlflow.tracking_uri"] == mlflow_server.url
     loss = _history(client, run_id, "loss")
     assert [step for step, _ in loss] == [1, 4, 8, 12, 16]  # resumed from checkpoint-8: steps 9-16 again
+    stamps = [m.timestamp for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)]
+    assert run.info.start_time <= stamps[0] and stamps == sorted(stamps)  # when logged, not when delivered
     assert [step for step, _ in _history(client, run_id, "eval_accuracy")] == [8, 16]
     final = _history(client, run_id, "final/eval_accuracy")
     assert final == [(16, pytest.approx(metrics["eval_accuracy"]))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,10 @@ class MlflowRun:
             tags = {"ftl.kind": spec.kind, **self.settings.tags, **spec.tags}
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
-            run = client.create_run(self.experiment_id, run_name=spec.name, tags=_clean(tags))
+            started = int(spec.started * 1000)
+            run = client.create_run(
+                self.experiment_id, start_time=started, run_name=spec.name, tags=_clean(tags)
+            )
             self.run_id = run.info.run_id
             params = _clean(spec.params)
         keep()
@@ -95,19 +99,16 @@ class MlflowRun:
         for i in range(0, len(items), _BATCH):
             client.log_batch(self.run_id, params=items[i : i + _BATCH], synchronous=True)
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        import time
-
+    def metrics(self, values: dict[str, float], step: int, when: float) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [Metric(_key(k), float(v), now, step) for k, v in values.items()]
+        batch = [Metric(_key(k), float(v), int(when * 1000), step) for k, v in values.items()]
         for i in range(0, len(batch), 1000):
             self.client().log_batch(self.run_id, metrics=batch[i : i + 1000], synchronous=True)
 
     def final(self, values: dict[str, float], step: int) -> None:
         """The run's final metrics, as final/<name> (the eval_* history keeps every evaluation)."""
-        self.metrics({f"final/{k}": v for k, v in values.items()}, step)
+        self.metrics({f"final/{k}": v for k, v in values.items()}, step, time.time())
 
     def tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,10 @@ class Tracking:
 
     # ---- during the run -----------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int) -> None:
+        when = time.time()  # MLflow keeps when a value was logged, not when it arrived
         for backend in self.backends:
             self.couriers[backend.name].send(
-                Parcel("metrics", lambda b=backend: b.metrics(values, step), metrics=values, step=step)
+                Parcel("metrics", lambda b=backend: b.metrics(values, step, when), metrics=values, step=step)
             )
 
     def tags(self, tags: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     group: str | None = None  # W&B group (a search's trials share the search's)
+    started: float = field(default_factory=time.time)  # when ftl opened it (delivery may come later)
 
 
 @dataclass

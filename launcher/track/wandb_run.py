@@ -90,7 +90,8 @@ class WandbRun:
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP, step_sync=True)
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
+    def metrics(self, values: dict[str, float], step: int, when: float) -> None:
+        """`when` is not W&B's to set: its history's _timestamp is when the values reach wandb."""
         self.run.log({**values, STEP: step})
 
     def final(self, values: dict[str, float], step: int) -> None:
