@@ -20,12 +20,14 @@ from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.loader import LoadedRecipe, where
 from ftl.launcher.recipe.variants import check_space, objective
 from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.track.session import preflight
 from ftl.launcher.train.device import plan_device
 from ftl.launcher.train.tables import freeze_table
 
 
 def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
     recipe = loaded.recipe
+    preflight(recipe.log)  # log.trackers: installed, and a W&B login when online
     reports = []  # printed once every check has passed: an error stays the only line
     if loaded.stages:
         for index, plan in enumerate(loaded.stages):

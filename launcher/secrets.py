@@ -1,10 +1,11 @@
 """Secrets stay out of everything ftl writes: recipes, run directories, logs, manifests, job files.
 
 Two kinds: passwords inside URLs (`postgresql://user:PASSWORD@db/x`, `s3://KEY:SECRET@bucket`) and the values
-of secret environment variables (HF_TOKEN, WANDB_API_KEY, RAY_AUTH_TOKEN, ..., anything named *_TOKEN,
-*_API_KEY, *_SECRET, *_PASSWORD, *_SECRET_ACCESS_KEY). A recipe holding either is refused when it is loaded
-(the recipe is written to the run directory, printed by `ftl check` and shipped with jobs); `redact` masks
-both in text ftl writes from elsewhere (error lines, the command line in the manifest).
+of secret environment variables (HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN, ..., anything
+named *_TOKEN, *_API_KEY, *_SECRET, *_PASSWORD, *_ACCESS_KEY, *_CONNECTION_STRING, *_SECRET_ACCESS_KEY). A recipe
+holding either is refused when it is loaded (the recipe is written to the run directory, printed by `ftl check`
+and shipped with jobs, and goes to the trackers as their parameters); `redact` masks both in text ftl writes
+from elsewhere (error lines, the command line in the manifest, a tracking URI in trackers.json).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any
 MASK = "***"
 # scheme://user:password@host -- the password is group 1
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@")
-_SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD|PASSWD)$|SECRET_ACCESS_KEY")  # not *_PATH, *_FILE
+# not *_PATH, *_FILE; ACCESS_KEY and CONNECTION_STRING: cloud artifact stores (AZURE_STORAGE_ACCESS_KEY, ...)
+_SECRET_NAME = re.compile(
+    r"(TOKEN|API_KEY|SECRET|PASSWORD|PASSWD|ACCESS_KEY|CONNECTION_STRING)$|SECRET_ACCESS_KEY"
+)
 _MIN_LENGTH = 8  # shorter values ("1", "true") are settings, not secrets, and would mask innocent text
 
 

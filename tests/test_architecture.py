@@ -3,7 +3,7 @@
 ftl installs as one namespace (`ftl.launcher`, `ftl.tune`, `ftl.cluster`) and its modules import one way, from
 the recipe up to the command line (docs/architecture.md draws the layers):
 
-    base -> recipe -> data | model -> tasks -> train -> distributed -> run -> apps -> tune -> cluster -> cli
+    base -> recipe -> track -> data | model -> tasks -> train -> distributed -> run -> apps -> tune -> cluster -> cli
 
 Every import counts, also one inside a function: an import that only moves into a function still ties the two
 modules together. An import inside a function is kept only where it delays loading a heavy library (torch,
@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("recipe", ("ftl.launcher.recipe",)),
+    ("track", ("ftl.launcher.track",)),
     ("data | model", ("ftl.launcher.data", "ftl.launcher.model")),
     ("tasks", ("ftl.launcher.tasks",)),
     ("train", ("ftl.launcher.train",)),

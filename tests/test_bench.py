@@ -19,7 +19,7 @@ from ftl.launcher.bench.results import (
 )
 from ftl.launcher.cli import main
 from ftl.launcher.errors import FtlError
-from tests.conftest import markdown_rows
+from tests.conftest import edit_recipe, markdown_rows
 
 
 # ---- the matrix --------------------------------------------------------------------------------------
@@ -234,6 +234,7 @@ def test_two_by_two_matrix_with_a_failing_cell(capsys, classification_recipe, tm
     """hidden_size 30 with 4 heads validates (model.config is free-form) but cannot build: that cell fails at
     run time, is recorded, and the other three cells finish."""
     output = tmp_path / "bench"
+    edit_recipe(classification_recipe, log={"trackers": ["mlflow"]})  # a parent run, a run per cell
     code = main(
         [
             "bench",
@@ -274,6 +275,25 @@ def test_two_by_two_matrix_with_a_failing_cell(capsys, classification_recipe, tm
     for chart in ("tokens_per_s.png", "mfu.png", "memory.png"):
         assert (output / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (output / "cells" / "cell-01" / "run").exists()  # the scratch run directory is removed
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{output.resolve() / 'mlflow.db'}")
+    runs = {
+        run.info.run_name: run for run in client.search_runs(client.search_experiments()[0].experiment_id)
+    }
+    parent = runs.pop("bench-tiny-cls")
+    assert sorted(runs) == ["cell-01", "cell-02", "cell-03", "cell-04"]
+    for name, row in zip(sorted(runs), rows, strict=True):
+        run = runs[name]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["model.config.hidden_size"] == row["model.config.hidden_size"]
+        assert run.info.status == ("FINISHED" if row["status"] == "ok" else "FAILED")
+        if row["status"] == "ok":
+            assert run.data.metrics["tokens_per_s"] == pytest.approx(float(row["tokens_per_s"]))
+            assert run.data.metrics["mfu_6n"] == pytest.approx(float(row["mfu_6n"]))
+    across = client.get_metric_history(parent.info.run_id, "tokens_per_s")  # step = the cell's number
+    assert [m.step for m in across] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ def test_search_writes_trials_a_runnable_best_recipe_plots_and_the_study(tmp_pat
     import optuna
 
     out = tmp_path / "search"
+    edit_recipe(search_recipe, log={"trackers": ["mlflow", "wandb"], "wandb": {"mode": "offline"}})
     assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
     trials = _trials(out)
     assert len(trials) == 6
@@ -88,16 +89,67 @@ def test_search_writes_trials_a_runnable_best_recipe_plots_and_the_study(tmp_pat
     assert json.loads((run / "metrics.json").read_text())["eval_loss"] == pytest.approx(
         float(best["eval_loss"])
     )
+    _check_search_in_trackers(out, trials, best)
+
+
+def _check_search_in_trackers(out: Path, trials: list[dict], best: dict) -> None:
+    """MLflow: a parent run with a nested run per trial, ASHA's stopped ones KILLED and tagged, the best one
+    tagged and named on the parent; W&B (offline): the trials share the search run's group."""
+    from tests.trackers import mlflow_runs, wandb_offline_runs
+
+    runs = mlflow_runs(out / "mlflow.db")
+    (parent,) = runs["search"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["tune.space.train.lr.loguniform"] == "[1e-05, 0.03]"
+    assert parent.data.tags["ftl.best_trial"] == best["trial"]
+    assert parent.data.metrics["final/best_eval_loss"] == pytest.approx(float(best["eval_loss"]))
+    children = {Path(run.data.tags["ftl.run_dir"]).name: run for run in runs["trial"]}
+    assert len(children) == 6
+    for trial in trials:
+        child = children[Path(trial["run_dir"]).name]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["ftl.status"] == trial["status"]
+        assert child.info.status == {"completed": "FINISHED", "stopped early": "KILLED"}[trial["status"]]
+        assert child.data.params["train.lr"] == repr(
+            float(
+                yaml.safe_load((Path(trial["run_dir"]) / "recipe.resolved.yaml").read_text())["train"]["lr"]
+            )
+        )
+        assert (child.data.tags.get("ftl.best") == "true") == (trial is best)
+    (search_run,) = wandb_offline_runs(out)
+    assert search_run.job_type == "search" and search_run.summary["best_eval_loss"] == pytest.approx(
+        float(best["eval_loss"])
+    )
+    for trial in trials:
+        sessions = wandb_offline_runs(Path(trial["run_dir"]))
+        assert sessions[0].group == search_run.group and sessions[0].job_type == "trial"
+        if trial["status"] == "stopped early":  # Tune ended its process; ftl reopened the run to say so
+            assert sessions[-1].run_id == sessions[0].run_id and len(sessions) == 2
+            assert sessions[-1].summary["ftl.status"] == "stopped early"
+            assert "stopped-early" in sessions[-1].tags
+        else:
+            assert [step for step, _ in sessions[0].history["eval_loss"]] == [6, 12, 18, 24, 30, 36]
 
 
 def test_cross_validation_prints_mean_and_std_over_disjoint_folds(tmp_path, classification_recipe, capsys):
-    edit_recipe(classification_recipe, train={"epochs": 2}, log={"progress": False, "tensorboard": False})
+    trackers = {"trackers": ["wandb"], "wandb": {"mode": "offline"}}
+    edit_recipe(
+        classification_recipe, train={"epochs": 2}, log={"progress": False, "tensorboard": False, **trackers}
+    )
     out = tmp_path / "cv"
     assert main(["cv", str(classification_recipe), "--folds", "3", "--output", str(out)]) == 0
     err = capsys.readouterr().err
     summary = json.loads((out / "cv.json").read_text())
     accuracy = summary["metrics"]["eval_accuracy"]
     assert len(accuracy["per_fold"]) == 3 and summary["completed"] == [0, 1, 2]
+    from tests.trackers import wandb_offline_runs
+
+    (cv_run,) = wandb_offline_runs(out)  # W&B: the cv run and a run per fold in its group
+    assert cv_run.job_type == "cv" and cv_run.summary["eval_accuracy_mean"] == pytest.approx(accuracy["mean"])
+    for index in range(3):
+        (fold,) = wandb_offline_runs(out / "trials" / f"fold-{index}")
+        assert fold.group == cv_run.group and fold.job_type == "fold" and fold.exit_code == 0
+        assert fold.summary["eval_accuracy"] == pytest.approx(accuracy["per_fold"][index])
     assert f"accuracy: {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over 3 of 3 folds" in err
     held_out = []
     for index in range(3):
@@ -175,11 +227,24 @@ def test_two_searches_share_one_optuna_study_in_postgresql(tmp_path, search_reci
 def test_with_tune_cv_each_trials_objective_is_the_mean_over_its_folds(tmp_path, search_recipe):
     tune = yaml.safe_load(search_recipe.read_text())["tune"]
     tune.update(samples=2, metric="accuracy", cv={"folds": 2}, scheduler={})
-    edit_recipe(search_recipe, train={"epochs": 1}, tune=tune)
+    edit_recipe(search_recipe, train={"epochs": 1}, tune=tune, log={"trackers": ["mlflow"]})
     out = tmp_path / "folded"
     assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
     trials = _trials(out)
     assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    from tests.trackers import mlflow_runs
+
+    runs = mlflow_runs(out / "mlflow.db")  # search -> trial -> fold
+    (search,) = runs["search"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs["trial"]} == {search.info.run_id}
+    parents = {run.info.run_id: run for run in runs["trial"]}
+    assert len(runs["fold"]) == 4 and all(r.data.tags["mlflow.parentRunId"] in parents for r in runs["fold"])
+    for trial_run in runs["trial"]:
+        assert trial_run.data.metrics["final/eval_accuracy"] == pytest.approx(
+            float(
+                next(t for t in trials if Path(t["run_dir"]).name == trial_run.info.run_name)["eval_accuracy"]
+            )
+        )
     for trial in trials:
         folds = [
             json.loads((Path(trial["run_dir"]) / f"fold-{i}" / "metrics.json").read_text())["eval_accuracy"]
@@ -192,11 +257,23 @@ def test_with_tune_cv_each_trials_objective_is_the_mean_over_its_folds(tmp_path,
 def test_trials_can_each_run_on_several_ray_train_workers(tmp_path, search_recipe):
     tune = yaml.safe_load(search_recipe.read_text())["tune"]
     tune.update(samples=2, scheduler={"type": "fifo"})
-    edit_recipe(search_recipe, train={"epochs": 1}, distributed={"workers": 2}, tune=tune)
+    edit_recipe(
+        search_recipe,
+        train={"epochs": 1},
+        distributed={"workers": 2},
+        tune=tune,
+        log={"trackers": ["mlflow"]},
+    )
     out = tmp_path / "workers"
     assert main(["tune", str(search_recipe), "--output", str(out)]) == 0
     trials = _trials(out)
     assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    from tests.trackers import mlflow_runs
+
+    runs = mlflow_runs(out / "mlflow.db")  # rank 0 of each trial's two workers logs; rank 1 does not
+    assert len(runs["search"]) == 1 and len(runs["trial"]) == 2 and set(runs) == {"search", "trial"}
+    for run in runs["trial"]:
+        assert run.data.tags["ftl.workers"] == "2" and run.data.metrics["final/eval_loss"] > 0
     for trial in trials:
         assert json.loads((Path(trial["run_dir"]) / "manifest.json").read_text())["workers"] == 2
 

@@ -26,6 +26,7 @@ from ftl.launcher.recipe.variants import InvalidVariant, objective, with_values
 from ftl.launcher.train.outcome import is_outcome
 from ftl.tune import tuner as setup
 from ftl.tune.results import collect, drop_checkpoints
+from ftl.tune.tracking import SearchTracking
 
 
 def fold_spec(recipe, folds: int | None, group_by: str | None) -> KFold:
@@ -86,7 +87,8 @@ def run_cv(
         if recipe.tune
         else recipe
     )
-    function = setup.trainable(setup.trial_setup(loaded, search), one_fold)
+    tracking = SearchTracking.open(loaded, search.root, "cv", {"cv": {"metric": metric, **spec.model_dump()}})
+    function = setup.trainable(setup.trial_setup(loaded, search, env=tracking.trial_env()), one_fold)
     from ftl.tune.live import TrialTable
 
     table = TrialTable(
@@ -115,11 +117,19 @@ def run_cv(
             ),
             run_config=setup.run_config(search, max_failures=max_failures, callbacks=[table]),
         )
-    grid = setup.fit(tuner, table, search, "cross-validation")
-    trials = collect(grid, None)
-    if not (recipe.tune and recipe.tune.keep_checkpoints):
-        drop_checkpoints(search, trials)
-    return summarise(trials, search.root, metric, spec.folds)
+    with tracking.ended_on_failure():
+        grid = setup.fit(tuner, table, search, "cross-validation")
+        trials = collect(grid, None)
+        if not (recipe.tune and recipe.tune.keep_checkpoints):
+            drop_checkpoints(search, trials)
+        summary = summarise(trials, search.root, metric, spec.folds)
+    means = {
+        f"{name}_{kind}": values[kind]
+        for name, values in summary["metrics"].items()
+        for kind in ("mean", "std")
+    }
+    tracking.finish(trials, None, metric, [search.root / "cv.json", search.root / "cv.csv"], summary=means)
+    return summary
 
 
 def summarise(trials, root: Path, metric: str, k: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ftl.tune import tuner as setup
 from ftl.tune.results import SearchResults, write_outputs
 from ftl.tune.space import grid_size
 from ftl.tune.study import open_storage, study_name, study_storage
+from ftl.tune.tracking import SearchTracking
 
 DEFAULT_SAMPLES = 8
 
@@ -73,9 +74,12 @@ def run_search(
         search,
         f"{total} trial(s){folds}, {tune_section.search} sampler, {scheduler} scheduler, {mode}imise {metric}",
     )
+    tracking = SearchTracking.open(
+        loaded, search.root, "search", {"search": {"metric": metric, "mode": mode, "samples": total}}
+    )
     setup.start_ray(loaded, address or recipe.distributed.address)
     pbt = tune_section.scheduler_type == "pbt"
-    function = setup.trainable(setup.trial_setup(loaded, search, pbt=pbt), recipe)
+    function = setup.trainable(setup.trial_setup(loaded, search, pbt=pbt, env=tracking.trial_env()), recipe)
     keys = list(tune_section.space)
     from ftl.tune.live import TrialTable
 
@@ -85,8 +89,16 @@ def run_search(
     tuner = setup.restore(search, function, table) if resume else None
     if tuner is None:
         tuner = _new_tuner(loaded, search, function, metric, mode, total, table)
-    grid = setup.fit(tuner, table, search, "search")
-    return write_outputs(loaded, search, grid, metric=metric, mode=mode)
+    with tracking.ended_on_failure():
+        grid = setup.fit(tuner, table, search, "search")
+        results = write_outputs(loaded, search, grid, metric=metric, mode=mode)
+    files = [
+        search.record,
+        search.root / "trials.csv",
+        *([results.best_recipe] if results.best_recipe else []),
+    ]
+    tracking.finish(results.trials, results.best, metric, files)
+    return results
 
 
 def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, total: int, table) -> Any:

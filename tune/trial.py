@@ -21,6 +21,7 @@ from ftl.launcher.train.rundir import RunDir
 from ftl.tune.folded import run_folds
 from ftl.tune.space import decode
 from ftl.tune.trial_runs import FINAL, TrialSetup, finished_run, output_to, trial_dir_name, trial_recipe
+from ftl.tune.trial_tracking import fold_means, trial_tracking
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -35,7 +36,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     rundir_path = Path(setup.trials_dir) / trial_dir_name(config, tune.get_context().get_trial_id())
     rundir_path.mkdir(parents=True, exist_ok=True)
     if base.tune is not None and base.tune.cv is not None and "data.fold" not in config:
+        tracking = trial_tracking(recipe, rundir_path)  # the parent of its folds' runs
+        if tracking:
+            setup = replace(setup, env={**setup.env, **tracking.parent_for_children("trial").to_env()})
         means = run_folds(setup, base, values, rundir_path)
+        fold_means(tracking, means)
         tune.report({**means, "evaluation": 1, FINAL: 1, "run_dir": str(rundir_path)})
         return
     metrics = finished_run(rundir_path, recipe)

@@ -124,11 +124,14 @@ class SearchDir:
         return found
 
 
-def trial_setup(loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False) -> TrialSetup:
+def trial_setup(
+    loaded: LoadedRecipe, search: SearchDir, *, pbt: bool = False, env: dict[str, str] | None = None
+) -> TrialSetup:
+    """env: added to the trials' environment (the search's tracker runs, see tune/tracking.py)."""
     return TrialSetup(
         base=loaded.portable(),
         trials_dir=str(search.trials.resolve()),
-        env=forwarded_env(loaded.recipe),
+        env={**forwarded_env(loaded.recipe), **(env or {})},
         pbt=pbt,
     )
 

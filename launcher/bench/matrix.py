@@ -36,7 +36,8 @@ def bench_overrides(warmup: int, steps: int) -> list[str]:
         f"train.max_steps={warmup + steps}",
         "train.early_stopping=null",
         "eval.before_training=false",
-        "log.tensorboard=false",
+        "log.tensorboard=null",
+        "log.trackers=[]",  # a cell's numbers go to the bench's own tracker runs (bench/tracking.py)
         "log.progress=false",
         "distributed.max_failures=0",
     ]

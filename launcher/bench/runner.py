@@ -41,9 +41,11 @@ from ftl.launcher.bench.results import (
     write_markdown,
 )
 from ftl.launcher.bench.table import BenchTable
+from ftl.launcher.bench.tracking import BenchTracking
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import make_dir
+from ftl.launcher.recipe.loader import load_recipe
 from ftl.launcher.train.rundir import git_sha
 
 
@@ -63,6 +65,7 @@ def run_bench(
     cells = expand(dimensions)
     fixed = bench_overrides(warmup, steps)
     loaded = validate(recipe, overrides, dimensions, cells, fixed)
+    bench_params = {"steps": steps, "warmup": warmup, "matrix": {d.key: list(d.values) for d in dimensions}}
     name = loaded[cells[0].name].recipe.name
     output = output or Path("bench") / name
     _claim(output)
@@ -71,6 +74,9 @@ def run_bench(
         f"results in {output}"
     )
     peaks = _Peaks(peak_tflops, probe_seconds)
+    tracking = BenchTracking(
+        load_recipe(recipe, overrides), output, bench_params
+    )  # log.trackers: mlflow, wandb
     results = [CellResult(cell.name, dict(cell.settings), "pending") for cell in cells]
     table = BenchTable(results, [d.key for d in dimensions], title=f"ftl bench {name}")
     started = datetime.now(timezone.utc)
@@ -88,6 +94,7 @@ def run_bench(
             }
             results[position] = _run_cell(cell, spec, table, peaks, cell_timeout)
             table.update(position, results[position])
+            tracking.cell(cell.index, results[position], Path(spec["cell_dir"]))
     except KeyboardInterrupt:
         for position, result in enumerate(results):
             if result.status in ("pending", "running"):
@@ -100,11 +107,13 @@ def run_bench(
             dimensions,
             _context(name, command, settings, warmup, steps, started, results, peaks),
         )
+        tracking.finish(_outputs(output), interrupted=True)
         raise
     table.close()
     _write(
         output, results, dimensions, _context(name, command, settings, warmup, steps, started, results, peaks)
     )
+    tracking.finish(_outputs(output))
     failed = [r for r in results if not r.ok]
     if failed and len(failed) == len(results):
         raise FtlError(
@@ -115,6 +124,10 @@ def run_bench(
         log(f"[yellow]{len(failed)} of {len(results)} cells failed[/]; their reasons are in results.md")
     sys.stdout.write(f"{output / 'results.csv'}\n")
     return results
+
+
+def _outputs(output: Path) -> list[Path]:
+    return [output / name for name in ("results.md", "results.csv", "results.json")]
 
 
 def _claim(output: Path) -> None:

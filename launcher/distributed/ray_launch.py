@@ -20,6 +20,7 @@ from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.model.load import load_tokenizer, quiet_transformers
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.tasks.registry import task_for
+from ftl.launcher.track.spec import TRACKER_ENV
 from ftl.launcher.train.deepspeed_config import deepspeed_config, validate_deepspeed_config
 from ftl.launcher.train.device import plan_device
 from ftl.launcher.train.rundir import RunDir
@@ -36,6 +37,7 @@ _FORWARDED_ENV = (
     "TORCH_EXTENSIONS_DIR",
     "TQDM_DISABLE",
     "TOKENIZERS_PARALLELISM",
+    *TRACKER_ENV,  # log.trackers: where MLflow and W&B runs go, and a search's parent runs (no secrets)
 )
 # Settings of the collective libraries (e.g. NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, TORCH_NCCL_ASYNC_ERROR_HANDLING)
 # that a multi-node run needs on every node, not only where the driver runs.

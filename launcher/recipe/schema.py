@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ftl.launcher.recipe.data import DataSection
+from ftl.launcher.recipe.log import LogSection
 from ftl.launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
 from ftl.launcher.recipe.search import TuneSection
 from ftl.launcher.recipe.section import STEPS_MAX, Section, Seed
@@ -196,12 +197,6 @@ class EvalSection(Section):
     save_predictions: bool = Field(
         True, description="Write predictions (misclassified examples) to the run dir."
     )
-
-
-class LogSection(Section):
-    tensorboard: bool = Field(True, description="Write TensorBoard event files to <run>/tensorboard.")
-    progress: bool = Field(True, description="Show a progress bar on an interactive terminal.")
-    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Recipe(Section):

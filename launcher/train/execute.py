@@ -42,6 +42,7 @@ from ftl.launcher.train.outcome import outcomes
 from ftl.launcher.train.resume import resume_point
 from ftl.launcher.train.rundir import RunDir, manifest
 from ftl.launcher.train.tables import freeze_table, human, schedule_table
+from ftl.launcher.train.tracking import run_tracking
 from ftl.launcher.train.trainer_setup import make_trainer
 
 
@@ -77,12 +78,15 @@ def execute(
     `callbacks` are Trainer callbacks added to the run's own. train_only (`ftl bench`): the same data, model
     and Trainer, but the schedule's evaluations and checkpoints are cancelled, and the run ends after training
     with its training numbers in metrics.json: no evaluation, no final model, no predictions."""
-    built = build(loaded, rundir, callbacks=callbacks or [], train_only=train_only)
-    if train_only:
-        return train_without_evaluating(built, rundir)
-    before = evaluate_before_training(built, rundir)
-    checkpoint, train_output = train(built, rundir, announce_resume=announce_resume)
-    return finish(built, rundir, train_output, before=before, resumed_from=checkpoint)
+    with run_tracking(loaded, rundir) as tracking:  # log.trackers (rank 0): a tracker never stops the run
+        built = build(
+            loaded, rundir, callbacks=[*(callbacks or []), *tracking.callbacks], train_only=train_only
+        )
+        if train_only:
+            return tracking.done(train_without_evaluating(built, rundir))
+        before = evaluate_before_training(built, rundir)
+        checkpoint, train_output = train(built, rundir, announce_resume=announce_resume)
+        return tracking.done(finish(built, rundir, train_output, before=before, resumed_from=checkpoint))
 
 
 # ---- build ------------------------------------------------------------------------------------------

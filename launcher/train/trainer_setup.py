@@ -47,7 +47,7 @@ def make_trainer(
             interactive=recipe.log.progress and console.is_terminal, shown=set(recipe.task.metrics)
         )
     ]
-    if recipe.log.tensorboard:
+    if recipe.log.uses("tensorboard"):
         run_callbacks.append(TensorBoardLogger(str(rundir.tensorboard)))
     if recipe.train.early_stopping:
         stop = recipe.train.early_stopping

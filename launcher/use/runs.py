@@ -31,6 +31,7 @@ from ftl.launcher.train.rundir import RunDir
 
 RECIPE_FILE = "recipe.resolved.yaml"
 _NOT_RUNS = {"model", "checkpoints", "tensorboard", "ray", "base_model", "plots", "__pycache__", ".git"}
+_NOT_RUNS |= {"mlartifacts", "wandb"}  # trackers' copies of a run's files
 COLUMNS = ("name", "task", "model", "status", "steps", "time", "started")  # sortable besides metrics
 
 

@@ -30,6 +30,8 @@ SECRETS = {
     "RAY_AUTH_TOKEN": "planted-ray-token-5f1c0e9a",
     "AWS_SECRET_ACCESS_KEY": "planted/aws+secret/key0123456789",
     "PGPASSWORD": "planted-pg-password",
+    "MLFLOW_TRACKING_TOKEN": "planted-mlflow-token-0a1b2c3d",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-9z8y",
 }
 
 
@@ -111,11 +113,13 @@ def test_secrets_in_a_recipe_or_its_overrides_are_refused_without_being_shown(
 
 @pytest.mark.slow
 def test_planted_secrets_appear_in_no_file_or_log(monkeypatch, tmp_path, short_run):
-    """A run, a check and a staged job with every secret in the environment: grep all that ftl wrote."""
+    """A run (with MLflow and W&B), a check and a staged job with every secret in the environment: grep all that
+    ftl and the trackers wrote."""
     secrets = _planted(monkeypatch)
     out, log = tmp_path / "run", tmp_path / "run.log"
     env = child_env(tmp_path / "ftl-cache", **secrets)
-    edit_recipe(short_run, log={"tensorboard": True})
+    trackers = {"trackers": ["mlflow", "wandb"], "wandb": {"mode": "offline"}}  # their stores and files too
+    edit_recipe(short_run, log={"tensorboard": True, **trackers})
     argv = ["run", str(short_run), "--output", str(out)]
     assert run_in_child(argv, None, env=env, cwd=tmp_path, log=log) == 0, log.read_text()
     assert run_in_child(["check", str(short_run)], None, env=env, cwd=tmp_path, log=log) == 0
@@ -129,6 +133,8 @@ def test_planted_secrets_appear_in_no_file_or_log(monkeypatch, tmp_path, short_r
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "ftl-cache" not in p.parts]
     assert {"manifest.json", "recipe.resolved.yaml", "run.log", "job.json"} <= {p.name for p in written}
     assert any(p.parent.name == "tensorboard" for p in written)
+    assert {"mlflow.db", "trackers.json"} <= {p.name for p in written}
+    assert any(p.suffix == ".wandb" for p in written) and any("mlartifacts" in p.parts for p in written)
     for path in written:
         content = path.read_bytes()
         for name, value in secrets.items():
