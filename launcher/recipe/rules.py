@@ -345,3 +345,29 @@ def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
             "freeze",
         ), "with lora the base model is frozen and only adapters train; remove the freeze settings"
     return None
+
+
+# --- attention and packing ----------------------------------------------------------------------
+
+# Model types whose attention takes no position ids (ALiBi): examples packed into one row would attend to each
+# other. Models from anywhere else are tried on the model before training (model/attention.py).
+_NO_POSITION_IDS = ("bloom", "mpt")
+
+
+@rule
+def flash_attention_needs_a_gpu(recipe: Recipe) -> Violation | None:
+    if recipe.model.attn_implementation == "flash_attention_2" and recipe.train.device == "cpu":
+        return ("model", "attn_implementation"), "flash_attention_2 runs on a CUDA GPU only; use sdpa on CPU"
+    return None
+
+
+@rule
+def examples_packing_needs_position_ids(recipe: Recipe) -> Violation | None:
+    mode = getattr(recipe.task, "packing_mode", None)
+    model_type = str((recipe.model.config or {}).get("model_type", ""))
+    if mode == "examples" and model_type in _NO_POSITION_IDS:
+        return ("task", "packing"), (
+            f"{model_type} models take no position ids, so packed examples would attend to each other; set "
+            "packing: false (or stream for paragraphs of one text)"
+        )
+    return None
