@@ -321,3 +321,20 @@ def test_a_packed_run_trains_and_evaluates(tmp_path, attn):
     assert metrics["eval_perplexity"] < metrics["before"]["eval_perplexity"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert "examples" in json.dumps(manifest)
+
+
+def test_the_step_timer_counts_the_examples_of_packed_rows_not_their_padding(tmp_path):
+    from ftl.launcher.bench.timer import _packed_example_lengths
+
+    rows = pack_rows(
+        {
+            "input_ids": [[5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6]],
+            "labels": [[5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6]],
+        },
+        6,
+    )
+    batch = PackedCollator(pad_token_id=0)(
+        [dict(zip(rows, v, strict=True)) for v in zip(*rows.values(), strict=True)]
+    )
+    lengths = _packed_example_lengths(batch["input_ids"], batch["position_ids"], batch["labels"])
+    assert sorted(lengths.tolist()) == [2, 3, 6]  # the padding block of the second row is left out
