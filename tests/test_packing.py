@@ -338,3 +338,30 @@ def test_the_step_timer_counts_the_examples_of_packed_rows_not_their_padding(tmp
     )
     lengths = _packed_example_lengths(batch["input_ids"], batch["position_ids"], batch["labels"])
     assert sorted(lengths.tolist()) == [2, 3, 6]  # the padding block of the second row is left out
+
+
+def test_instruction_rows_pack_as_whole_examples_by_default(tmp_path):
+    from ftl.launcher.data.prepare import prepare_data
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.tasks.registry import task_for
+
+    rows = [{"q": f"question {i} " + "word " * (i % 7), "a": f"answer {i}"} for i in range(60)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _recipe(tmp_path, {"prompt_template": "Q: {q}\nA:", "response_column": "a"})
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["train"] = "sft.jsonl"
+    path.write_text(yaml.safe_dump(recipe))
+    loaded = load_recipe(path)
+    assert loaded.recipe.task.packing_mode == "examples"
+    task = task_for(loaded.recipe.task)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    data = prepare_data(loaded.recipe.data, task, dirs=loaded.search_dirs, tokenizer=tokenizer)
+    assert sum(data.train["examples"]) + sum(data.validation["examples"]) == 60
+    answer = tokenizer("answer", add_special_tokens=False)["input_ids"][0]
+    for ids, labels, positions in zip(
+        data.train["input_ids"], data.train["labels"], data.train["position_ids"], strict=True
+    ):
+        trained = [ids[t] for t in range(len(ids)) if labels[t] != IGNORE_INDEX]
+        assert trained.count(answer) == positions.count(
+            0
+        )  # each example's answer is trained, its prompt is not
