@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ from common import (
     best_of,
     interleaved,
     machine,
+    machine_line,
     medians,
     paired_ratio,
     read_timing,
@@ -172,6 +174,74 @@ def run_naive(scratch: Path, warmup: int, steps: int, texts: list[str]) -> dict[
     return naive.run_naive_padded(scratch, warmup, steps, texts)
 
 
+EPOCH_FILL = {  # each timed contender -> its row of the one-epoch data table
+    "packed (examples)": "packed (examples)",
+    "padded per batch (random order)": "padded per batch (random order)",
+    "padded per batch (length-grouped)": "padded per batch (length-grouped)",
+    NAIVE: f"padded to {MAX_LENGTH} (naive)",
+}
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    """The markdown of a report (also rebuilt from a results JSON with --render)."""
+    stats, settings = report["data"], report["settings"]
+    packed = "packed (examples)"
+    markdown = [
+        f"# Examples packing vs padding: hh-rlhf chat set as text, SmolLM2-135M, max_length {MAX_LENGTH}, "
+        f"batches of {BATCH} rows",
+        "",
+        "One epoch of training batches, exact (no timing):",
+        "",
+        "| batching | rows | examples | real-token share of positions |",
+        "| --- | ---: | ---: | ---: |",
+        *[
+            f"| {name} | {s['rows']:,} | {s['examples']:,} | {100 * s['non_pad_fraction']:.1f} % |"
+            for name, s in stats.items()
+        ],
+    ]
+    samples = report.get("samples")
+    if samples:
+        tokens = medians(samples, "tokens_per_s")
+        best = best_of(samples)
+        positions = {
+            name: statistics.median(run["tokens_per_s"] / run["non_pad_fraction"] for run in runs)
+            for name, runs in samples.items()
+        }
+        epoch = {name: positions[name] * stats[EPOCH_FILL[name]]["non_pad_fraction"] for name in samples}
+        markdown += [
+            "",
+            f"Timed side by side (`ftl run`, train only, except the plain script; SmolLM2-135M fp32 on CPU with "
+            f"{settings['threads']} torch thread(s), top 6 of 30 layers trained; {settings['warmup']} warm-up + "
+            f"{settings['steps']} timed steps, {settings['repeats']} repeats alternating, medians; effective = "
+            "real tokens/s; positions/s = all positions computed, padding included; epoch estimate = positions/s "
+            "x the contender's real-token share over the whole epoch, since a few timed steps see only a few "
+            "batches, e.g. the length-grouped sampler starts with its longest):",
+            "",
+            "| contender | effective tokens/s | real-token share (timed) | positions/s | epoch estimate tokens/s "
+            "| step p50 s | runs (tokens/s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            *[
+                f"| {name} | {tokens[name]:,.0f} | {100 * medians(samples, 'non_pad_fraction')[name]:.1f} % | "
+                f"{positions[name]:,.0f} | {epoch[name]:,.0f} | {medians(samples, 'step_p50_s')[name]:.2f} | "
+                f"{runs_text(runs)} |"
+                for name, runs in samples.items()
+            ],
+            "",
+            *[
+                f"- packed / {name}: **{tokens[packed] / tokens[name]:.2f}x** effective tokens/s (median of "
+                f"per-repeat ratios {paired_ratio(samples, 'tokens_per_s', packed, name):.2f}x; best-of "
+                f"{best[packed] / best[name]:.2f}x; epoch estimate {epoch[packed] / epoch[name]:.2f}x)"
+                for name in samples
+                if name != packed
+            ],
+        ]
+    return [
+        *markdown,
+        "",
+        "Rerun: `python benchmarks/packing_examples.py` (`--steps 0` for the data part only).",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,7 +251,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, help="only rewrite the markdown of this results JSON")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.render.read_text())
+        report.setdefault("settings", {"threads": 1, "warmup": 1, "steps": 4, "repeats": 3})
+        text = "\n".join([*render(report), "", f"Machine: {machine_line(report['machine'])}."]) + "\n"
+        args.render.with_suffix(".md").write_text(text)
+        print(text)
+        return
     import torch
 
     from ftl.launcher.model.load import quiet_transformers
@@ -203,56 +281,17 @@ def main() -> None:
         }
         contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
         samples = interleaved(contenders, args.repeats)
-    packed = "packed (examples)"
-    markdown = [
-        f"# Examples packing vs padding: hh-rlhf chat set as text, SmolLM2-135M, max_length {MAX_LENGTH}, "
-        f"batches of {BATCH} rows",
-        "",
-        "One epoch of training batches, exact (no timing):",
-        "",
-        "| batching | rows | examples | real-token share of positions |",
-        "| --- | ---: | ---: | ---: |",
-        *[
-            f"| {name} | {s['rows']:,} | {s['examples']:,} | {100 * s['non_pad_fraction']:.1f} % |"
-            for name, s in stats.items()
-        ],
-    ]
-    report: dict[str, Any] = {"data": stats, "machine": info, "max_length": MAX_LENGTH, "batch": BATCH}
+    settings = {"threads": args.threads, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats}
+    report: dict[str, Any] = {
+        "data": stats,
+        "machine": info,
+        "max_length": MAX_LENGTH,
+        "batch": BATCH,
+        "settings": settings,
+    }
     if samples:
-        tokens = medians(samples, "tokens_per_s")
-        best = best_of(samples)
-        ratios = {
-            name: {
-                "median": tokens[packed] / tokens[name],
-                "paired": paired_ratio(samples, "tokens_per_s", packed, name),
-                "best_of": best[packed] / best[name],
-            }
-            for name in samples
-            if name != packed
-        }
-        report.update({"median_tokens_per_s": tokens, "ratios": ratios, "samples": samples})
-        markdown += [
-            "",
-            f"Timed side by side (`ftl run`, train only; SmolLM2-135M fp32 on CPU with {args.threads} torch "
-            f"thread(s), top 6 of 30 layers trained; {args.warmup} warm-up + {args.steps} timed steps, "
-            f"{args.repeats} repeats alternating, medians; effective = real tokens/s):",
-            "",
-            "| contender | effective tokens/s | real-token share | step p50 s | runs (tokens/s) |",
-            "| --- | ---: | ---: | ---: | --- |",
-            *[
-                f"| {name} | {tokens[name]:,.0f} | {100 * medians(samples, 'non_pad_fraction')[name]:.1f} % | "
-                f"{medians(samples, 'step_p50_s')[name]:.2f} | {runs_text(runs)} |"
-                for name, runs in samples.items()
-            ],
-            "",
-            *[
-                f"- packed / {name}: **{r['median']:.2f}x** effective tokens/s (median of per-repeat ratios "
-                f"{r['paired']:.2f}x; best-of {r['best_of']:.2f}x)"
-                for name, r in ratios.items()
-            ],
-        ]
-    markdown += ["", "Rerun: `python benchmarks/packing_examples.py` (`--steps 0` for the data part only)."]
-    write_results("packing_examples", report, markdown, run_rows(samples), args.out)
+        report.update({"median_tokens_per_s": medians(samples, "tokens_per_s"), "samples": samples})
+    write_results("packing_examples", report, render(report), run_rows(samples), args.out)
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -259,21 +259,50 @@ def test_a_model_that_ignores_position_ids_is_refused_before_training(tmp_path):
         "config": {"model_type": "bloom", "hidden_size": 32, "n_layer": 2, "n_head": 2},
         "tokenizer": minilm_dir(),
     }
-    with pytest.raises(FtlError, match="packed examples would attend to each other"):
+    with pytest.raises(FtlError, match="ignore restarting position ids"):
         load_recipe(_recipe(tmp_path, {"packing": "examples"}, model=bloom))
     assert load_recipe(_recipe(tmp_path, {"packing": False}, model=bloom))
 
 
-def test_the_model_probe_catches_an_attention_that_mixes_packed_examples():
-    from transformers import AutoModelForCausalLM, BloomConfig
+LEAKY = {  # transformers 5.25 models that let packed examples attend to each other
+    "bloom": {"hidden_size": 32, "n_layer": 2, "n_head": 2},  # ALiBi: no position ids
+    "opt": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "ffn_dim": 64,
+        "word_embed_proj_dim": 32,
+    },
+}
+HONEST = {
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2},
+    "qwen2": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+    },
+}
+
+
+@pytest.mark.parametrize("model_type", [*LEAKY, *HONEST, "llama"])
+def test_the_model_probe_catches_an_attention_that_mixes_packed_examples(model_type):
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ftl.launcher.model.attention import require_packed_attention
 
-    require_packed_attention(_tiny_llama("sdpa"), "task.packing")  # honours it: no error
-    torch.manual_seed(0)
-    bloom = AutoModelForCausalLM.from_config(BloomConfig(hidden_size=32, n_layer=2, n_head=2, vocab_size=200))
-    with pytest.raises(FtlError, match="task.packing: .*attend to each other"):
-        require_packed_attention(bloom, "task.packing")
+    if model_type == "llama":
+        model = _tiny_llama("eager")
+    else:
+        torch.manual_seed(0)
+        config = AutoConfig.for_model(model_type, vocab_size=200, **{**LEAKY, **HONEST}[model_type])
+        model = AutoModelForCausalLM.from_config(config)
+    if model_type in LEAKY:
+        with pytest.raises(FtlError, match="task.packing: .*attend to each other"):
+            require_packed_attention(model, "task.packing")
+    else:
+        require_packed_attention(model, "task.packing")  # honours the restarting positions: no error
 
 
 def test_attn_implementation_is_validated_and_reaches_the_model(tmp_path):

@@ -3,8 +3,9 @@
 transformers keeps examples packed into one row apart when the row comes with `position_ids` that restart per
 example and no attention mask: `masking_utils.create_causal_mask` detects the restarts and gives SDPA, eager
 (and flex) attention a block-diagonal causal mask; flash_attention_2 reads the boundaries from `cu_seq_lens_*`.
-A model whose code builds its mask elsewhere (e.g. ALiBi models such as BLOOM and MPT, which take no position
-ids) would let the examples attend to each other without a word: `require_packed_attention` tries it on the
+A model whose code builds its mask or positions elsewhere (ALiBi models such as BLOOM and MPT take no position
+ids; OPT builds its causal mask without them) would let the examples attend to each other
+without a word: `require_packed_attention` tries it on the
 model itself, one short forward pass, before training starts.
 """
 

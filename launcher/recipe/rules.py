@@ -349,9 +349,10 @@ def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
 
 # --- attention and packing ----------------------------------------------------------------------
 
-# Model types whose attention takes no position ids (ALiBi): examples packed into one row would attend to each
-# other. Models from anywhere else are tried on the model before training (model/attention.py).
-_NO_POSITION_IDS = ("bloom", "mpt")
+# Model types (transformers 5) whose attention lets examples packed into one row attend to each other, found by
+# the probe of model/attention.py: ALiBi models take no position ids (BLOOM, MPT); OPT builds its causal mask
+# without them. Every other model is tried on the loaded model before training.
+_MIXES_PACKED_EXAMPLES = ("bloom", "mpt", "opt")
 
 
 @rule
@@ -365,9 +366,9 @@ def flash_attention_needs_a_gpu(recipe: Recipe) -> Violation | None:
 def examples_packing_needs_position_ids(recipe: Recipe) -> Violation | None:
     mode = getattr(recipe.task, "packing_mode", None)
     model_type = str((recipe.model.config or {}).get("model_type", ""))
-    if mode == "examples" and model_type in _NO_POSITION_IDS:
+    if mode == "examples" and model_type in _MIXES_PACKED_EXAMPLES:
         return ("task", "packing"), (
-            f"{model_type} models take no position ids, so packed examples would attend to each other; set "
-            "packing: false (or stream for paragraphs of one text)"
+            f"{model_type} models ignore restarting position ids, so packed examples would attend to each other; "
+            "set packing: false (or stream for paragraphs of one text)"
         )
     return None

@@ -125,6 +125,10 @@ class CausalLM(Task):
             )
         return packed
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The resolved packing too: packing unset meant stream before examples packing became the default."""
+        return {**super().cache_identity(), "packing_mode": self.config.packing_mode}
+
     def collator(self, tokenizer):
         if self.config.packing_mode == "examples":
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
