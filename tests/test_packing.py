@@ -338,7 +338,7 @@ def test_attn_implementation_is_validated_and_reaches_the_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_a_packed_run_trains_and_evaluates(tmp_path, attn):
+def test_a_packed_run_trains_and_evaluates(tmp_path, attn, capsys):
     from ftl.launcher.cli import main
 
     model = {"config": TINY_LLAMA, "tokenizer": minilm_dir(), "attn_implementation": attn}
@@ -350,6 +350,11 @@ def test_a_packed_run_trains_and_evaluates(tmp_path, attn):
     assert metrics["eval_perplexity"] < metrics["before"]["eval_perplexity"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert "examples" in json.dumps(manifest)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0  # packed the same way again
+    assert json.loads(capsys.readouterr().out)["eval_perplexity"] == pytest.approx(
+        metrics["eval_perplexity"], rel=1e-5
+    )
 
 
 def test_the_step_timer_counts_the_examples_of_packed_rows_not_their_padding(tmp_path):
