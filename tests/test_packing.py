@@ -337,15 +337,15 @@ def test_attn_implementation_is_validated_and_reaches_the_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_a_packed_run_trains_and_evaluates(tmp_path, attn, capsys):
+@pytest.mark.parametrize(("attn", "lora"), [("sdpa", False), ("eager", False), ("sdpa", True)])
+def test_a_packed_run_trains_and_evaluates(tmp_path, attn, lora, capsys):
     from ftl.launcher.cli import main
 
     model = {"config": TINY_LLAMA, "tokenizer": minilm_dir(), "attn_implementation": attn}
+    extra = {"lora": {"r": 4}} if lora else {}  # the probe and the packed batches go through peft's wrapper
     out = tmp_path / "run"
-    assert (
-        main(["run", str(_recipe(tmp_path, {"packing": "examples"}, model=model)), "--output", str(out)]) == 0
-    )
+    recipe = _recipe(tmp_path, {"packing": "examples"}, model=model, **extra)
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_perplexity"] < metrics["before"]["eval_perplexity"]
     manifest = json.loads((out / "manifest.json").read_text())
