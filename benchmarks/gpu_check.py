@@ -14,6 +14,8 @@ skipped and says so):
                   loading, and CUDA memory at that moment is far below the whole model's
   qlora-ranks     4-bit QLoRA on 2 workers: each rank quantizes onto its own GPU (not all onto GPU 0)
   attention       which attention implementation transformers picked on this GPU (sdpa expected)
+  packing-flash   examples packing with flash_attention_2 (needs flash-attn): the probe of packed vs alone passes
+                  on the flash kernel and 20 bf16 steps on packed rows (cu_seq_lens) give finite losses
   bench-mfu       `ftl bench` on one GPU: tokens/s and MFU against the datasheet peak of the GPU
   plan-vs-memory  `ftl plan`'s device estimate for that bench cell against its measured max_memory_allocated
 
@@ -212,6 +214,21 @@ def checks(gpus: int) -> list[Check]:
             "the attention kernel transformers picks on this GPU",
             ["run", *common, "train.max_steps=2", "--output", "{out}"],
             verify=_attention,
+        ),
+        Check(
+            "packing-flash",
+            "examples packing on flash_attention_2 keeps examples apart (probe) and trains",
+            [
+                "run",
+                *common,
+                "train.precision=bf16",
+                "task.packing=examples",
+                "task.add_eos=true",
+                "model.attn_implementation=flash_attention_2",
+                "--output",
+                "{out}",
+            ],
+            verify=_finite_losses,
         ),
         Check(
             "bench-mfu",

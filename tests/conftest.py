@@ -172,7 +172,7 @@ def write_lm_recipe(tmp_path: Path) -> Path:
         "name": "tiny-lm",
         "seed": 3,
         "model": {"config": TINY_LLAMA, "tokenizer": minilm_dir()},
-        "task": {"type": "causal_lm", "max_length": 32, "add_eos": False},
+        "task": {"type": "causal_lm", "max_length": 32, "add_eos": False, "packing": "stream"},
         "data": {"train": "book.txt", "validation_split": {"fraction": 0.1, "method": "tail"}},
         "train": {"max_steps": 12, "batch_size": 8, "lr": 3e-3},
         "eval": {"every_steps": 6, "before_training": True},

@@ -149,7 +149,7 @@ def test_packing_real_text_keeps_at_least_97_percent_of_tokens(tmp_path):
             {
                 "name": "pack",
                 "model": {"config": TINY_LLAMA, "tokenizer": minilm_dir()},
-                "task": {"type": "causal_lm", "max_length": 256, "add_eos": False},
+                "task": {"type": "causal_lm", "max_length": 256, "add_eos": False, "packing": "stream"},
                 "data": {
                     "train": "dracula/dracula.txt",
                     "validation_split": {"method": "tail", "fraction": 0.05},

@@ -116,9 +116,18 @@ class StepTimer(TrainerCallback):
             return
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
+        positions = kwargs.get("position_ids")
         if mask is not None and mask.dim() == 2:
             lengths = mask.sum(dim=1)
             self._slots += int(mask.numel())
+        elif (
+            ids is not None
+            and positions is not None
+            and positions.dim() == 2
+            and positions.shape == ids.shape
+        ):
+            lengths = _packed_example_lengths(ids, positions, kwargs.get("labels"))
+            self._slots += int(ids.numel())
         elif ids is not None:
             import torch
 
@@ -131,6 +140,29 @@ class StepTimer(TrainerCallback):
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._squares = squares if self._squares is None else self._squares + squares
         self._rows += int(lengths.shape[0])
+
+
+def _packed_example_lengths(ids, positions, labels):
+    """The examples' lengths in rows packed with restarting position ids (data/packing.py): each block from a
+    position 0 to the next is an example; a row's last block is padding when its labels are all -100 and its
+    tokens all the same (the pad token)."""
+    import torch
+
+    lengths = []
+    for row in range(ids.shape[0]):
+        starts = (positions[row] == 0).nonzero().flatten().tolist() or [0]
+        bounds = [*starts, ids.shape[1]]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            padding = (
+                b == ids.shape[1]
+                and a > 0
+                and labels is not None
+                and bool((labels[row, a:b] == -100).all())
+                and bool((ids[row, a:b] == ids[row, a]).all())
+            )
+            if not padding:
+                lengths.append(b - a)
+    return torch.tensor(lengths, device=ids.device, dtype=torch.long)
 
 
 def _int64():

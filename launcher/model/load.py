@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config, load_dtype
+from ftl.launcher.model.attention import attention_kwargs
 from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
 from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
@@ -334,7 +335,9 @@ def _dense_model(spec: ModelSpec, location: ModelLocation, config, auto) -> Load
     if location.kind == "config":
         torch.manual_seed(spec.seed)
         with building(spec.section, location):
-            model = auto.from_config(config, trust_remote_code=spec.section.trust_remote_code)
+            model = auto.from_config(
+                config, trust_remote_code=spec.section.trust_remote_code, **attention_kwargs(spec.section)
+            )
         return LoadedModel(model, location, _head_parameter_names(model))
     return _pretrained(spec.section, location, config, auto, quantization=None)
 
@@ -383,6 +386,7 @@ def _pretrained(
             trust_remote_code=section.trust_remote_code,
             output_loading_info=True,
             dtype=load_dtype(quantization, sharded=sharded),
+            **attention_kwargs(section),
             **extra,
         )
     if location.gguf_file:

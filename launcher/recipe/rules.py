@@ -392,3 +392,30 @@ def lora_replaces_freezing(recipe: Recipe) -> Violation | None:
             "freeze",
         ), "with lora the base model is frozen and only adapters train; remove the freeze settings"
     return None
+
+
+# --- attention and packing ----------------------------------------------------------------------
+
+# Model types (transformers 5) whose attention lets examples packed into one row attend to each other, found by
+# the probe of model/attention.py: ALiBi models take no position ids (BLOOM, MPT); OPT builds its causal mask
+# without them. Every other model is tried on the loaded model before training.
+_MIXES_PACKED_EXAMPLES = ("bloom", "mpt", "opt")
+
+
+@rule
+def flash_attention_needs_a_gpu(recipe: Recipe) -> Violation | None:
+    if recipe.model.attn_implementation == "flash_attention_2" and recipe.train.device == "cpu":
+        return ("model", "attn_implementation"), "flash_attention_2 runs on a CUDA GPU only; use sdpa on CPU"
+    return None
+
+
+@rule
+def examples_packing_needs_position_ids(recipe: Recipe) -> Violation | None:
+    mode = getattr(recipe.task, "packing_mode", None)
+    model_type = str((recipe.model.config or {}).get("model_type", ""))
+    if mode == "examples" and model_type in _MIXES_PACKED_EXAMPLES:
+        return ("task", "packing"), (
+            f"{model_type} models ignore restarting position ids, so packed examples would attend to each other; "
+            "set packing: false (or stream for paragraphs of one text)"
+        )
+    return None

@@ -53,6 +53,12 @@ class ModelSection(Section):
     trust_remote_code: bool = Field(
         False, description="Run model code shipped with a hub model. Off by default."
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None,
+        description="The attention kernel: sdpa (PyTorch's fused attention), eager (plain matmuls; needed to "
+        "output attention weights), flash_attention_2 (needs the flash-attn package and a CUDA GPU). Default: "
+        "the model's own choice (sdpa where it supports it). All three keep packed examples apart.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> ModelSection:

@@ -113,16 +113,19 @@ class CausalLMTask(Section):
     main_metric: ClassVar[str] = "perplexity"
     text_column: str = Field("text", description="Column holding the text.")
     max_length: int = Field(512, gt=1, description="Block size in tokens for training sequences.")
-    packing: bool | None = Field(
+    packing: bool | Literal["examples", "stream"] | None = Field(
         None,
-        description="Concatenate documents and cut them into full blocks of max_length tokens (no padding). "
-        "When false each document is one sequence, truncated and padded per batch. Default: true, except with "
-        "a prompt_template (packing would cut prompts from their responses).",
+        description="examples (or true): several whole examples share a row of up to max_length tokens, each "
+        "attending only to itself (position ids restart per example; the model's attention builds one causal "
+        "block per example) and never predicted from the one before it. stream: concatenate all rows into one "
+        "token stream cut into full blocks of max_length (examples attend to each other: for paragraphs of one "
+        "text, e.g. a book). false: one example per row, padded per batch. Default: examples.",
     )
     add_eos: bool = Field(
         True,
         description="When packing, end each row with the end-of-sequence token (rows are documents); when false, "
-        "rows are joined with a blank line (rows are paragraphs of one text, e.g. a book).",
+        "stream packing joins rows with a blank line (rows are paragraphs of one text, e.g. a book) and "
+        "examples packing ends them with nothing.",
     )
     prompt_template: str | None = Field(
         None,
@@ -150,9 +153,10 @@ class CausalLMTask(Section):
         if self.prompt_template is not None:
             if "{" not in self.prompt_template:
                 raise ValueError("prompt_template needs at least one {column} field")
-            if self.packing:
+            if self.packing == "stream":
                 raise ValueError(
-                    "packing cuts prompts from their responses: set packing: false with a prompt_template"
+                    "packing: stream cuts prompts from their responses: use packing: examples (or false) with a "
+                    "prompt_template"
                 )
         return self
 
@@ -161,9 +165,16 @@ class CausalLMTask(Section):
         return self.response_column is not None
 
     @property
+    def packing_mode(self) -> Literal["examples", "stream"] | None:
+        """How rows are packed: 'examples' (true and the default), 'stream', or None (packing: false)."""
+        if self.packing is None or self.packing is True:
+            return "examples"
+        return self.packing or None
+
+    @property
     def packs(self) -> bool:
-        """Whether rows are packed into full blocks (the packing setting, or its default)."""
-        return self.packing if self.packing is not None else not self.instruction_tuning
+        """Whether rows are cut into full blocks of max_length (stream packing: every row the same length)."""
+        return self.packing_mode == "stream"
 
 
 class TokenClassificationTask(Section):

@@ -1,5 +1,8 @@
-"""Causal language modelling: documents packed into full blocks, token-level perplexity; or instruction tuning
-(prompt template + response, loss on the response only, ROUGE of generated responses after training)."""
+"""Causal language modelling: token-level perplexity of documents, or instruction tuning (prompt template +
+response, loss on the response only, ROUGE of generated responses after training).
+
+Rows are packed (task.packing): `examples` puts whole examples together in rows that keep them apart
+(data/packing.py), `stream` concatenates documents and cuts full blocks, false pads one example per row."""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from typing import Any
 
 from ftl.launcher.data.cells import usable_text
 from ftl.launcher.data.collate import BlockCollator, PaddingCollator
+from ftl.launcher.data.packing import PackedCollator, pack_examples
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
+from ftl.launcher.model.attention import require_packed_attention
 from ftl.launcher.tasks import instruction
 from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.generation import generate, write_generations
@@ -54,6 +59,12 @@ class CausalLM(Task):
         return dataset.select(keep) if len(keep) != len(responses) else dataset
 
     def tokenize(self, dataset, tokenizer, split: str):
+        examples = self._tokenize_examples(dataset, tokenizer, split)
+        if self.config.packing_mode == "examples":
+            return pack_examples(examples, self.config.max_length)
+        return examples
+
+    def _tokenize_examples(self, dataset, tokenizer, split: str):
         column, block = self.config.text_column, self.config.max_length
         eos = tokenizer.eos_token_id
 
@@ -75,9 +86,17 @@ class CausalLM(Task):
             return dataset.map(encode_pairs, batched=True, remove_columns=dataset.column_names)
 
         if not self.config.packs:
+            end = (
+                [eos]
+                if self.config.packing_mode == "examples" and self.config.add_eos and eos is not None
+                else []
+            )
 
             def encode(batch: dict[str, list]) -> dict[str, list]:
-                encoded = tokenizer([str(t) for t in batch[column]], truncation=True, max_length=block)
+                texts = [str(t) for t in batch[column]]
+                encoded = tokenizer(texts, truncation=True, max_length=block - len(end))
+                encoded["input_ids"] = [list(ids) + end for ids in encoded["input_ids"]]
+                encoded["attention_mask"] = [[1] * len(ids) for ids in encoded["input_ids"]]
                 encoded["labels"] = [list(ids) for ids in encoded["input_ids"]]
                 encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
                 return encoded
@@ -106,7 +125,14 @@ class CausalLM(Task):
             )
         return packed
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The resolved packing too: packing unset meant stream before examples packing became the default."""
+        return {**super().cache_identity(), "packing_mode": self.config.packing_mode}
+
     def collator(self, tokenizer):
+        if self.config.packing_mode == "examples":
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            return PackedCollator(pad)
         if self.config.packs:
             return BlockCollator()
         return PaddingCollator(tokenizer, label_pad_id=IGNORE_INDEX)
@@ -146,7 +172,14 @@ class CausalLM(Task):
         stats = super().dataset_stats(dataset, tokenizer)
         if self.config.packs:
             stats["non_pad_fraction"] = 1.0
+        if "examples" in dataset.column_names:
+            stats["examples"] = int(sum(dataset["examples"]))
         return stats
+
+    def configure_model(self, model, tokenizer) -> None:
+        """Examples packing needs a model whose attention keeps packed examples apart: checked on the model."""
+        if self.config.packing_mode == "examples":
+            require_packed_attention(model, "task.packing: examples")
 
     def write_predictions(self, trainer, dataset, raw_rows, directory: Path) -> Predictions | None:
         """Instruction tuning: generate responses for the first generate_rows validation prompts, score them
