@@ -8,7 +8,8 @@ Masks work for any template, without `{% generation %}` tags (most templates lac
 message i, the conversation up to message i rendered with the generation prompt ends where the reply starts,
 and the conversation up to and including message i ends after the reply's end-of-turn text. The characters in
 between (trailing whitespace after the end-of-turn left out) are the trained span; a token is trained when it
-starts in a trained span (offsets of a fast tokenizer). So the template's scaffolding ("<|im_start|>assistant\\n")
+overlaps a trained span (offsets of a fast tokenizer): a token that merges the reply's first word with the
+template's space before it (" Hello" after "assistant:") is the one the model must produce, so it is trained. So the template's scaffolding ("<|im_start|>assistant\\n")
 and every system and user token are never trained, and the reply's content and its end-of-turn token always are.
 """
 
@@ -145,7 +146,7 @@ def encode(tokenizer, messages: list[dict], train_on: str, max_length: int) -> t
     ids = list(encoded["input_ids"])[:max_length]
     offsets = list(encoded["offset_mapping"])[:max_length]
     labels = [
-        token if any(s.start <= start < s.end for s in spans) and end > start else IGNORE_INDEX
+        token if end > start and any(start < s.end and end > s.start for s in spans) else IGNORE_INDEX
         for token, (start, end) in zip(ids, offsets, strict=True)
     ]
     return ids, labels
