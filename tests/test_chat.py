@@ -293,3 +293,39 @@ def test_run_then_generate_and_predict_use_the_template(tmp_path, chat_tokenizer
     assert main(["predict", str(out), "--data", str(prompts), "--output", str(tmp_path / "pred.jsonl")]) == 0
     predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(predicted) == 2 and all(isinstance(p["generated"], str) for p in predicted)
+
+
+@pytest.mark.slow
+def test_a_chat_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, chat_tokenizer_dir):
+    """SIGKILL before step 5 of 8 (checkpoints every 2), then --resume: the weights and metrics of the run that was
+    never interrupted, bitwise."""
+    import torch
+
+    from tests.reliability.conftest import child_env, weights
+    from tests.reliability.faults import run_in_child
+
+    recipe = write_chat_recipe(tmp_path, chat_tokenizer_dir, chat_template="chatml")
+    data = yaml.safe_load(recipe.read_text())
+    data["train"].update(checkpoint_every_steps=2, keep_checkpoints=2, log_every_steps=1, warmup_ratio=0.0)
+    data["eval"].update(select_best=False)
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = child_env(tmp_path / "ftl-cache")
+    whole, killed, log = tmp_path / "whole", tmp_path / "killed", tmp_path / "log"
+    assert (
+        run_in_child(["run", str(recipe), "--output", str(whole)], None, env=env, cwd=tmp_path, log=log) == 0
+    )
+    command = ["run", str(recipe), "--output", str(killed)]
+    assert run_in_child(command, ("kill-step", 5), env=env, cwd=tmp_path, log=log) == -9, log.read_text()
+    assert not (killed / "metrics.json").exists()
+    assert (killed / "checkpoints" / "checkpoint-4").is_dir()
+    assert run_in_child([*command, "--resume"], None, env=env, cwd=tmp_path, log=log) == 0, log.read_text()
+    expected, resumed = weights(whole), weights(killed)
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), name
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads(
+        (whole / "metrics.json").read_text()
+    )
+    assert (killed / "model" / "chat_template.jinja").read_text() == (
+        whole / "model" / "chat_template.jinja"
+    ).read_text()
