@@ -32,7 +32,14 @@ from ftl.launcher.tasks import chat_template
 from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.causal_lm import CausalLM, _zero3
 from ftl.launcher.tasks.generation import generate, write_generations
-from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
+from ftl.launcher.tasks.prediction import (
+    PredictionInputs,
+    PromptSettings,
+    generated_rows,
+    is_blank,
+    require_columns,
+    shown,
+)
 
 IGNORE_INDEX = chat_template.IGNORE_INDEX
 MESSAGES = "messages"  # the normalised rows' column
@@ -214,8 +221,6 @@ class Chat(Task):
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """Each row's conversation up to its last user message (or its prompt column as the user message),
         rendered with the generation prompt."""
-        from ftl.launcher.tasks.prediction import is_blank, require_columns
-
         self.use_tokenizer(tokenizer)
         c, columns = self.config, raw.dataset.column_names
         fmt = next(
@@ -233,16 +238,11 @@ class Chat(Task):
         for row, values in enumerate(raw.dataset.to_list()):
             where = raw.row_location(row)
             if fmt is None:
-                if (
-                    is_blank(values[c.prompt_column])
-                    if not isinstance(values[c.prompt_column], list)
-                    else False
-                ):
+                value = values[c.prompt_column]
+                if not isinstance(value, list) and is_blank(value):
                     skipped[row] = f"empty '{c.prompt_column}'"
                     continue
-                messages = side_messages(
-                    values[c.prompt_column], "user", where, roles, f"'{c.prompt_column}'"
-                )
+                messages = side_messages(value, "user", where, roles, f"'{c.prompt_column}'")
             else:
                 messages = row_messages(values, fmt, c, roles, where)
             while messages and messages[-1]["role"] == "assistant":
@@ -268,14 +268,10 @@ class Chat(Task):
         return chat_template.render(self._tokenizer, messages, generation_prompt=True)
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
-        from ftl.launcher.tasks.prediction import generated_rows
-
         return generated_rows(inputs, outputs)
 
     def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
         """A text is one user message; a JSON object gives {"messages": [...]} (or the recipe's columns)."""
-        from ftl.launcher.tasks.prediction import shown
-
         if raw:
             return prompt if isinstance(prompt, str) else str(prompt.get("prompt", prompt.get("text", "")))
         if isinstance(prompt, str):
