@@ -104,6 +104,18 @@ def test_a_template_given_as_jinja_text(tokenizer):
     assert trained == " Hello! Paris, of course."
 
 
+def test_a_template_file_is_found_beside_the_recipe_and_its_end_of_turn_stops_generation(tmp_path, tokenizer):
+    from ftl.launcher.tasks import chat_template
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.jinja").write_text(chat_template.BUILT_IN["chatml"])
+    found = chat_template.resolve_template("templates/mine.jinja", tokenizer, [tmp_path])
+    assert found == chat_template.BUILT_IN["chatml"]
+    assert chat_template.end_of_turn_ids(tokenizer, found)[0] == tokenizer.convert_tokens_to_ids(IM_END)
+    with pytest.raises(FtlError, match="task.chat_template: other.jinja not found"):
+        chat_template.resolve_template("other.jinja", tokenizer, [tmp_path])
+
+
 def test_truncation_keeps_masks_aligned_and_drops_rows_without_a_reply(tokenizer):
     import datasets
 

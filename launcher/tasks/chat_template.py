@@ -142,6 +142,11 @@ def _end_of_reply(text: str, end: int) -> int:
 def encode(tokenizer, messages: list[dict], train_on: str, max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation, cut to max_length; labels are IGNORE_INDEX off the trained spans."""
     text, spans = trained_spans(tokenizer, messages, train_on)
+    if not getattr(tokenizer, "is_fast", True):
+        raise FtlError(
+            "task.type chat needs a fast tokenizer (its token offsets place the masks); the model's tokenizer is a "
+            "slow one: give model.tokenizer a folder with a tokenizer.json"
+        )
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])[:max_length]
     offsets = list(encoded["offset_mapping"])[:max_length]
