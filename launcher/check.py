@@ -68,15 +68,18 @@ def _check_one(loaded: LoadedRecipe):
         for name, sub_task in task.tasks.items():
             found += [
                 f"task {name} ({sub_task.config.type}):",
-                *check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs),
+                *check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs)[0],
             ]
+        train_rows = None
     else:
-        found = check_data(recipe.data, task, loaded.search_dirs)
+        found, train_rows = check_data(recipe.data, task, loaded.search_dirs)
     location = locate_model(recipe.model, loaded.search_dirs)
     check_model_files(location)
     tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
     built = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer)
     check_fits(built.model, tokenizer, recipe.model, recipe.task)
+    if train_rows is not None:
+        found += task.check_preview(train_rows, tokenizer, loaded.search_dirs, colour=console.is_terminal)
     if recipe.tune is not None:
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)
@@ -102,9 +105,9 @@ def _check_one(loaded: LoadedRecipe):
     return report
 
 
-def check_data(data: DataSection, task, dirs) -> list[str]:
+def check_data(data: DataSection, task, dirs) -> tuple[list[str], object]:
     """Files, columns, cells and labels of train and validation, read, split and subsampled as a run would (only
-    not tokenised), and the cache folder; the report lines."""
+    not tokenised), and the cache folder; the report lines and the training rows."""
     check_cache(data)
     train = load_source(data.train, dirs, "data.train")
     val = load_source(data.validation, dirs, "data.validation") if data.validation is not None else None
@@ -118,4 +121,4 @@ def check_data(data: DataSection, task, dirs) -> list[str]:
     labels = task.label_names()
     if labels:
         lines.append(f"labels: {', '.join(labels)}")
-    return lines
+    return lines, train_rows

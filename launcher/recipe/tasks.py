@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ftl.launcher.errors import did_you_mean
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.section import Section
 
@@ -177,6 +178,84 @@ class CausalLMTask(Section):
         return self.packing_mode == "stream"
 
 
+CHAT_TEMPLATE_NAMES: tuple[str, ...] = ("chatml", "llama3", "zephyr")
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
+DEFAULT_ROLE_MAP: dict[str, str] = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+class ChatTask(Section):
+    """Supervised fine-tuning of a causal LM on multi-turn conversations, rendered with a chat template; the loss
+    covers the assistant turns only (their content and end-of-turn token), never system/user text or the
+    template's scaffolding. Perplexity is on assistant tokens."""
+
+    type: Literal["chat"]
+    metrics: ClassVar[dict[str, str]] = {"perplexity": "min", "loss": "min"}
+    main_metric: ClassVar[str] = "perplexity"
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = Field(
+        "auto",
+        description="How rows hold conversations: messages (OpenAI-style list of {role, content}), sharegpt "
+        "(list of {from, value}, roles mapped by role_map), prompt_completion (a prompt and its completion, each "
+        "a text or a list of messages); auto: the first of these whose column the data has.",
+    )
+    messages_column: str = Field("messages", description="Column holding the messages (format: messages).")
+    conversations_column: str = Field(
+        "conversations", description="Column holding the ShareGPT turns (format: sharegpt)."
+    )
+    prompt_column: str = Field("prompt", description="Column holding the prompt (format: prompt_completion).")
+    completion_column: str = Field(
+        "completion", description="Column holding the completion (format: prompt_completion)."
+    )
+    role_map: dict[str, Literal["system", "user", "assistant"]] = Field(
+        default_factory=dict,
+        description="ShareGPT speaker names -> roles, added to the defaults (human/user -> user, gpt/assistant "
+        "-> assistant, system -> system).",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="How conversations are rendered: null: the tokenizer's own template; a named built-in for "
+        f"models without one ({', '.join(CHAT_TEMPLATE_NAMES)}); a path to a .jinja file (relative to the "
+        "recipe); or a Jinja template itself. The run saves it with its tokenizer, so ftl generate/predict render "
+        "prompts the same way.",
+    )
+    train_on: Literal["all_assistant_turns", "last_assistant_turn"] = Field(
+        "all_assistant_turns", description="Which assistant turns are in the loss."
+    )
+    system_prompt: str | None = Field(
+        None, description="A system message put first in every conversation that has none."
+    )
+    max_length: int = Field(
+        1024,
+        gt=1,
+        description="Token limit per conversation; longer ones are cut at the end (a conversation left with no "
+        "assistant token is dropped and counted).",
+    )
+    generate_rows: int = Field(
+        32,
+        ge=0,
+        description="After training, generate the last assistant reply of this many validation dialogues "
+        "(generations.jsonl, ROUGE against the reply; 0: skip).",
+    )
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_kind(cls, value: str | None) -> str | None:
+        if value is None or value in CHAT_TEMPLATE_NAMES or "{{" in value or "{%" in value:
+            return value
+        if value.endswith((".jinja", ".j2", ".jinja2")):
+            return value
+        raise ValueError(
+            f"'{value}' is no named template ({', '.join(CHAT_TEMPLATE_NAMES)}){did_you_mean(value, CHAT_TEMPLATE_NAMES)}, "
+            "no .jinja file and no Jinja template (which holds {{ or {%)"
+        )
+
+
 class TokenClassificationTask(Section):
     """Tagging every word (NER, POS): BIO tags per word, entity-level precision/recall/F1 with seqeval."""
 
@@ -323,6 +402,7 @@ TaskSection = Annotated[
     | QuestionAnsweringTask
     | Seq2SeqTask
     | CausalLMTask
+    | ChatTask
     | MaskedLMTask
     | MultiTaskTask,
     Field(discriminator="type"),
@@ -334,6 +414,7 @@ TASK_TYPES: tuple[str, ...] = (
     "question_answering",
     "seq2seq",
     "causal_lm",
+    "chat",
     "masked_lm",
     "multitask",
 )
@@ -347,6 +428,7 @@ TRAINED_MODEL_VERBS: dict[str, tuple[str, ...]] = {
         "question_answering",
         "seq2seq",
         "causal_lm",
+        "chat",
     ),
-    "ftl generate": ("seq2seq", "causal_lm"),
+    "ftl generate": ("seq2seq", "causal_lm", "chat"),
 }

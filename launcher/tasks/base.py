@@ -184,6 +184,13 @@ class Task(ABC):
         """The column a plain-text file's lines fill for prediction (None: the task reads several columns)."""
         return None
 
+    def use_tokenizer(self, tokenizer) -> None:  # noqa: B027 - optional hook
+        """A finished run's tokenizer, given before prompts are made (e.g. a chat run renders with it)."""
+
+    def check_preview(self, rows, tokenizer, dirs: list[Path], *, colour: bool = False) -> list[str]:
+        """ftl check: lines showing how the first training rows are encoded (e.g. which tokens are trained)."""
+        return []
+
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
         """The rows of a file (no labels needed) as features or prompts for the prediction loop; raises an
         FtlError naming the missing column when the file lacks one the task reads."""

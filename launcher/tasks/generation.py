@@ -47,11 +47,14 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     return {kind: sum(r[kind] for r in rows) / len(rows) for kind in ROUGE_TYPES}
 
 
-def generation_config(settings, tokenizer, model=None) -> Any:
-    """A transformers GenerationConfig from the recipe's generation settings and the tokenizer's ids."""
+def generation_config(settings, tokenizer, model=None, stop_token_ids: list[int] | None = None) -> Any:
+    """A transformers GenerationConfig from the recipe's generation settings and the tokenizer's ids
+    (`stop_token_ids`: end generating at any of these, e.g. a chat template's end-of-turn token)."""
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if stop_token_ids:
+        eos = list(stop_token_ids)
     base = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
     if model is not None and getattr(model.config, "decoder_start_token_id", None) is not None:
         base["decoder_start_token_id"] = model.config.decoder_start_token_id
@@ -70,6 +73,8 @@ def generate(
     seed: int = 0,
     keep_end: bool = False,
     on_batch=None,
+    stop_token_ids: list[int] | None = None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Generate a continuation of each prompt (decoder-only: only the new tokens; encoder-decoder: the output).
 
@@ -77,11 +82,12 @@ def generate(
     padded for decoder-only models. `synced` keeps every worker
     stepping together (DeepSpeed ZeRO-3 shards the weights, so all workers must run every forward).
     A prompt longer than max_input_length keeps its start, or with `keep_end` its end (a text to continue).
-    `on_batch(n)` is called after each batch of n prompts (progress)."""
+    `on_batch(n)` is called after each batch of n prompts (progress). A chat prompt is already rendered by its
+    template (add_special_tokens=False: the template places its own BOS) and stops at `stop_token_ids`."""
     import torch
 
     decoder_only = not getattr(model.config, "is_encoder_decoder", False)
-    config = generation_config(settings, tokenizer, model)
+    config = generation_config(settings, tokenizer, model, stop_token_ids)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: dict[int, str] = {}
     side, cut = tokenizer.padding_side, tokenizer.truncation_side
@@ -100,6 +106,7 @@ def generate(
                 padding=True,
                 truncation=True,
                 max_length=max_input_length,
+                add_special_tokens=add_special_tokens,
                 return_token_type_ids=False,  # generation takes none (a BERT tokenizer would add them)
             ).to(device)
             with torch.no_grad():

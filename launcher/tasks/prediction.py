@@ -28,6 +28,8 @@ class PromptSettings:
     generation: Any  # the run's GenerationSettings (ftl generate may change them)
     max_input_length: int  # prompt tokens the model takes
     keep_end: bool = False  # a longer prompt keeps its end (a text to continue), else its start
+    stop_token_ids: list[int] | None = None  # end generating at these (a chat template's end of turn)
+    add_special_tokens: bool = True  # False: prompts are rendered by a chat template that places its own BOS
 
 
 @dataclass

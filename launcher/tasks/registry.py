@@ -6,6 +6,7 @@ from typing import Any
 
 from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.causal_lm import CausalLM
+from ftl.launcher.tasks.chat import Chat
 from ftl.launcher.tasks.classification import SequenceClassification
 from ftl.launcher.tasks.masked_lm import MaskedLM
 from ftl.launcher.tasks.multitask import MultiTask
@@ -19,6 +20,7 @@ IMPLEMENTATIONS: dict[str, type[Task]] = {
     "question_answering": QuestionAnswering,
     "seq2seq": Seq2Seq,
     "causal_lm": CausalLM,
+    "chat": Chat,
     "masked_lm": MaskedLM,
     "multitask": MultiTask,
 }

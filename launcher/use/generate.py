@@ -76,6 +76,8 @@ def generate_from_run(
             seed=seed or 0,
             keep_end=defaults.keep_end and not raw,
             on_batch=advance,
+            stop_token_ids=defaults.stop_token_ids,
+            add_special_tokens=defaults.add_special_tokens or raw,
         )
     rows = [
         {"prompt": prompt, "input": text, "generated": out, **({"seed": seed} if settings.do_sample else {})}

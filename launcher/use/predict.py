@@ -113,6 +113,8 @@ def _generate(model, trained, inputs: PredictionInputs, batch_size: int) -> list
             seed=trained.recipe.seed,
             keep_end=settings.keep_end,
             on_batch=advance,
+            stop_token_ids=settings.stop_token_ids,
+            add_special_tokens=settings.add_special_tokens,
         )
 
 

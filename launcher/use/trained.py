@@ -62,6 +62,7 @@ def open_trained(path: Path) -> TrainedRun:
     with _damaged(rundir.model, "tokenizer and task state"):
         task.restore(json.loads(state_file.read_text()))
         tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
+        task.use_tokenizer(tokenizer)
     return TrainedRun(rundir, recipe, task, tokenizer, _device(recipe))
 
 

