@@ -235,6 +235,13 @@ class ChatTask(Section):
         description="Token limit per conversation; longer ones are cut at the end (a conversation left with no "
         "assistant token is dropped and counted).",
     )
+    packing: bool = Field(
+        False,
+        description="true: several whole conversations share a row of up to max_length tokens, each attending "
+        "only to itself (position ids restart per conversation; the model's attention builds one causal block per "
+        "conversation, checked on the model before training); train.batch_size then counts packed rows. false: "
+        "one conversation per row, padded per batch.",
+    )
     generate_rows: int = Field(
         32,
         ge=0,
@@ -242,6 +249,11 @@ class ChatTask(Section):
         "(generations.jsonl, ROUGE against the reply; 0: skip).",
     )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @property
+    def packing_mode(self) -> Literal["examples"] | None:
+        """'examples' when conversations are packed (the only packing that keeps them whole), else None."""
+        return "examples" if self.packing else None
 
     @field_validator("chat_template")
     @classmethod

@@ -2,7 +2,9 @@
 
 Rows are read into messages (data/conversations.py), rendered with the run's chat template and masked so that
 only assistant replies and their end-of-turn token are trained (tasks/chat_template.py). Each conversation is
-one row of `input_ids`, `attention_mask`, `labels` and `length` (no packing here). Perplexity is measured on
+one row of `input_ids`, `attention_mask`, `labels` and `length`; with task.packing, whole conversations share rows
+that keep them apart (data/packing.py: position ids restart per conversation, no attention mask; the model's
+attention is probed before training). Perplexity is measured on
 assistant tokens; after training the model writes the last reply of some validation dialogues
 (generations.jsonl), and `ftl generate`/`ftl predict` render prompts with the same template, the generation
 prompt appended, stopping at the template's end of turn.
@@ -24,9 +26,11 @@ from ftl.launcher.data.conversations import (
     row_messages,
     side_messages,
 )
+from ftl.launcher.data.packing import PackedCollator, pack_examples
 from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
+from ftl.launcher.model.attention import require_packed_attention
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks import chat_template
 from ftl.launcher.tasks.base import Predictions, Task
@@ -93,6 +97,8 @@ class Chat(Task):
         model.generation_config.eos_token_id = chat_template.end_of_turn_ids(tokenizer, self._template)
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if self.config.packing:
+            require_packed_attention(model, "task.packing")
 
     # ---- data -----------------------------------------------------------------------------------
     def format_of(self, raw: RawData) -> str:
@@ -146,9 +152,12 @@ class Chat(Task):
                 f"[yellow]{split}: dropped {dropped} of {len(dataset)} conversations with no assistant token within "
                 f"task.max_length={c.max_length}[/]"
             )
-        return encoded
+        return pack_examples(encoded, c.max_length) if c.packing else encoded
 
     def collator(self, tokenizer):
+        if self.config.packing:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            return PackedCollator(pad)
         return PaddingCollator(tokenizer, label_pad_id=IGNORE_INDEX)
 
     # perplexity on the labelled (assistant) tokens, as for a causal LM's instruction tuning
@@ -160,6 +169,8 @@ class Chat(Task):
         stats["trained_tokens"] = int(
             sum(sum(lab != IGNORE_INDEX for lab in row) for row in dataset["labels"])
         )
+        if "examples" in dataset.column_names:
+            stats["conversations"] = int(sum(dataset["examples"]))
         return stats
 
     def check_preview(self, rows, tokenizer, dirs: list[Path], *, colour: bool = False) -> list[str]:
