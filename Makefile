@@ -27,7 +27,7 @@ dracula: setup
 	$(BIN)/ftl run recipes/dracula-smollm2.yaml --output runs/dracula-smollm2-$(RUN_ID)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
