@@ -130,7 +130,9 @@ class WandbOfflineRun:
     def read(cls, folder: Path) -> WandbOfflineRun:
         import json
 
-        found = cls(folder, run_id=folder.name.rsplit("-", 1)[-1])  # offline-run-<time>-<id>, if no run record
+        found = cls(
+            folder, run_id=folder.name.rsplit("-", 1)[-1]
+        )  # offline-run-<time>-<id>, if no run record
         (run_file,) = folder.glob("run-*.wandb")
         for record in wandb_records(run_file):
             kind = record.WhichOneof("record_type")
