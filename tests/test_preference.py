@@ -344,3 +344,81 @@ def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
     assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["eval_reward_margin"] == pytest.approx(after["eval_reward_margin"], rel=1e-4)
+
+
+def test_plan_counts_the_reference_copy_and_nothing_for_the_others(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+    from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
+    from ftl.launcher.plan import plan_memory, shape_of
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.tasks.registry import task_for
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir)
+
+    def plan(*overrides):
+        loaded = load_recipe(recipe, list(overrides))
+        built = load_model(
+            ModelSpec.of(loaded.recipe, loaded.search_dirs),
+            task_for(loaded.recipe.task),
+            load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+            meta=True,
+        )
+        shape = shape_of(built.model, loaded.recipe)
+        return shape, plan_memory(shape, loaded.recipe)
+
+    shape, copy = plan("task.reference=copy")
+    assert copy.parts["reference model"] == shape.total * 4.0 == copy.parts["weights"]
+    _, auto = plan()  # auto without lora: a copy
+    assert auto.parts["reference model"] == copy.parts["reference model"]
+    for overrides in (["task.reference=precomputed"], ["task.loss=simpo"], ["lora.r=4"]):
+        _, other = plan(*overrides)
+        assert "reference model" not in other.parts, overrides
+    _, precomputed = plan("task.reference=precomputed")
+    assert sum(copy.parts.values()) - sum(precomputed.parts.values()) == copy.parts["reference model"]
+    assert main(["plan", str(recipe), "task.reference=copy"]) == 0
+    assert "reference model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_dpo_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, chat_tokenizer_dir):
+    """A LoRA DPO run SIGKILLed before step 5 of 8 (checkpoints every 2), then --resume: the adapter weights and
+    metrics of the run that was never interrupted, bitwise."""
+    from safetensors.torch import load_file
+
+    from tests.reliability.conftest import child_env
+    from tests.reliability.faults import run_in_child
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        top={
+            "lora": {"r": 4},
+            "train": {
+                "max_steps": 8,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "checkpoint_every_steps": 2,
+                "keep_checkpoints": 2,
+                "log_every_steps": 1,
+                "warmup_ratio": 0.0,
+            },
+        },
+    )
+    env = child_env(tmp_path / "ftl-cache")
+    whole, killed, log = tmp_path / "whole", tmp_path / "killed", tmp_path / "log"
+    assert (
+        run_in_child(["run", str(recipe), "--output", str(whole)], None, env=env, cwd=tmp_path, log=log) == 0
+    ), log.read_text()
+    command = ["run", str(recipe), "--output", str(killed)]
+    assert run_in_child(command, ("kill-step", 5), env=env, cwd=tmp_path, log=log) == -9, log.read_text()
+    assert not (killed / "metrics.json").exists()
+    assert (killed / "checkpoints" / "checkpoint-4").is_dir()
+    assert run_in_child([*command, "--resume"], None, env=env, cwd=tmp_path, log=log) == 0, log.read_text()
+    expected = load_file(str(whole / "model" / "adapter_model.safetensors"))
+    resumed = load_file(str(killed / "model" / "adapter_model.safetensors"))
+    assert resumed.keys() == expected.keys() and expected
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), name
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics == json.loads((whole / "metrics.json").read_text())
+    assert metrics["eval_reward_accuracy"] == 1.0
