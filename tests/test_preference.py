@@ -422,3 +422,73 @@ def test_a_dpo_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, 
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics == json.loads((whole / "metrics.json").read_text())
     assert metrics["eval_reward_accuracy"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+def test_two_zero2_workers_equal_one_worker(tmp_path, chat_tokenizer_dir):
+    """DPO with a frozen copy as reference: 2 Ray Train workers under ZeRO-2 with 4 pairs each equal one worker
+    with 8 pairs, in every logged loss (rel 1e-3, the tolerance of tests/test_distributed.py) and in the final
+    preference metrics (rel 1e-3)."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference="copy",
+        top={
+            "train": {"max_steps": 4, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0, "log_every_steps": 1},
+            "eval": {"every_steps": 4, "select_best": False},
+        },
+    )
+
+    def run(out: Path, *settings: str) -> tuple[list[float], dict]:
+        assert main(["run", str(recipe), *settings, "--output", str(out)]) == 0
+        history = json.loads((out / "log_history.json").read_text())["log_history"]
+        return [e["loss"] for e in history if "loss" in e], json.loads((out / "metrics.json").read_text())
+
+    one_losses, one = run(tmp_path / "one", "distributed.zero_stage=0")
+    two_losses, two = run(
+        tmp_path / "two", "distributed.zero_stage=2", "distributed.workers=2", "train.batch_size=4"
+    )
+    assert len(one_losses) == 4 and two_losses == pytest.approx(one_losses, rel=1e-3)
+    for key in ("eval_loss", "eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected"):
+        assert two[key] == pytest.approx(one[key], rel=1e-3), key
+    assert two["eval_reward_accuracy"] == one["eval_reward_accuracy"]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == 2
+
+
+def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_model(
+    tmp_path, chat_tokenizer_dir
+):
+    """stages: chat SFT on the chosen dialogues, then DPO with lora on its result: the DPO stage's reference
+    (adapters disabled) is the SFT model, so its reward margin starts at 0 from the SFT weights."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir)
+    chat = [{"messages": [*r["prompt"], *r["chosen"]]} for r in pair_rows(40)]
+    _jsonl(tmp_path / "chat.jsonl", chat)
+    data = yaml.safe_load(recipe.read_text())
+    task = data.pop("task")
+    data["train"].update(max_steps=4)
+    data["eval"].update(every_steps=4)
+    data["stages"] = [
+        {
+            "name": "sft",
+            "task": {"type": "chat", "max_length": 64, "generate_rows": 0},
+            "data": {"train": "chat.jsonl"},
+        },
+        {"name": "dpo", "task": task, "lora": {"r": 4}},
+    ]
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "staged"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    sft = json.loads((out / "sft" / "metrics.json").read_text())
+    dpo = json.loads((out / "dpo" / "metrics.json").read_text())
+    assert "eval_perplexity" in sft
+    assert dpo["before"]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert dpo["eval_reward_accuracy"] == 1.0 and dpo["eval_reward_margin"] > 0
+    assert json.loads((out / "dpo" / "model" / "ftl_base.json").read_text())["path"].startswith(
+        str(out / "sft")
+    )
