@@ -492,3 +492,17 @@ def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_
     assert json.loads((out / "dpo" / "model" / "ftl_base.json").read_text())["path"].startswith(
         str(out / "sft")
     )
+
+
+@pytest.mark.parametrize("loss", ["ipo", "simpo"])
+def test_ipo_and_simpo_train_and_evaluate(tmp_path, chat_tokenizer_dir, loss):
+    settings = {"beta": 2.0, "simpo_gamma": 0.5} if loss == "simpo" else {"beta": 0.5}
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, loss=loss, **settings)
+    trainer = _built(recipe, tmp_path / "run").trainer
+    assert trainer.reference_kind == (None if loss == "simpo" else "copy")
+    assert (trainer.reference_model is None) == (loss == "simpo")
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_reward_accuracy"] == 1.0 and after["eval_reward_margin"] > before["eval_reward_margin"]
