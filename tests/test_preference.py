@@ -506,3 +506,25 @@ def test_ipo_and_simpo_train_and_evaluate(tmp_path, chat_tokenizer_dir, loss):
     after = trainer.evaluate()
     assert after["eval_loss"] < before["eval_loss"]
     assert after["eval_reward_accuracy"] == 1.0 and after["eval_reward_margin"] > before["eval_reward_margin"]
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_ftl_eval_of_a_run_without_lora_rebuilds_its_starting_model_as_reference(
+    tmp_path, chat_tokenizer_dir, capsys, reference
+):
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference=reference,
+        top={"eval": {"every_steps": 8, "select_best": False}},
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    for key in ("eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected", "eval_loss"):
+        assert scored[key] == pytest.approx(after[key], rel=1e-4), key
