@@ -345,6 +345,18 @@ def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
     again = json.loads(capsys.readouterr().out)
     assert again["eval_reward_margin"] == pytest.approx(after["eval_reward_margin"], rel=1e-4)
 
+    # the tuned model is a chat model: ftl generate and ftl predict render prompts with the run's template
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "Where is trip 3?", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    # as in training: SmolLM2's template puts its default system message first
+    assert row["input"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert row["input"].endswith("<|im_start|>user\nWhere is trip 3?<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|im_end|>" not in row["generated"]
+    assert main(["predict", str(out), "--data", str(pairs), "--output", str(tmp_path / "pred.jsonl")]) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(predicted) == 4 and all(isinstance(p["generated"], str) for p in predicted)
+
 
 def test_plan_counts_the_reference_copy_and_nothing_for_the_others(tmp_path, chat_tokenizer_dir, capsys):
     from ftl.launcher.cli import main

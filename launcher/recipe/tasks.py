@@ -327,6 +327,10 @@ class PreferenceTask(Section):
         gt=0,
         description="Token limit of the prompt; longer prompts lose their beginning (the last turn stays).",
     )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings,
+        description="How ftl generate / ftl predict write replies with the tuned model (as a chat model).",
+    )
 
     @field_validator("chat_template")
     @classmethod
@@ -518,6 +522,7 @@ TRAINED_MODEL_VERBS: dict[str, tuple[str, ...]] = {
         "seq2seq",
         "causal_lm",
         "chat",
+        "preference",
     ),
-    "ftl generate": ("seq2seq", "causal_lm", "chat"),
+    "ftl generate": ("seq2seq", "causal_lm", "chat", "preference"),
 }

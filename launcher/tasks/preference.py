@@ -20,8 +20,11 @@ from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.model.load import ModelSpec
 from ftl.launcher.recipe.data import DataSection
+from ftl.launcher.recipe.tasks import ChatTask
 from ftl.launcher.tasks import chat_template
 from ftl.launcher.tasks.base import Task
+from ftl.launcher.tasks.chat import Chat
+from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 from ftl.launcher.tasks.preference_pairs import (
     IGNORE_INDEX,
     SIDES,
@@ -42,6 +45,7 @@ class Preference(Task):
         super().__init__(config)
         self._template: str | None = None
         self.dropped: dict[str, int] = {}
+        self._as_chat: Chat | None = None  # the tuned model used as a chat model (ftl generate / predict)
 
     # ---- the template (as the chat task) ------------------------------------------------------------------
     def setup_template(self, tokenizer, dirs: list[Path]) -> str:
@@ -52,6 +56,7 @@ class Preference(Task):
 
     def use_tokenizer(self, tokenizer) -> None:
         self.setup_template(tokenizer, [])
+        self.chat().use_tokenizer(tokenizer)
 
     def prepare(self, data: DataSection | None, tokenizer, *, dirs: list[Path], log) -> PreparedData:
         self.setup_template(tokenizer, dirs)
@@ -67,9 +72,9 @@ class Preference(Task):
         self._template = state.get("chat_template") or self._template
 
     def configure_model(self, model, tokenizer) -> None:
+        """As the chat task: the tokenizer carries the template; generation stops at its end of turn."""
         self.setup_template(tokenizer, [])
-        if model.generation_config is not None and model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        self.chat().configure_model(model, tokenizer)
 
     def configure_trainer(self, trainer, data) -> None:
         """The trainer takes the loss settings and sets up the reference (precomputed: log-probs added to the
@@ -219,3 +224,39 @@ class Preference(Task):
             f"{prompt_tokens(labels)} tokens, reply tokens {counts}; the chosen sequence (scored {where}):",
             shown if colour else shown.replace("[", r"\["),
         ]
+
+    # ---- using the tuned model: a chat model (ftl generate, ftl predict) -------------------------------------
+    def chat(self) -> Chat:
+        """The chat task with this run's template, system prompt and roles: it renders prompts for generation."""
+        if self._as_chat is None:
+            c = self.config
+            settings = ChatTask(
+                type="chat",
+                prompt_column=c.prompt_column,
+                role_map=c.role_map,
+                chat_template=c.chat_template,
+                system_prompt=c.system_prompt,
+                max_length=c.max_length,
+                generation=c.generation,
+            )
+            self._as_chat = Chat(settings)
+        self._as_chat.restore({"chat_template": self._template})
+        return self._as_chat
+
+    def plain_text_column(self) -> str | None:
+        return self.config.prompt_column
+
+    def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
+        """Each row's prompt (a text, or messages: a pairs file's prompt column) rendered with the generation
+        prompt, as the chat task does."""
+        self.use_tokenizer(tokenizer)
+        return self.chat().encode_for_prediction(raw, tokenizer)
+
+    def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
+        return self.chat().predictions_to_rows(inputs, outputs, tokenizer)
+
+    def generation_prompt(self, prompt: str | dict[str, Any], *, raw: bool = False) -> str:
+        return self.chat().generation_prompt(prompt, raw=raw)
+
+    def generation_defaults(self) -> PromptSettings:
+        return self.chat().generation_defaults()
