@@ -165,8 +165,8 @@ def plan_memory(
     else:
         weights = p * weight_bytes
     parts = {"weights": weights / share(3)}
-    if reference_is_a_copy(recipe):  # preference tuning: a frozen copy of the starting model beside it
-        parts["reference model"] = p * (2.0 if train.precision in ("bf16", "fp16") else 4.0)
+    if reference_is_a_copy(recipe):  # preference tuning: a frozen copy of the starting model beside it, made
+        parts["reference model"] = p * 4.0  # from the fp32 weights as loaded, before DeepSpeed casts any
     if stage == 3:
         parts["gathered layer"] = layer_bytes * shape.largest_layer
     gradients = t * (2.0 if mixed else 4.0) / share(2)
