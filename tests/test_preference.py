@@ -540,3 +540,14 @@ def test_ftl_eval_of_a_run_without_lora_rebuilds_its_starting_model_as_reference
     scored = json.loads(capsys.readouterr().out)
     for key in ("eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected", "eval_loss"):
         assert scored[key] == pytest.approx(after[key], rel=1e-4), key
+
+
+def test_check_shows_the_scored_tokens_of_the_first_pair(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, chat_template="chatml")
+    assert main(["check", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "preference: loss sigmoid, beta 0.5, reference auto; first pair:" in err
+    assert "<|im_start|>assistant\n[[Trip 0 goes to paris.<|im_end|>]]" in err
+    assert "[[Where" not in err
