@@ -130,7 +130,7 @@ def shape_of(model, recipe: Recipe) -> ModelShape:
         largest_layer=max(per_layer.values(), default=0),
         quantizable=quantizable,
         lowest_trainable_layer=lowest,
-        has_logits_over_vocab=recipe.task.type == "causal_lm",
+        has_logits_over_vocab=recipe.task.type in ("causal_lm", "preference"),
         flops=flop_counts(model),
     )
 
@@ -165,6 +165,8 @@ def plan_memory(
     else:
         weights = p * weight_bytes
     parts = {"weights": weights / share(3)}
+    if reference_is_a_copy(recipe):  # preference tuning: a frozen copy of the starting model beside it, made
+        parts["reference model"] = p * 4.0  # from the fp32 weights as loaded, before DeepSpeed casts any
     if stage == 3:
         parts["gathered layer"] = layer_bytes * shape.largest_layer
     gradients = t * (2.0 if mixed else 4.0) / share(2)
@@ -224,9 +226,19 @@ def _load_peak(shape: ModelShape, recipe: Recipe, workers: int) -> float:
     return shape.total * 4.0
 
 
+def reference_is_a_copy(recipe: Recipe) -> bool:
+    """A preference recipe whose reference model is a frozen copy held in memory (task.reference copy, or auto
+    without lora); adapters disabled, precomputed log-probs and reference-free losses hold none."""
+    task = recipe.task
+    if task.type != "preference" or task.loss == "simpo":
+        return False
+    return task.reference == "copy" or (task.reference == "auto" and recipe.lora is None)
+
+
 def _activations(shape: ModelShape, recipe: Recipe, seq_len: int | None) -> float:
     train = recipe.train
-    batch = train.batch_size
+    # a preference batch of B pairs is 2B sequences (chosen and rejected in one forward)
+    batch = train.batch_size * (2 if recipe.task.type == "preference" else 1)
     seq = seq_len or recipe.task.max_length
     element = 2.0 if train.precision in ("bf16", "fp16") else 4.0
     h, i = shape.hidden, shape.intermediate

@@ -419,3 +419,38 @@ def examples_packing_needs_position_ids(recipe: Recipe) -> Violation | None:
             "set packing: false (or stream for paragraphs of one text)"
         )
     return None
+
+
+# --- preference tuning -----------------------------------------------------------------------------
+
+
+@rule
+def preference_reference_fits_the_model(recipe: Recipe) -> Violation | None:
+    """task.reference: adapters exist only with lora; a copy beside adapters is a second model for nothing; a
+    reference-free loss takes none; ZeRO-3 partitions the weights before a copy or a pass over the data could be made
+    from them (with lora the engine's forward with adapters disabled serves)."""
+    task = recipe.task
+    if task.type != "preference":
+        return None
+    where = ("task", "reference")
+    if task.loss == "simpo":
+        if task.reference != "auto":
+            return where, f"{task.reference}: loss simpo is reference-free; remove task.reference"
+        return None
+    if task.reference == "adapters_disabled" and recipe.lora is None:
+        return where, (
+            "adapters_disabled needs a lora: section (the reference is the base with the adapters switched off); "
+            "without lora use copy or precomputed"
+        )
+    if task.reference == "copy" and recipe.lora is not None:
+        return where, (
+            "copy holds a second model in memory, but with lora the base with its adapters disabled is the "
+            "reference already; use adapters_disabled (or auto)"
+        )
+    if recipe.lora is None and recipe.distributed.zero_stage == 3:
+        return where, (
+            f"{task.reference}: ZeRO-3 partitions the weights before training, so neither a frozen copy nor the "
+            "reference log-probs of the whole model are made from them here; use lora (the reference is the base "
+            "with adapters disabled), or distributed.zero_stage 2"
+        )
+    return None

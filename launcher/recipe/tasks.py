@@ -258,14 +258,105 @@ class ChatTask(Section):
     @field_validator("chat_template")
     @classmethod
     def _template_kind(cls, value: str | None) -> str | None:
-        if value is None or value in CHAT_TEMPLATE_NAMES or "{{" in value or "{%" in value:
-            return value
-        if value.endswith((".jinja", ".j2", ".jinja2")):
-            return value
-        raise ValueError(
-            f"'{value}' is no named template ({', '.join(CHAT_TEMPLATE_NAMES)}){did_you_mean(value, CHAT_TEMPLATE_NAMES)}, "
-            "no .jinja file and no Jinja template (which holds {{ or {%)"
-        )
+        return _template_setting(value)
+
+
+def _template_setting(value: str | None) -> str | None:
+    """task.chat_template: null, a named built-in, a .jinja file or a Jinja text."""
+    if value is None or value in CHAT_TEMPLATE_NAMES or "{{" in value or "{%" in value:
+        return value
+    if value.endswith((".jinja", ".j2", ".jinja2")):
+        return value
+    raise ValueError(
+        f"'{value}' is no named template ({', '.join(CHAT_TEMPLATE_NAMES)}){did_you_mean(value, CHAT_TEMPLATE_NAMES)}, "
+        "no .jinja file and no Jinja template (which holds {{ or {%)"
+    )
+
+
+class PreferenceTask(Section):
+    """Preference tuning (DPO and relatives) of a causal LM on chosen/rejected pairs: each pair's prompt and its
+    two replies are rendered with the chat template as the chat task renders them; the loss compares the
+    sequence log-probabilities of the replies (under the policy and, except for SimPO, a frozen reference)."""
+
+    type: Literal["preference"]
+    metrics: ClassVar[dict[str, str]] = {
+        "reward_accuracy": "max",
+        "reward_margin": "max",
+        "logps_chosen": "max",
+        "logps_rejected": "min",
+        "loss": "min",
+    }
+    main_metric: ClassVar[str] = "reward_accuracy"
+    prompt_column: str = Field(
+        "prompt", description="Column holding the prompt: a text (one user message) or a list of messages."
+    )
+    chosen_column: str = Field(
+        "chosen", description="Column holding the preferred reply: a text or a list of one assistant message."
+    )
+    rejected_column: str = Field(
+        "rejected", description="Column holding the other reply: a text or a list of one assistant message."
+    )
+    role_map: dict[str, Literal["system", "user", "assistant"]] = Field(
+        default_factory=dict,
+        description="Speaker names -> roles, added to the defaults (as in task.type chat).",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="How prompts and replies are rendered: null: the tokenizer's own template; a named built-in "
+        f"({', '.join(CHAT_TEMPLATE_NAMES)}); a .jinja file (relative to the recipe); or a Jinja template.",
+    )
+    system_prompt: str | None = Field(
+        None, description="A system message put first in every prompt that has none."
+    )
+    loss: Literal["sigmoid", "ipo", "simpo"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
+        "as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on per-token mean log-probs with the "
+        "target margin simpo_gamma.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="DPO's beta (how far from the reference the policy may move; 0.1 is usual); IPO's tau; "
+        "SimPO's reward scale (about 2 in its paper).",
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (loss: simpo).")
+    reference: Literal["auto", "adapters_disabled", "copy", "precomputed"] = Field(
+        "auto",
+        description="The frozen reference model: adapters_disabled (with lora: the base model with the adapters "
+        "switched off, no second copy); copy (a frozen copy of the starting model in memory); precomputed (the "
+        "starting model's log-probs of every pair, computed once before training: no copy held); auto: "
+        "adapters_disabled with lora, else copy. SimPO needs none.",
+    )
+    max_length: int = Field(
+        512,
+        gt=1,
+        description="Token limit of prompt + reply; longer pairs lose the end of the reply (a reply left with no "
+        "token drops the pair, counted).",
+    )
+    max_prompt_length: int = Field(
+        256,
+        gt=0,
+        description="Token limit of the prompt; longer prompts lose their beginning (the last turn stays).",
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings,
+        description="How ftl generate / ftl predict write replies with the tuned model (as a chat model).",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_kind(cls, value: str | None) -> str | None:
+        return _template_setting(value)
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> PreferenceTask:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length {self.max_prompt_length} must be less than max_length {self.max_length} "
+                "(the reply needs room)"
+            )
+        return self
 
 
 class TokenClassificationTask(Section):
@@ -415,6 +506,7 @@ TaskSection = Annotated[
     | Seq2SeqTask
     | CausalLMTask
     | ChatTask
+    | PreferenceTask
     | MaskedLMTask
     | MultiTaskTask,
     Field(discriminator="type"),
@@ -427,6 +519,7 @@ TASK_TYPES: tuple[str, ...] = (
     "seq2seq",
     "causal_lm",
     "chat",
+    "preference",
     "masked_lm",
     "multitask",
 )
@@ -441,6 +534,7 @@ TRAINED_MODEL_VERBS: dict[str, tuple[str, ...]] = {
         "seq2seq",
         "causal_lm",
         "chat",
+        "preference",
     ),
-    "ftl generate": ("seq2seq", "causal_lm", "chat"),
+    "ftl generate": ("seq2seq", "causal_lm", "chat", "preference"),
 }

@@ -43,7 +43,8 @@ class Task(ABC):
     #: Evaluation generates text (Seq2SeqTrainer with predict_with_generate) instead of one forward pass.
     generates_in_evaluation: bool = False
     #: The training loop this task needs; the train layer maps it to a Trainer class (train/trainers.py):
-    #: "plain", "seq2seq" (generating evaluation), "masked_lm" (decodes only masked positions), "multitask".
+    #: "plain", "seq2seq" (generating evaluation), "masked_lm" (decodes only masked positions), "multitask",
+    #: "preference" (a loss over chosen/rejected pairs and a reference model).
     trainer_kind: str = "plain"
 
     def __init__(self, config: Any) -> None:
@@ -63,6 +64,10 @@ class Task(ABC):
 
     def configure_trainer(self, trainer, data) -> None:  # noqa: B027 - optional hook
         """Give the trainer what this task's training and evaluation need beyond the datasets."""
+
+    def configure_evaluation(self, trainer, trained) -> None:  # noqa: B027 - optional hook
+        """`ftl eval`: give the trainer what scoring a file needs beyond the trained model (`trained`: the
+        finished run, use/trained.py)."""
 
     def write_validation_rows(self, directory: Path, rows) -> None:
         """validation.jsonl: the exact validation rows, in the recipe's columns, for `ftl eval --data`."""

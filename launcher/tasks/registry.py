@@ -10,6 +10,7 @@ from ftl.launcher.tasks.chat import Chat
 from ftl.launcher.tasks.classification import SequenceClassification
 from ftl.launcher.tasks.masked_lm import MaskedLM
 from ftl.launcher.tasks.multitask import MultiTask
+from ftl.launcher.tasks.preference import Preference
 from ftl.launcher.tasks.question_answering import QuestionAnswering
 from ftl.launcher.tasks.seq2seq import Seq2Seq
 from ftl.launcher.tasks.token_classification import TokenClassification
@@ -21,6 +22,7 @@ IMPLEMENTATIONS: dict[str, type[Task]] = {
     "seq2seq": Seq2Seq,
     "causal_lm": CausalLM,
     "chat": Chat,
+    "preference": Preference,
     "masked_lm": MaskedLM,
     "multitask": MultiTask,
 }

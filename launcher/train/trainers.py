@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ftl.launcher.train.masked_positions import MaskedLMTrainer
 from ftl.launcher.train.multitask import MultiTaskTrainer
+from ftl.launcher.train.preference_trainer import PreferenceTrainer
 from ftl.launcher.train.trainer import FtlSeq2SeqTrainer, FtlTrainer
 
 TRAINERS: dict[str, type] = {
@@ -12,6 +13,7 @@ TRAINERS: dict[str, type] = {
     "seq2seq": FtlSeq2SeqTrainer,  # evaluation generates text
     "masked_lm": MaskedLMTrainer,  # decodes only the masked positions in training
     "multitask": MultiTaskTrainer,  # batches of one task at a time, every task evaluated
+    "preference": PreferenceTrainer,  # chosen/rejected pairs, a loss against a reference model
 }
 
 

