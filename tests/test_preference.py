@@ -607,3 +607,30 @@ def test_a_search_over_beta_lr_and_the_loss_maximises_reward_accuracy(tmp_path, 
         for t in winners
     )
     assert best.get("tune") is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+def test_under_zero2_bf16_the_reference_copy_follows_the_policy_into_bf16(tmp_path, chat_tokenizer_dir):
+    """DeepSpeed casts the policy to bf16 when training starts, after the reference copy was made: the copy must
+    follow (as TRL prepares its reference with the engine's dtype), or at step 1, where policy = reference, the
+    log-ratio is rounding noise instead of 0 and the loss is not log 2."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference="copy",
+        top={
+            "train": {"max_steps": 2, "batch_size": 8, "lr": 3e-3, "log_every_steps": 1, "precision": "bf16"},
+            "eval": {"every_steps": 2, "before_training": False, "select_best": False},
+            "distributed": {"zero_stage": 2, "workers": 1},
+        },
+    )
+    out = tmp_path / "bf16"
+    assert main(["run", str(recipe), "--output", str(out)]) == 0
+    history = json.loads((out / "log_history.json").read_text())["log_history"]
+    first = next(entry for entry in history if "loss" in entry)
+    assert first["rewards/margins"] == 0.0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["deepspeed"]["bf16"]["enabled"] is True

@@ -271,5 +271,7 @@ def test_tasks_that_cannot_predict_say_which_can():
     assert "sequence_classification, token_classification, question_answering, seq2seq, causal_lm" in str(
         predicted.value
     )
-    with pytest.raises(FtlError, match=r"ftl generate \(it supports seq2seq, causal_lm, chat, preference runs\)"):
+    with pytest.raises(
+        FtlError, match=r"ftl generate \(it supports seq2seq, causal_lm, chat, preference runs\)"
+    ):
         task.generation_prompt("hi")

@@ -97,7 +97,7 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
             )
         with torch.no_grad():
             if kind == "copy":
-                return self._logps(self.reference_model, inputs)
+                return self._logps(follow(self.reference_model, model), inputs)
             with self.accelerator.unwrap_model(model).disable_adapter():
                 return self._logps(model, inputs)
 
@@ -143,6 +143,10 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
     def with_reference_logps(self, dataset):
         """`dataset` with ref_chosen_logps and ref_rejected_logps: the current (starting) model's log-probs."""
         model = self.model
+        if next(model.parameters()).device != self.args.device:
+            # under DeepSpeed the Trainer leaves the model where it was loaded until training starts (the engine
+            # moves it): on a GPU node that is the CPU, while batches go to the GPU
+            model.to(self.args.device)
         was_training = model.training
         model.eval()
         chosen: list[float] = []
@@ -150,7 +154,7 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
         size = self.args.per_device_eval_batch_size
         adapters = model.disable_adapter() if is_peft(model) else nullcontext()
         try:
-            with torch.no_grad(), adapters:
+            with torch.no_grad(), adapters, self.autocast_smart_context_manager():
                 for start in range(0, len(dataset), size):
                     rows = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
                     batch = {k: v.to(self.args.device) for k, v in self.data_collator(rows).items()}
@@ -160,6 +164,22 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
         finally:
             model.train(was_training)
         return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+
+def follow(reference, policy):
+    """The frozen copy on the policy's device and in its dtypes, tensor by tensor: under DeepSpeed the engine moves
+    the policy to the GPU and casts its parameters (not its buffers, e.g. rotary frequencies stay fp32) to
+    bf16/fp16 when training starts, after the copy was made. A copy left behind would give the step-1 policy a
+    non-zero log-ratio to itself."""
+    policy = getattr(policy, "module", policy)  # DeepSpeed's engine or DDP around the model
+    pairs = [
+        *zip(reference.parameters(), policy.parameters(), strict=True),
+        *zip(reference.buffers(), policy.buffers(), strict=True),
+    ]
+    for held, target in pairs:
+        if held.device != target.device or held.dtype != target.dtype:
+            held.data = held.data.to(device=target.device, dtype=target.dtype)
+    return reference
 
 
 def frozen_copy(model, *, copied: bool = True):
