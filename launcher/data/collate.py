@@ -8,6 +8,13 @@ from typing import Any
 NON_INPUT_COLUMNS = ("length",)
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads a row the collator builds itself: the tokenizer's pad token, else its end of sequence
+    (causal LMs often have no pad token; padded positions are never trained), else 0."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return 0 if pad is None else int(pad)
+
+
 class PaddingCollator:
     """Dynamic padding through the tokenizer's `pad`, dropping bookkeeping columns such as `length`."""
 

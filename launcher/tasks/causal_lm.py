@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.data.cells import usable_text
-from ftl.launcher.data.collate import BlockCollator, PaddingCollator
+from ftl.launcher.data.collate import BlockCollator, PaddingCollator, pad_id
 from ftl.launcher.data.packing import PackedCollator, pack_examples
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
@@ -131,8 +131,7 @@ class CausalLM(Task):
 
     def collator(self, tokenizer):
         if self.config.packing_mode == "examples":
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            return PackedCollator(pad)
+            return PackedCollator(pad_id(tokenizer))
         if self.config.packs:
             return BlockCollator()
         return PaddingCollator(tokenizer, label_pad_id=IGNORE_INDEX)

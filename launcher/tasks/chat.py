@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.console import log
-from ftl.launcher.data.collate import PaddingCollator
+from ftl.launcher.data.collate import PaddingCollator, pad_id
 from ftl.launcher.data.conversations import (
     check_conversation,
     detect_format,
@@ -156,8 +156,7 @@ class Chat(Task):
 
     def collator(self, tokenizer):
         if self.config.packing:
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            return PackedCollator(pad)
+            return PackedCollator(pad_id(tokenizer))
         return PaddingCollator(tokenizer, label_pad_id=IGNORE_INDEX)
 
     # perplexity on the labelled (assistant) tokens, as for a causal LM's instruction tuning

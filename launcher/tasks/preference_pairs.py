@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftl.launcher.data.collate import pad_id
 from ftl.launcher.data.conversations import check_conversation, role_map, side_messages
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
@@ -104,8 +105,7 @@ class PairCollator:
     input_ids, attention_mask, labels (IGNORE_INDEX off the replies), and the reference's log-probs if given."""
 
     def __init__(self, tokenizer) -> None:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = 0 if pad is None else int(pad)
+        self.pad_id = pad_id(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
