@@ -130,9 +130,8 @@ class WandbOfflineRun:
     def read(cls, folder: Path) -> WandbOfflineRun:
         import json
 
-        found = cls(
-            folder, run_id=folder.name.rsplit("-", 1)[-1]
-        )  # offline-run-<time>-<id>, if no run record
+        # offline-run-<time>-<id>: the run id even if the run's record never reached the file
+        found = cls(folder, run_id=folder.name.rsplit("-", 1)[-1])
         (run_file,) = folder.glob("run-*.wandb")
         for record in wandb_records(run_file):
             kind = record.WhichOneof("record_type")
