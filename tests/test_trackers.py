@@ -207,14 +207,18 @@ def test_a_tracking_server_that_dies_mid_run_does_not_stop_training(
         assert "loss" in report and "eval_accuracy" in report and "the final metrics" in report
         record = json.loads((out / "trackers.json").read_text())["mlflow"]
         missed = record["undelivered"]["metrics"]
-        assert missed["loss"] == [8, 12, 16] and missed["eval_accuracy"] == [8, 16]
+        # delivery is asynchronous: step 4's loss may still be queued when the server dies at step 6 (a slow
+        # first request), so it is either delivered or reported undelivered; what came after always is missed
+        assert missed["loss"] in ([8, 12, 16], [4, 8, 12, 16]) and missed["eval_accuracy"] == [8, 16]
         assert "the run's end (FINISHED)" in record["undelivered"]["items"]
 
         server.start()  # the same database: what was delivered before the server died is there
         client = server.client()
         run = client.get_run(record["run_id"])
         assert run.info.status == "RUNNING"  # its end was never delivered
-        assert [m.step for m in client.get_metric_history(record["run_id"], "loss")] == [1, 4]
+        delivered = [m.step for m in client.get_metric_history(record["run_id"], "loss")]
+        # nothing lost unreported (a request cut off by the dying server may have been stored and still be reported)
+        assert delivered in ([1], [1, 4]) and set(delivered) | set(missed["loss"]) == {1, 4, 8, 12, 16}
     finally:
         if server.process is None:
             server.start()  # for the module's other tests
