@@ -230,7 +230,7 @@ def reference_is_a_copy(recipe: Recipe) -> bool:
     """A preference recipe whose reference model is a frozen copy held in memory (task.reference copy, or auto
     without lora); adapters disabled, precomputed log-probs and reference-free losses hold none."""
     task = recipe.task
-    if task.type != "preference" or task.loss == "simpo":
+    if task.type != "preference" or task.reference_free:
         return False
     return task.reference == "copy" or (task.reference == "auto" and recipe.lora is None)
 

@@ -105,6 +105,43 @@ def test_simpo_loss_is_the_formula_and_needs_no_reference():
         assert float(rejected[i]) == pytest.approx(beta * r)
 
 
+def test_orpo_loss_is_the_nll_plus_the_odds_ratio_term_and_needs_no_reference(monkeypatch):
+    from ftl.launcher.train.preference_losses import preference_loss
+
+    policy, _ = _batch()
+    lam = 0.25
+    losses, chosen, rejected = preference_loss("orpo", policy, None, beta=lam)
+    for i in range(3):
+        c = float(policy.chosen[i]) / int(policy.chosen_tokens[i])  # mean log-prob of a reply token
+        r = float(policy.rejected[i]) / int(policy.rejected_tokens[i])
+        odds_c, odds_r = math.exp(c) / (1 - math.exp(c)), math.exp(r) / (1 - math.exp(r))  # p / (1 - p)
+        l_or = -math.log(1 / (1 + 1 / (odds_c / odds_r)))  # -log sigmoid(log(odds_c / odds_r))
+        assert float(losses[i]) == pytest.approx(-c + lam * l_or, rel=1e-6)
+        assert float(chosen[i]) == pytest.approx(lam * c) and float(rejected[i]) == pytest.approx(lam * r)
+    # TRL's ORPOTrainer computes the same odds-ratio term (its loss is the NLL minus the mean of these)
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.orpo.orpo_trainer import ORPOTrainer
+
+    trl_like = type("T", (), {"beta": lam, "accelerator": type("A", (), {"device": "cpu"})()})()
+    mean_c = policy.chosen / policy.chosen_tokens
+    mean_r = policy.rejected / policy.rejected_tokens
+    trl_terms = ORPOTrainer.odds_ratio_loss(trl_like, mean_c, mean_r)[0]
+    assert torch.allclose(losses, -mean_c - trl_terms, rtol=1e-6)
+
+
+def test_loss_dpo_is_read_as_the_sigmoid_loss_and_a_typo_is_named(tmp_path, chat_tokenizer_dir):
+    from ftl.launcher.recipe.loader import load_recipe
+
+    assert (
+        load_recipe(write_preference_recipe(tmp_path, chat_tokenizer_dir, loss="dpo")).recipe.task.loss
+        == "sigmoid"
+    )
+    with pytest.raises(
+        FtlError, match=r"tiny-pref.yaml:\d+: task.loss: 'simpoo' is not allowed \(did you mean 'simpo'"
+    ):
+        load_recipe(write_preference_recipe(tmp_path, chat_tokenizer_dir, loss="simpoo"))
+
+
 def test_sequence_logps_sum_only_the_reply_tokens():
     from ftl.launcher.train.preference_losses import sequence_logps
 
@@ -483,13 +520,14 @@ def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_
     )
 
 
-@pytest.mark.parametrize("loss", ["ipo", "simpo"])
-def test_ipo_and_simpo_train_and_evaluate(tmp_path, chat_tokenizer_dir, loss):
-    settings = {"beta": 2.0, "simpo_gamma": 0.5} if loss == "simpo" else {"beta": 0.5}
+@pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])
+def test_ipo_simpo_and_orpo_train_and_evaluate(tmp_path, chat_tokenizer_dir, loss):
+    settings = {"simpo": {"beta": 2.0, "simpo_gamma": 0.5}, "orpo": {"beta": 0.1}}.get(loss, {"beta": 0.5})
     recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, loss=loss, **settings)
     trainer = _built(recipe, tmp_path / "run").trainer
-    assert trainer.reference_kind == (None if loss == "simpo" else "copy")
-    assert (trainer.reference_model is None) == (loss == "simpo")
+    reference_free = loss in ("simpo", "orpo")
+    assert trainer.reference_kind == (None if reference_free else "copy")
+    assert (trainer.reference_model is None) == reference_free
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()

@@ -433,9 +433,9 @@ def preference_reference_fits_the_model(recipe: Recipe) -> Violation | None:
     if task.type != "preference":
         return None
     where = ("task", "reference")
-    if task.loss == "simpo":
+    if task.reference_free:
         if task.reference != "auto":
-            return where, f"{task.reference}: loss simpo is reference-free; remove task.reference"
+            return where, f"{task.reference}: loss {task.loss} is reference-free; remove task.reference"
         return None
     if task.reference == "adapters_disabled" and recipe.lora is None:
         return where, (

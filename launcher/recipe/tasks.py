@@ -84,6 +84,7 @@ class GenerationSettings(Section):
         return kwargs
 
 
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")  # preference losses that take no reference model
 ROUGE_METRICS = {"rouge1": "max", "rouge2": "max", "rougeL": "max", "rougeLsum": "max"}
 
 
@@ -273,10 +274,15 @@ def _template_setting(value: str | None) -> str | None:
     )
 
 
+def _loss_alias(value: Any) -> Any:
+    """dpo, as axolotl and torchtune name it, is DPO's sigmoid loss (TRL's loss_type name, which ftl keeps)."""
+    return "sigmoid" if value == "dpo" else value
+
+
 class PreferenceTask(Section):
     """Preference tuning (DPO and relatives) of a causal LM on chosen/rejected pairs: each pair's prompt and its
     two replies are rendered with the chat template as the chat task renders them; the loss compares the
-    sequence log-probabilities of the replies (under the policy and, except for SimPO, a frozen reference)."""
+    sequence log-probabilities of the replies (under the policy and, except for SimPO and ORPO, a frozen reference)."""
 
     type: Literal["preference"]
     metrics: ClassVar[dict[str, str]] = {
@@ -308,17 +314,19 @@ class PreferenceTask(Section):
     system_prompt: str | None = Field(
         None, description="A system message put first in every prompt that has none."
     )
-    loss: Literal["sigmoid", "ipo", "simpo"] = Field(
+    loss: Annotated[Literal["sigmoid", "ipo", "simpo", "orpo"], BeforeValidator(_loss_alias)] = Field(
         "sigmoid",
-        description="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
+        description="sigmoid (or dpo): DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
         "as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on per-token mean log-probs with the "
-        "target margin simpo_gamma.",
+        "target margin simpo_gamma; orpo: ORPO (Hong et al. 2024), reference-free, the chosen reply's NLL plus beta "
+        "times an odds-ratio loss (SFT and preference in one stage).",
     )
     beta: float = Field(
         0.1,
         gt=0,
         description="DPO's beta (how far from the reference the policy may move; 0.1 is usual); IPO's tau; "
-        "SimPO's reward scale (about 2 in its paper).",
+        "SimPO's reward scale (about 2 in its paper); ORPO's lambda, the weight of its odds-ratio term (0.1 in "
+        "its paper and TRL).",
     )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (loss: simpo).")
     reference: Literal["auto", "adapters_disabled", "copy", "precomputed"] = Field(
@@ -326,7 +334,7 @@ class PreferenceTask(Section):
         description="The frozen reference model: adapters_disabled (with lora: the base model with the adapters "
         "switched off, no second copy); copy (a frozen copy of the starting model in memory); precomputed (the "
         "starting model's log-probs of every pair, computed once before training: no copy held); auto: "
-        "adapters_disabled with lora, else copy. SimPO needs none.",
+        "adapters_disabled with lora, else copy. SimPO and ORPO need none.",
     )
     max_length: int = Field(
         512,
@@ -343,6 +351,11 @@ class PreferenceTask(Section):
         default_factory=GenerationSettings,
         description="How ftl generate / ftl predict write replies with the tuned model (as a chat model).",
     )
+
+    @property
+    def reference_free(self) -> bool:
+        """The loss needs no reference model (SimPO, ORPO)."""
+        return self.loss in REFERENCE_FREE_LOSSES
 
     @field_validator("chat_template")
     @classmethod

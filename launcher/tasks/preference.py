@@ -91,7 +91,7 @@ class Preference(Task):
         """ftl eval: with lora the reference is the trained model with its adapters disabled; without, the run's
         starting model (the recipe's model, built again) is the frozen reference."""
         starting = None
-        if self.config.loss != "simpo" and trained.recipe.lora is None:
+        if not self.config.reference_free and trained.recipe.lora is None:
             starting = self.starting_model(trained.recipe, trained.rundir.root, trained.tokenizer)
         trainer.use_preference(self.config, reference_model=starting)
 
@@ -218,7 +218,7 @@ class Preference(Task):
         )
         shown = chat_template.show_masking(tokenizer, ids, labels, colour=colour)
         where = "green" if colour else "in \\[\\[...]]"
-        reference = "none (reference-free)" if c.loss == "simpo" else c.reference
+        reference = "none (reference-free)" if c.reference_free else c.reference
         return [
             f"preference: loss {c.loss}, beta {c.beta:g}, reference {reference}; first pair: prompt "
             f"{prompt_tokens(labels)} tokens, reply tokens {counts}; the chosen sequence (scored {where}):",

@@ -11,9 +11,13 @@ batch against the paper's formula):
   log-ratios by the replies' token counts n (confirmed with the IPO authors, per TRL's comment).
 * simpo (SimPO, Meng et al. 2024, eq. 6): -log sigmoid(beta * (c/n_c - r/n_r) - gamma); no reference. TRL's
   `simpo_gamma` is this gamma (its CPO code subtracts gamma/beta inside beta * (...)).
+* orpo (ORPO, Hong et al. 2024, eqs. 4-7): -c/n_c - beta * log sigmoid(log odds(c/n_c) - log odds(r/n_r)), where
+  log odds(p) = p - log(1 - exp(p)) on mean per-token log-probs p; no reference; beta is the paper's lambda. The
+  NLL term is the chosen reply's mean token NLL, as the paper's L_SFT (TRL's ORPOTrainer also counts the prompt's
+  tokens in it; ftl scores replies only, as its chat task does).
 
 The implicit rewards (what reward accuracy and margin compare) are beta * (logp - logp_ref) for DPO and IPO
-(as TRL logs them) and beta * logp / n for SimPO.
+(as TRL logs them) and beta * logp / n for SimPO and ORPO.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-REFERENCE_FREE = ("simpo",)
+from ftl.launcher.recipe.tasks import REFERENCE_FREE_LOSSES
 
 
 @dataclass
@@ -45,10 +49,14 @@ def preference_loss(
     gamma: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair loss, chosen rewards, rejected rewards), each of shape [B]."""
-    if loss in REFERENCE_FREE:
+    if loss in REFERENCE_FREE_LOSSES:
         chosen = policy.chosen / policy.chosen_tokens.clamp(min=1)
         rejected = policy.rejected / policy.rejected_tokens.clamp(min=1)
-        losses = -F.logsigmoid(beta * (chosen - rejected) - gamma)
+        if loss == "orpo":
+            log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
+            losses = -chosen - beta * F.logsigmoid(log_odds)
+        else:
+            losses = -F.logsigmoid(beta * (chosen - rejected) - gamma)
         return losses, beta * chosen.detach(), beta * rejected.detach()
     if reference is None:
         raise ValueError(f"loss {loss} needs the reference model's log-probs")
@@ -64,6 +72,13 @@ def preference_loss(
     else:
         raise ValueError(f"unknown preference loss {loss}")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, without cancellation (branching at -log 2, as TRL and Maechler 2012); a reply
+    scored with probability 1 (x = 0, infinite odds) is held just below it."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ TRL's concatenated forward) and the logged rewards (beta * log-ratio).
 The reference (task.reference): adapters_disabled (peft's `disable_adapter()` around a no-grad forward of the
 same model); copy (a frozen copy of the starting model, made when the Trainer is; requires_grad off, never
 given to the optimizer); precomputed (the starting model's log-probs of every pair, computed once before
-training and carried in the batches). SimPO has none.
+training and carried in the batches). SimPO and ORPO have none.
 
 Evaluation returns, per pair, the chosen and rejected rewards and policy log-probs as its "predictions";
 the task turns them into reward accuracy, mean margin and the mean log-probs.
@@ -27,8 +27,8 @@ import torch
 from transformers import Trainer
 
 from ftl.launcher.errors import FtlError
+from ftl.launcher.recipe.tasks import REFERENCE_FREE_LOSSES
 from ftl.launcher.train.preference_losses import (
-    REFERENCE_FREE,
     PairLogps,
     preference_loss,
     sequence_logps,
@@ -43,7 +43,7 @@ def is_peft(model) -> bool:
 
 def resolve_reference(setting: str, loss: str, *, peft: bool) -> str | None:
     """How the reference is held (None: the loss needs none), task.reference's auto resolved."""
-    if loss in REFERENCE_FREE:
+    if loss in REFERENCE_FREE_LOSSES:
         return None
     if setting == "auto":
         return "adapters_disabled" if peft else "copy"
