@@ -291,3 +291,51 @@ def tokenizer(chat_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(chat_tokenizer_dir))
+
+
+# ---- preference pairs ------------------------------------------------------------------------------------
+PAIR_CITIES = ["paris", "rome", "oslo", "lisbon"]
+
+
+def jsonl_rows(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def pair_rows(n: int, *, plain: bool = False) -> list[dict]:
+    """Pairs whose chosen reply names the trip's city and whose rejected reply says something else."""
+    rows = []
+    for i in range(n):
+        city = PAIR_CITIES[i % 4]
+        prompt, chosen, rejected = f"Where is trip {i}?", f"Trip {i} goes to {city}.", "No idea, sorry."
+        if plain:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        else:
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
+    return rows
+
+
+def write_preference_recipe(
+    folder: Path, tokenizer_dir: Path, *, rows: int = 40, top: dict | None = None, **task
+):
+    jsonl_rows(folder / "pairs.jsonl", pair_rows(rows))
+    recipe = {
+        "name": "tiny-pref",
+        "seed": 5,
+        "model": {"config": TINY_LLAMA, "tokenizer": str(tokenizer_dir)},
+        "task": {"type": "preference", "max_length": 64, "max_prompt_length": 32, "beta": 0.5, **task},
+        "data": {"train": "pairs.jsonl", "validation_split": {"fraction": 0.2, "method": "tail"}},
+        "train": {"max_steps": 8, "batch_size": 8, "lr": 3e-3},
+        "eval": {"every_steps": 4, "before_training": True, "select_best": False},
+        "log": {"progress": False, "tensorboard": False},
+        **(top or {}),
+    }
+    path = folder / "tiny-pref.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ftl.launcher.errors import FtlError
-from tests.conftest import TINY_LLAMA
+from tests.conftest import TINY_LLAMA, jsonl_rows
 
 IM_END = "<|im_end|>"
 CONVERSATION = [
@@ -118,21 +118,16 @@ def _read(path: Path, **settings):
     return task.encode_raw(load_file(path, "data.train"))["messages"], task
 
 
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_every_format_reads_to_the_same_messages(tmp_path):
     speakers = {"user": "human", "assistant": "gpt", "system": "system"}
     conversation = [SYSTEM, *CONVERSATION]
     files = {
-        "messages": _jsonl(tmp_path / "m.jsonl", [{"messages": conversation}]),
-        "sharegpt": _jsonl(
+        "messages": jsonl_rows(tmp_path / "m.jsonl", [{"messages": conversation}]),
+        "sharegpt": jsonl_rows(
             tmp_path / "s.jsonl",
             [{"conversations": [{"from": speakers[m["role"]], "value": m["content"]} for m in conversation]}],
         ),
-        "prompt_completion": _jsonl(
+        "prompt_completion": jsonl_rows(
             tmp_path / "p.jsonl", [{"prompt": conversation[:-1], "completion": conversation[-1]["content"]}]
         ),
     }
@@ -141,13 +136,13 @@ def test_every_format_reads_to_the_same_messages(tmp_path):
             read, task = _read(path, format=setting)
             assert read == [conversation], (fmt, setting)
             assert task._format == fmt
-    text_pair = _jsonl(tmp_path / "t.jsonl", [{"question": "Hi there", "answer": "Hello!"}])
+    text_pair = jsonl_rows(tmp_path / "t.jsonl", [{"question": "Hi there", "answer": "Hello!"}])
     read, _ = _read(text_pair, prompt_column="question", completion_column="answer", system_prompt="Be kind.")
     assert read == [[{"role": "system", "content": "Be kind."}, *CONVERSATION[:2]]]
 
 
 def test_role_map_adds_speaker_names(tmp_path):
-    path = _jsonl(
+    path = jsonl_rows(
         tmp_path / "s.jsonl",
         [{"conversations": [{"from": "person", "value": "Hi there"}, {"from": "bot", "value": "Hello!"}]}],
     )
@@ -169,7 +164,7 @@ def test_role_map_adds_speaker_names(tmp_path):
     ],
 )
 def test_each_bad_row_is_one_line_naming_file_and_row(tmp_path, messages, expected):
-    path = _jsonl(tmp_path / "bad.jsonl", [{"messages": CONVERSATION}, {"messages": messages}])
+    path = jsonl_rows(tmp_path / "bad.jsonl", [{"messages": CONVERSATION}, {"messages": messages}])
     with pytest.raises(FtlError) as caught:
         _read(path)
     message = str(caught.value)
@@ -201,7 +196,7 @@ def write_chat_recipe(folder: Path, tokenizer_dir: Path, **task) -> Path:
                 ]
             }
         )
-    _jsonl(folder / "chat.jsonl", rows)
+    jsonl_rows(folder / "chat.jsonl", rows)
     recipe = {
         "name": "tiny-chat",
         "seed": 5,
@@ -274,7 +269,7 @@ def test_run_then_generate_and_predict_use_the_template(tmp_path, chat_tokenizer
     assert settings.stop_token_ids[0] == saved.convert_tokens_to_ids(IM_END)
     assert settings.add_special_tokens is False
 
-    prompts = _jsonl(
+    prompts = jsonl_rows(
         tmp_path / "ask.jsonl",
         [{"messages": [{"role": "user", "content": "Where is trip 1?"}]}, {"messages": CONVERSATION}],
     )

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_BERT, edit_recipe, env_without_hub, write_classification_recipe
+from tests.conftest import (
+    TINY_BERT,
+    edit_recipe,
+    env_without_hub,
+    write_classification_recipe,
+    write_preference_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -191,8 +197,12 @@ def test_a_lost_node_leaves_the_run_to_the_other_and_it_grows_back_when_the_node
     assert "resized: 2 -> 1 workers" in log and "resized: 1 -> 2 workers" in log
 
 
-def test_a_node_that_cannot_see_the_run_directory_is_named_before_training(cluster, tmp_path):
-    """node-2 is restarted in a mount namespace where a tmpfs hides the outputs folder: no shared disk."""
+def test_a_node_that_cannot_see_the_run_directory_is_named_before_training(
+    cluster, tmp_path, chat_tokenizer_dir
+):
+    """node-2 is restarted in a mount namespace where a tmpfs hides the outputs folder: no shared disk. With a
+    storage_path both nodes reach, a classifier and a LoRA DPO run (its reference: the adapters disabled) train
+    with a worker on each node."""
     inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
     inputs.mkdir()
     outputs.mkdir()
@@ -223,5 +233,22 @@ def test_a_node_that_cannot_see_the_run_directory_is_named_before_training(clust
     assert (run / "model" / "config.json").exists() and json.loads((run / "metrics.json").read_text())[
         "train_steps"
     ] == 8
+    placement = json.loads((run / "manifest.json").read_text())["placement"]
+    assert len({rank["node"] for rank in placement}) == 2
+
+    pairs = write_preference_recipe(
+        inputs, chat_tokenizer_dir, top={"eval": {"every_steps": 8, "select_best": False}}
+    )
+    done = _ftl("run", str(pairs), *common, "lora.r=4", "lora.dropout=0", f"distributed.storage_path={storage}",
+                "--output", str(outputs / "dpo"), env=cluster["driver_env"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = outputs / "dpo"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (
+        metrics["train_steps"] == 8
+        and metrics["eval_reward_accuracy"] > 0.5
+        and metrics["eval_reward_margin"] > 0
+    )
+    assert (run / "model" / "adapter_model.safetensors").exists()
     placement = json.loads((run / "manifest.json").read_text())["placement"]
     assert len({rank["node"] for rank in placement}) == 2

@@ -13,33 +13,7 @@ import torch
 import yaml
 
 from ftl.launcher.errors import FtlError
-from tests.conftest import TINY_LLAMA
-
-CITIES = ["paris", "rome", "oslo", "lisbon"]
-
-
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def pair_rows(n: int, *, plain: bool = False) -> list[dict]:
-    """Pairs whose chosen reply names the trip's city and whose rejected reply says something else."""
-    rows = []
-    for i in range(n):
-        city = CITIES[i % 4]
-        prompt, chosen, rejected = f"Where is trip {i}?", f"Trip {i} goes to {city}.", "No idea, sorry."
-        if plain:
-            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        else:
-            rows.append(
-                {
-                    "prompt": [{"role": "user", "content": prompt}],
-                    "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}],
-                }
-            )
-    return rows
+from tests.conftest import jsonl_rows, pair_rows, write_preference_recipe
 
 
 # ---- the losses against their formulas ---------------------------------------------------------------------
@@ -168,8 +142,8 @@ def _read(path: Path, **settings):
 
 
 def test_conversational_and_plain_pairs_read_and_encode_the_same(tmp_path, tokenizer):
-    conversational, task = _read(_jsonl(tmp_path / "c.jsonl", pair_rows(3)))
-    plain, _ = _read(_jsonl(tmp_path / "p.jsonl", pair_rows(3, plain=True)))
+    conversational, task = _read(jsonl_rows(tmp_path / "c.jsonl", pair_rows(3)))
+    plain, _ = _read(jsonl_rows(tmp_path / "p.jsonl", pair_rows(3, plain=True)))
     assert conversational.to_list() == plain.to_list()
     assert conversational[1]["prompt"] == [{"role": "user", "content": "Where is trip 1?"}]
     assert conversational[1]["chosen"] == "Trip 1 goes to rome."
@@ -207,7 +181,7 @@ def test_long_prompts_lose_their_beginning_and_long_replies_their_end(tmp_path, 
         "chosen": [{"role": "assistant", "content": "yes " * 60}],
         "rejected": [{"role": "assistant", "content": "no"}],
     }
-    dataset, task = _read(_jsonl(tmp_path / "l.jsonl", [row]), max_length=48, max_prompt_length=20)
+    dataset, task = _read(jsonl_rows(tmp_path / "l.jsonl", [row]), max_length=48, max_prompt_length=20)
     encoded = task.tokenize(dataset, tokenizer, "train")[0]
     for side in ("chosen", "rejected"):
         ids, labels = encoded[f"{side}_input_ids"], encoded[f"{side}_labels"]
@@ -244,7 +218,7 @@ def test_long_prompts_lose_their_beginning_and_long_replies_their_end(tmp_path, 
 )
 def test_each_bad_pair_is_one_line_naming_file_and_row(tmp_path, row, expected):
     good = pair_rows(2, plain=True)
-    path = _jsonl(tmp_path / "bad.jsonl", [*good, row])
+    path = jsonl_rows(tmp_path / "bad.jsonl", [*good, row])
     with pytest.raises(FtlError) as caught:
         _read(path)
     message = str(caught.value)
@@ -252,26 +226,6 @@ def test_each_bad_pair_is_one_line_naming_file_and_row(tmp_path, row, expected):
 
 
 # ---- tiny runs -----------------------------------------------------------------------------------------------
-def write_preference_recipe(
-    folder: Path, tokenizer_dir: Path, *, rows: int = 40, top: dict | None = None, **task
-):
-    _jsonl(folder / "pairs.jsonl", pair_rows(rows))
-    recipe = {
-        "name": "tiny-pref",
-        "seed": 5,
-        "model": {"config": TINY_LLAMA, "tokenizer": str(tokenizer_dir)},
-        "task": {"type": "preference", "max_length": 64, "max_prompt_length": 32, "beta": 0.5, **task},
-        "data": {"train": "pairs.jsonl", "validation_split": {"fraction": 0.2, "method": "tail"}},
-        "train": {"max_steps": 8, "batch_size": 8, "lr": 3e-3},
-        "eval": {"every_steps": 4, "before_training": True, "select_best": False},
-        "log": {"progress": False, "tensorboard": False},
-        **(top or {}),
-    }
-    path = folder / "tiny-pref.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def _built(recipe: Path, out: Path):
     from ftl.launcher.recipe.loader import load_recipe
     from ftl.launcher.train.execute import build
@@ -348,7 +302,7 @@ def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
     assert trained and all(0 <= e["rewards/accuracies"] <= 1 for e in trained)
 
     capsys.readouterr()
-    pairs = _jsonl(tmp_path / "more.jsonl", pair_rows(12, plain=True)[8:])
+    pairs = jsonl_rows(tmp_path / "more.jsonl", pair_rows(12, plain=True)[8:])
     assert main(["eval", str(out), "--data", str(pairs)]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["examples"] == 4
@@ -485,6 +439,49 @@ def test_two_zero2_workers_equal_one_worker(tmp_path, chat_tokenizer_dir):
     assert manifest["workers"] == 2 and manifest["deepspeed"]["zero_optimization"]["stage"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_after_module")
+@pytest.mark.parametrize(
+    "reference, settings",
+    [
+        (
+            "adapters_disabled",
+            ["lora.r=4", "lora.dropout=0", "distributed.zero_stage=3"],
+        ),  # the engine's forward, adapters off
+        ("precomputed", ["distributed.zero_stage=2"]),  # each worker scores the pairs before training
+    ],
+)
+def test_two_workers_hold_the_reference_as_one_worker_does(tmp_path, chat_tokenizer_dir, reference, settings):
+    """LoRA DPO under ZeRO-3 (the reference is the partitioned model with its adapters disabled) and DPO with
+    precomputed reference log-probs: 2 Ray Train workers with 4 pairs each equal one worker with 8 pairs, in
+    every logged loss and the final preference metrics (rel 1e-3, as above)."""
+    from ftl.launcher.cli import main
+
+    recipe = write_preference_recipe(
+        tmp_path,
+        chat_tokenizer_dir,
+        reference=reference,
+        top={
+            "train": {"max_steps": 4, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0, "log_every_steps": 1},
+            "eval": {"every_steps": 4, "select_best": False},
+        },
+    )
+    lora = [s for s in settings if s.startswith("lora.")]
+
+    def run(out: Path, *overrides: str) -> tuple[list[float], dict]:
+        assert main(["run", str(recipe), *overrides, "--output", str(out)]) == 0
+        history = json.loads((out / "log_history.json").read_text())["log_history"]
+        return [e["loss"] for e in history if "loss" in e], json.loads((out / "metrics.json").read_text())
+
+    one_losses, one = run(tmp_path / "one", *lora, "distributed.zero_stage=0")
+    two_losses, two = run(tmp_path / "two", *settings, "distributed.workers=2", "train.batch_size=4")
+    assert len(one_losses) == 4 and two_losses == pytest.approx(one_losses, rel=1e-3)
+    assert one_losses[-1] < one_losses[0]  # it learns: the reference is not the moving policy
+    for key in ("eval_loss", "eval_reward_margin", "eval_logps_chosen", "eval_logps_rejected"):
+        assert two[key] == pytest.approx(one[key], rel=1e-3), key
+    assert two["eval_reward_accuracy"] == one["eval_reward_accuracy"]
+
+
 def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_model(
     tmp_path, chat_tokenizer_dir
 ):
@@ -494,7 +491,7 @@ def test_a_staged_chat_then_dpo_recipe_runs_as_one_and_its_reference_is_the_sft_
 
     recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir)
     chat = [{"messages": [*r["prompt"], *r["chosen"]]} for r in pair_rows(40)]
-    _jsonl(tmp_path / "chat.jsonl", chat)
+    jsonl_rows(tmp_path / "chat.jsonl", chat)
     data = yaml.safe_load(recipe.read_text())
     task = data.pop("task")
     data["train"].update(max_steps=4)
