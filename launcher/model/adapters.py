@@ -34,6 +34,20 @@ def bitsandbytes_config(
     )
 
 
+def layer_linear_names(model) -> list[str]:
+    """The names (last parts) of the linear modules inside the model's numbered layers: all-linear restricted to
+    layers, which leaves out the output head as peft's all-linear does."""
+    import torch
+
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and any(part.isdigit() for part in name.split("."))
+        }
+    )
+
+
 def load_dtype(q: QuantizationSection | None, *, sharded: bool):
     """The dtype ftl loads weights in: fp32, except a model quantized for ZeRO-3, whose unquantized weights take
     the 4-bit storage's dtype (DeepSpeed partitions one dtype)."""
@@ -69,15 +83,26 @@ def add_lora(
             model.enable_input_require_grads()
     elif quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    layers = lora.layers_to_transform
+    target = lora.target_modules
+    if layers is not None and target == "all-linear":  # peft takes layers_to_transform with a list only
+        target = layer_linear_names(model)
     config = LoraConfig(
         task_type=peft_task_type,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=target,
+        layers_to_transform=layers,
         modules_to_save=lora.modules_to_save or None,
         bias=lora.bias,
     )
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if layers is not None and isinstance(count, int) and max(layers) >= count:
+        raise FtlError(
+            f"lora.layers_to_transform: layer {max(layers)} is not in this model, whose {count} layers are "
+            f"0-{count - 1}"
+        )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -116,6 +116,13 @@ class LoraSection(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
         description="Module names (or suffixes) that get adapters; 'all-linear' for every linear layer.",
+    )
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        description="Only these transformer layers (0 = the bottom) get adapters, as peft's layers_to_transform: "
+        "e.g. the top 8 of 30, [22, 23, 24, 25, 26, 27, 28, 29]; null: every layer. With all-linear, every linear "
+        "module of those layers.",
     )
     modules_to_save: list[str] = Field(
         default_factory=list,
