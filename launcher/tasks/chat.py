@@ -27,13 +27,11 @@ from ftl.launcher.data.conversations import (
     side_messages,
 )
 from ftl.launcher.data.packing import PackedCollator, pack_examples
-from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.model.attention import require_packed_attention
-from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks import chat_template
-from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.base import Predictions
 from ftl.launcher.tasks.causal_lm import CausalLM, _zero3
 from ftl.launcher.tasks.generation import generate, write_generations
 from ftl.launcher.tasks.prediction import (
@@ -44,45 +42,29 @@ from ftl.launcher.tasks.prediction import (
     require_columns,
     shown,
 )
+from ftl.launcher.tasks.templated import TemplatedTask
 
 IGNORE_INDEX = chat_template.IGNORE_INDEX
 MESSAGES = "messages"  # the normalised rows' column
 
 
-class Chat(Task):
+class Chat(TemplatedTask):
     auto_model = "AutoModelForCausalLM"
     loss_counts_items = True
     peft_task_type = "CAUSAL_LM"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._template: str | None = None  # the Jinja text in use (resolved when data is prepared)
         self._format: str | None = None if config.format == "auto" else config.format
         self.dropped: dict[str, int] = {}  # split -> conversations with no assistant token left after cutting
-        self._tokenizer = None  # the tokenizer prompts are rendered with (ftl generate/predict)
 
     # ---- the template ---------------------------------------------------------------------------
-    def setup_template(self, tokenizer, dirs: list[Path]) -> str:
-        """Resolve task.chat_template (or the tokenizer's) and set it on the tokenizer."""
-        if self._template is None:
-            self._template = chat_template.resolve_template(self.config.chat_template, tokenizer, dirs)
-        chat_template.use_template(tokenizer, self._template)
-        self._tokenizer = tokenizer
-        return self._template
-
     def _ready(self, tokenizer) -> None:
         self.setup_template(tokenizer, [])
 
     def use_tokenizer(self, tokenizer) -> None:
         """A finished run's tokenizer (it carries the run's template; the task state names it too)."""
         self._ready(tokenizer)
-
-    def prepare(self, data: DataSection | None, tokenizer, *, dirs: list[Path], log) -> PreparedData:
-        self.setup_template(tokenizer, dirs)
-        return super().prepare(data, tokenizer, dirs=dirs, log=log)
-
-    def cache_identity(self) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "template_text": self._template}
 
     def state(self) -> dict[str, Any]:
         return {"chat_template": self._template, "format": self._format}

@@ -1,4 +1,4 @@
-"""Preference tuning (DPO, IPO, SimPO) of a causal LM on chosen/rejected pairs.
+"""Preference tuning (DPO, IPO, SimPO, ORPO) of a causal LM on chosen/rejected pairs.
 
 Rows are read and checked as pairs (tasks/preference_pairs.py), rendered with the run's chat template as the
 chat task renders conversations, and each pair becomes one row holding both sequences; the collator puts B
@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.console import log
-from ftl.launcher.data.prepare import PreparedData
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.model.load import ModelSpec
-from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.tasks import ChatTask
 from ftl.launcher.tasks import chat_template
-from ftl.launcher.tasks.base import Task
 from ftl.launcher.tasks.chat import Chat
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 from ftl.launcher.tasks.preference_pairs import (
@@ -33,9 +30,10 @@ from ftl.launcher.tasks.preference_pairs import (
     prompt_tokens,
     read_pairs,
 )
+from ftl.launcher.tasks.templated import TemplatedTask
 
 
-class Preference(Task):
+class Preference(TemplatedTask):
     auto_model = "AutoModelForCausalLM"
     loss_counts_items = False  # a mean over the micro-batch's pairs
     peft_task_type = "CAUSAL_LM"
@@ -43,27 +41,13 @@ class Preference(Task):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._template: str | None = None
         self.dropped: dict[str, int] = {}
         self._as_chat: Chat | None = None  # the tuned model used as a chat model (ftl generate / predict)
 
     # ---- the template (as the chat task) ------------------------------------------------------------------
-    def setup_template(self, tokenizer, dirs: list[Path]) -> str:
-        if self._template is None:
-            self._template = chat_template.resolve_template(self.config.chat_template, tokenizer, dirs)
-        chat_template.use_template(tokenizer, self._template)
-        return self._template
-
     def use_tokenizer(self, tokenizer) -> None:
         self.setup_template(tokenizer, [])
         self.chat().use_tokenizer(tokenizer)
-
-    def prepare(self, data: DataSection | None, tokenizer, *, dirs: list[Path], log) -> PreparedData:
-        self.setup_template(tokenizer, dirs)
-        return super().prepare(data, tokenizer, dirs=dirs, log=log)
-
-    def cache_identity(self) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "template_text": self._template}
 
     def state(self) -> dict[str, Any]:
         return {"chat_template": self._template}
