@@ -4,6 +4,7 @@ trained (an adapter and the record of its base model) is `saved.py`."""
 from __future__ import annotations
 
 from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.model.freeze import layers_or_none
 from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -34,16 +35,17 @@ def bitsandbytes_config(
     )
 
 
-def layer_linear_names(model) -> list[str]:
-    """The names (last parts) of the linear modules inside the model's numbered layers: all-linear restricted to
-    layers, which leaves out the output head as peft's all-linear does."""
+def layer_linear_names(model, layer_list: str) -> list[str]:
+    """The names (last parts) of the linear modules inside the layer list named `layer_list` (as
+    freeze.layers_or_none finds it): all-linear restricted to the layers, which leaves out the output head as
+    peft's all-linear does."""
     import torch
 
     return sorted(
         {
             name.rsplit(".", 1)[-1]
             for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and any(part.isdigit() for part in name.split("."))
+            if isinstance(module, torch.nn.Linear) and name.startswith(layer_list + ".")
         }
     )
 
@@ -83,10 +85,23 @@ def add_lora(
             model.enable_input_require_grads()
     elif quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    layers = lora.layers_to_transform
-    target = lora.target_modules
-    if layers is not None and target == "all-linear":  # peft takes layers_to_transform with a list only
-        target = layer_linear_names(model)
+    layers, target, pattern = lora.layers_to_transform, lora.target_modules, None
+    if layers is not None:  # the layer list as freezing finds it; peft is told its name
+        found = layers_or_none(model)
+        if found is None:
+            raise FtlError(
+                f"lora.layers_to_transform: cannot find the transformer layers of {type(model).__name__}; name "
+                "the layers' modules in lora.target_modules instead"
+            )
+        layer_list, count = found
+        if max(layers) >= count:
+            raise FtlError(
+                f"lora.layers_to_transform: layer {max(layers)} is not in this model, whose {count} layers are "
+                f"0-{count - 1}"
+            )
+        pattern = layer_list.rsplit(".", 1)[-1]
+        if target == "all-linear":  # peft takes layers_to_transform with a list of names only
+            target = layer_linear_names(model, layer_list)
     config = LoraConfig(
         task_type=peft_task_type,
         r=lora.r,
@@ -94,15 +109,10 @@ def add_lora(
         lora_dropout=lora.dropout,
         target_modules=target,
         layers_to_transform=layers,
+        layers_pattern=pattern,
         modules_to_save=lora.modules_to_save or None,
         bias=lora.bias,
     )
-    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if layers is not None and isinstance(count, int) and max(layers) >= count:
-        raise FtlError(
-            f"lora.layers_to_transform: layer {max(layers)} is not in this model, whose {count} layers are "
-            f"0-{count - 1}"
-        )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

@@ -27,7 +27,6 @@ import torch
 from transformers import Trainer
 
 from ftl.launcher.errors import FtlError
-from ftl.launcher.recipe.tasks import REFERENCE_FREE_LOSSES
 from ftl.launcher.train.preference_losses import (
     PairLogps,
     preference_loss,
@@ -41,10 +40,11 @@ def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def resolve_reference(setting: str, loss: str, *, peft: bool) -> str | None:
+def resolve_reference(settings, *, peft: bool) -> str | None:
     """How the reference is held (None: the loss needs none), task.reference's auto resolved."""
-    if loss in REFERENCE_FREE_LOSSES:
+    if settings.reference_free:
         return None
+    setting = settings.reference
     if setting == "auto":
         return "adapters_disabled" if peft else "copy"
     if setting == "adapters_disabled" and not peft:
@@ -65,7 +65,7 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
         reference's log-probs added as columns when they are precomputed. `reference_model` (ftl eval of a run
         without lora): the starting model, loaded again, held as the frozen copy."""
         self.settings = settings
-        self.reference_kind = resolve_reference(settings.reference, settings.loss, peft=is_peft(self.model))
+        self.reference_kind = resolve_reference(settings, peft=is_peft(self.model))
         self._logged: dict[str, list[float]] = {"rewards/accuracies": [], "rewards/margins": []}
         if reference_model is not None and self.reference_kind in ("copy", "precomputed"):
             self.reference_kind = "copy"
