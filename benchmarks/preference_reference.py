@@ -57,9 +57,8 @@ _CHILD = (
 )
 
 
-def run_once(name: str, overrides: list[str], workdir: Path, count: list[int]) -> dict:
-    count[0] += 1
-    out = workdir / f"{name.split()[0]}-{count[0]}"
+def run_once(name: str, overrides: list[str], workdir: Path) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"{name.split()[0]}-", dir=workdir)) / "run"
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, "run", str(RECIPE), *SHORT, *overrides, "--output", str(out)],
         capture_output=True,
@@ -102,12 +101,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     info = machine()
-    count = [0]
     with tempfile.TemporaryDirectory(prefix="ftl-pref-ref-") as tmp:
         workdir = Path(tmp)
         samples = interleaved(
             {
-                name: (lambda n=name, o=overrides: run_once(n, o, workdir, count))
+                name: (lambda n=name, o=overrides: run_once(n, o, workdir))
                 for name, overrides in CONTENDERS.items()
             },
             args.repeats,
