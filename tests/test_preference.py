@@ -131,6 +131,45 @@ def test_sequence_logps_sum_only_the_reply_tokens():
     assert float(sums[1]) == pytest.approx(float(expected1), rel=1e-5)
 
 
+def test_the_reply_window_keeps_every_reply_token_and_gives_the_same_sums():
+    from ftl.launcher.train.preference_losses import reply_window, sequence_logps
+
+    torch.manual_seed(0)
+    labels = torch.tensor(
+        [
+            [-100, -100, -100, -100, 3, 4, -100, -100],  # right-padded: the reply, then padding
+            [-100, -100, -100, 1, 2, 6, 5, 2],
+            [-100, -100, -100, -100, -100, -100, -100, -100],  # a row with nothing scored is not the earliest
+        ]
+    )
+    keep = reply_window(labels)
+    assert keep == 8 - 3 + 1  # from the position that predicts row 1's first reply token
+    logits = torch.randn(3, 8, 11)
+    full = sequence_logps(logits, labels)
+    windowed = sequence_logps(logits[:, -keep:], labels[:, -keep:])
+    assert torch.allclose(full[0], windowed[0]) and torch.equal(full[1], windowed[1])
+    assert reply_window(torch.tensor([[5, 6, -100]])) == 0  # a reply from the first token: every position
+    assert reply_window(torch.full((2, 4), -100)) == 0
+
+
+def test_the_trainer_scores_replies_from_the_reply_window_as_from_every_logit(tmp_path, chat_tokenizer_dir):
+    from ftl.launcher.train.preference_losses import reply_window, sequence_logps, split_pairs
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, top={"lora": {"r": 4}})
+    trainer = _built(recipe, tmp_path / "run").trainer
+    batch = _first_batch(trainer)
+    assert 0 < reply_window(batch["labels"]) < batch["labels"].shape[1]  # the prompts are skipped
+    assert trainer._takes_logits_to_keep(trainer.model)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        windowed = trainer._logps(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full = split_pairs(*sequence_logps(logits, batch["labels"]))
+    assert torch.allclose(windowed.chosen, full.chosen, atol=1e-4)
+    assert torch.allclose(windowed.rejected, full.rejected, atol=1e-4)
+    assert torch.equal(windowed.chosen_tokens, full.chosen_tokens)
+
+
 # ---- reading pairs -----------------------------------------------------------------------------------------
 def _read(path: Path, **settings):
     from ftl.launcher.data.sources import load_file

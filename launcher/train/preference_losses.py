@@ -93,6 +93,18 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
+def reply_window(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits score every row's reply (0: all of them). Rows are right-padded and a
+    reply follows its prompt, so the logits from the position before the earliest reply token on are the only
+    ones `sequence_logps` reads; with `labels[:, -k:]` beside them it gives the same sums."""
+    scored = labels != -100
+    rows = scored.any(dim=1)
+    if not bool(rows.any()):
+        return 0
+    first = int(scored.int().argmax(dim=1)[rows].min())
+    return labels.shape[1] - first + 1 if first >= 1 else 0
+
+
 def split_pairs(sums: torch.Tensor, counts: torch.Tensor) -> PairLogps:
     """A batch of 2B sequences (the B chosen first) as B pairs."""
     chosen, rejected = sums.chunk(2)

@@ -21,6 +21,7 @@ the task turns them into reward accuracy, mean margin and the mean log-probs.
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import nullcontext
 
 import torch
@@ -30,6 +31,7 @@ from ftl.launcher.errors import FtlError
 from ftl.launcher.train.preference_losses import (
     PairLogps,
     preference_loss,
+    reply_window,
     sequence_logps,
     split_pairs,
 )
@@ -79,10 +81,28 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
 
     # ---- log-probabilities -------------------------------------------------------------------------------
     def _logps(self, model, inputs) -> PairLogps:
+        """Sequence log-probs of the batch's replies. Only the positions that predict a reply token get logits
+        (`logits_to_keep`, as TRL's use_logits_to_keep): the LM head and the log-softmax over the vocabulary
+        skip the prompts, which are most of a dialogue's tokens (measured 1.4x per training step with 2/3 of
+        the tokens in the prompt: benchmarks/README.md)."""
+        labels = inputs["labels"]
+        keep = reply_window(labels) if self._takes_logits_to_keep(model) else 0
+        window = {"logits_to_keep": keep} if keep else {}
         logits = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False, **window
         ).logits
-        return split_pairs(*sequence_logps(logits, inputs["labels"]))
+        return split_pairs(*sequence_logps(logits, labels[:, -keep:] if keep else labels))
+
+    def _takes_logits_to_keep(self, model) -> bool:
+        """Whether the model's own forward has `logits_to_keep` (transformers' causal LMs do; a custom model
+        may not), looked up once through the DeepSpeed/DDP and peft wrappers."""
+        known = getattr(self, "_logits_to_keep_known", None)
+        if known is None:
+            inner = self.accelerator.unwrap_model(model)
+            inner = inner.get_base_model() if is_peft(inner) else inner
+            known = "logits_to_keep" in inspect.signature(inner.forward).parameters
+            self._logits_to_keep_known = known
+        return known
 
     def _reference_logps(self, model, inputs, policy: PairLogps) -> PairLogps | None:
         kind = self.reference_kind
