@@ -83,8 +83,8 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
     def _logps(self, model, inputs) -> PairLogps:
         """Sequence log-probs of the batch's replies. Only the positions that predict a reply token get logits
         (`logits_to_keep`, as TRL's use_logits_to_keep): the LM head and the log-softmax over the vocabulary
-        skip the prompts, which are most of a dialogue's tokens (measured 1.4x per training step with 2/3 of
-        the tokens in the prompt: benchmarks/README.md)."""
+        skip the prompts, which are most of a dialogue's tokens (measured on this 2-core CPU, a SmolLM2-sized
+        model, 16 rows of 192 tokens with 128 of prompt: 1.4x per step of policy + reference forward and backward)."""
         labels = inputs["labels"]
         keep = reply_window(labels) if self._takes_logits_to_keep(model) else 0
         window = {"logits_to_keep": keep} if keep else {}
