@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ftl.launcher.locations",
             "ftl.launcher.files",
             "ftl.launcher.markdown",
+            "ftl.launcher.token_labels",
         ),
     ),
     ("recipe", ("ftl.launcher.recipe",)),

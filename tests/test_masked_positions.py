@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftl.launcher.train.masked_positions import IGNORE_INDEX, MaskedPositions
+from ftl.launcher.token_labels import IGNORE_INDEX
+from ftl.launcher.train.masked_positions import MaskedPositions
 from tests.conftest import TINY_BERT
 
 

@@ -201,7 +201,8 @@ def test_answer_positions_and_the_best_span_over_windows():
 
 
 def test_instruction_labels_mask_exactly_the_prompt(tokenizer):
-    from ftl.launcher.tasks.instruction import IGNORE_INDEX, encode
+    from ftl.launcher.tasks.instruction import encode
+    from ftl.launcher.token_labels import IGNORE_INDEX
 
     prompt, response = "Summarise this abstract please:\nwords words\nTL;DR:", "a short summary"
     ids, labels = encode(tokenizer, prompt, response, max_length=64)
@@ -212,7 +213,8 @@ def test_instruction_labels_mask_exactly_the_prompt(tokenizer):
 
 
 def test_a_long_prompt_loses_its_middle_not_its_cue_or_the_response(tokenizer):
-    from ftl.launcher.tasks.instruction import IGNORE_INDEX, encode
+    from ftl.launcher.tasks.instruction import encode
+    from ftl.launcher.token_labels import IGNORE_INDEX
 
     cue = "TL;DR:"
     prompt = "Instruction first. " + "filler " * 200 + cue

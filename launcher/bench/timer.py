@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from ftl.launcher.bench.peak import compute_dtype
 from ftl.launcher.files import atomic_write
 from ftl.launcher.flops import flop_counts
+from ftl.launcher.token_labels import IGNORE_INDEX
 
 
 class StepTimer(TrainerCallback):
@@ -144,7 +145,7 @@ class StepTimer(TrainerCallback):
 
 def _packed_example_lengths(ids, positions, labels):
     """The examples' lengths in rows packed with restarting position ids (data/packing.py): each block from a
-    position 0 to the next is an example; a row's last block is padding when its labels are all -100 and its
+    position 0 to the next is an example; a row's last block is padding when its labels are all IGNORE_INDEX and its
     tokens all the same (the pad token)."""
     import torch
 
@@ -157,7 +158,7 @@ def _packed_example_lengths(ids, positions, labels):
                 b == ids.shape[1]
                 and a > 0
                 and labels is not None
-                and bool((labels[row, a:b] == -100).all())
+                and bool((labels[row, a:b] == IGNORE_INDEX).all())
                 and bool((ids[row, a:b] == ids[row, a]).all())
             )
             if not padding:

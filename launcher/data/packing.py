@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE_INDEX = -100
+from ftl.launcher.token_labels import IGNORE_INDEX
+
 PACK_BATCH_ROWS = (
     2000  # examples packed together (one datasets.map batch); each batch leaves < 1 row part-full
 )

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-IGNORE_INDEX = -100
+from ftl.launcher.token_labels import IGNORE_INDEX
 
 
 class MultiTaskConfig(PretrainedConfig):

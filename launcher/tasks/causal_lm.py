@@ -21,8 +21,8 @@ from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.generation import generate, write_generations
 from ftl.launcher.tasks.instruction import render, template_fields
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _PACK_BATCH_ROWS = 2000  # rows concatenated per packing batch; each batch wastes < one block
 
 

@@ -43,8 +43,8 @@ from ftl.launcher.tasks.prediction import (
     shown,
 )
 from ftl.launcher.tasks.templated import TemplatedTask
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = chat_template.IGNORE_INDEX
 MESSAGES = "messages"  # the normalised rows' column
 
 

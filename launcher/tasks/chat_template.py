@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftl.launcher.errors import FtlError, first_line
-
-IGNORE_INDEX = -100
+from ftl.launcher.token_labels import IGNORE_INDEX
 
 BUILT_IN: dict[str, str] = {
     "chatml": (

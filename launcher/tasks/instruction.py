@@ -12,8 +12,8 @@ import string
 from typing import Any
 
 from ftl.launcher.errors import FtlError
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _PROMPT_TAIL = 24  # tokens kept from the end of a cut prompt (the cue right before the response)
 
 

@@ -16,8 +16,8 @@ from ftl.launcher.data.collate import NON_INPUT_COLUMNS
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks.base import Task
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _PACK_BATCH_ROWS = 1000
 _EVAL_MASK_SEED = 1234
 

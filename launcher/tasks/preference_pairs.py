@@ -20,8 +20,8 @@ from ftl.launcher.data.conversations import check_conversation, role_map, side_m
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks import chat_template
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = chat_template.IGNORE_INDEX
 SIDES = ("chosen", "rejected")
 # what the trainer reads from a batch besides the token columns: the reference's log-probs, when precomputed
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")

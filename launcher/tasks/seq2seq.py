@@ -17,8 +17,8 @@ from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.generation import generation_config
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 SOURCE, TARGET, REFERENCES = "source", "target", "references"  # normalised columns
 
 

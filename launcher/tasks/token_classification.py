@@ -19,8 +19,8 @@ from ftl.launcher.tasks.ner_errors import write_error_analysis
 from ftl.launcher.tasks.ner_metrics import entity_scores
 from ftl.launcher.tasks.ner_prediction import encode_words, tag_words
 from ftl.launcher.tasks.prediction import PredictionInputs
+from ftl.launcher.token_labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 WORDS, WORD_TAGS = "words", "word_tags"  # normalised columns: the words and their tag ids
 TEXT_COLUMN = "text"  # ftl predict: plain text to split on whitespace, when the tokens column is absent
 

@@ -11,8 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ftl.launcher.errors import FtlError
-
-IGNORE_INDEX = -100
+from ftl.launcher.token_labels import IGNORE_INDEX
 
 
 def class_weights(setting, label_ids: Iterable[int], names: list[str]) -> list[float] | None:

@@ -18,9 +18,8 @@ from typing import Any
 
 from transformers import Trainer
 
+from ftl.launcher.token_labels import IGNORE_INDEX
 from ftl.launcher.train.trainer import FtlTrainerMixin
-
-IGNORE_INDEX = -100
 
 
 class MaskedPositions:
