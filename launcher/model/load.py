@@ -78,6 +78,11 @@ def quiet_transformers(level: str = "info") -> None:
     transformers.logging.disable_progress_bar()
     if level != "debug":  # deprecation notices of the library's own internals, not of anything ftl asks for
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|torch)\.")
+        # peft, saving adapters of a base with no config.json beside it (a GGUF file), cannot check whether the
+        # vocabulary changed: ftl never resizes embeddings, so it did not
+        warnings.filterwarnings(
+            "ignore", message="Could not find a config file in", category=UserWarning, module=r"peft\."
+        )
     for name in ("bitsandbytes", "datasets", "torch.distributed", "DeepSpeed"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
