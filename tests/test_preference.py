@@ -50,6 +50,37 @@ def test_dpo_sigmoid_loss_is_the_formula():
         assert float(rejected[i]) == pytest.approx(beta * (pr - rr))
 
 
+def test_robust_dpo_loss_is_the_formula_and_dpo_without_flips():
+    from ftl.launcher.train.preference_losses import preference_loss
+
+    policy, ref = _batch()
+    beta, eps = 0.1, 0.2
+    losses, chosen, rejected = preference_loss("robust", policy, ref, beta=beta, label_smoothing=eps)
+    for i in range(3):
+        z = beta * (
+            (float(policy.chosen[i]) - float(ref.chosen[i]))
+            - (float(policy.rejected[i]) - float(ref.rejected[i]))
+        )
+        dpo, flipped = math.log(1 + math.exp(-z)), math.log(1 + math.exp(z))  # the loss of each label
+        assert float(losses[i]) == pytest.approx(((1 - eps) * dpo - eps * flipped) / (1 - 2 * eps), rel=1e-6)
+    dpo = preference_loss("sigmoid", policy, ref, beta=beta)
+    assert torch.allclose(chosen, dpo[1]) and torch.allclose(rejected, dpo[2])  # DPO's implicit rewards
+    assert torch.allclose(preference_loss("robust", policy, ref, beta=beta)[0], dpo[0])  # no flips: DPO
+
+
+def test_label_smoothing_is_refused_where_no_loss_reads_it(tmp_path, chat_tokenizer_dir):
+    from ftl.launcher.recipe.loader import load_recipe
+
+    recipe = write_preference_recipe(tmp_path, chat_tokenizer_dir, loss="robust")
+    assert load_recipe(recipe, ["task.label_smoothing=0.1"]).recipe.task.label_smoothing == 0.1
+    with pytest.raises(
+        FtlError, match=r"label_smoothing is read by loss robust only .*set task.loss: robust"
+    ):
+        load_recipe(recipe, ["task.loss=sigmoid", "task.label_smoothing=0.1"])
+    with pytest.raises(FtlError, match=r"task.label_smoothing"):
+        load_recipe(recipe, ["task.label_smoothing=0.5"])  # a flip rate of one half leaves no signal
+
+
 def test_ipo_loss_is_the_formula_on_per_token_log_ratios():
     from ftl.launcher.train.preference_losses import preference_loss
 

@@ -314,12 +314,15 @@ class PreferenceTask(Section):
     system_prompt: str | None = Field(
         None, description="A system message put first in every prompt that has none."
     )
-    loss: Annotated[Literal["sigmoid", "ipo", "simpo", "orpo"], BeforeValidator(_loss_alias)] = Field(
-        "sigmoid",
-        description="sigmoid (or dpo): DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
-        "as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on per-token mean log-probs with the "
-        "target margin simpo_gamma; orpo: ORPO (Hong et al. 2024), reference-free, the chosen reply's NLL plus beta "
-        "times an odds-ratio loss (SFT and preference in one stage).",
+    loss: Annotated[Literal["sigmoid", "robust", "ipo", "simpo", "orpo"], BeforeValidator(_loss_alias)] = (
+        Field(
+            "sigmoid",
+            description="sigmoid (or dpo): DPO (Rafailov et al. 2023); robust: robust DPO (Chowdhury et al. 2024), DPO "
+            "made unbiased for labels flipped with probability label_smoothing; ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
+            "as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on per-token mean log-probs with the "
+            "target margin simpo_gamma; orpo: ORPO (Hong et al. 2024), reference-free, the chosen reply's NLL plus beta "
+            "times an odds-ratio loss (SFT and preference in one stage).",
+        )
     )
     beta: float = Field(
         0.1,
@@ -329,6 +332,13 @@ class PreferenceTask(Section):
         "its paper and TRL).",
     )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (loss: simpo).")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="loss robust: the assumed probability that a pair's preference label is flipped (noisy "
+        "human labels; 0.1 in the robust DPO paper and TRL's docs); 0 is DPO.",
+    )
     reference: Literal["auto", "adapters_disabled", "copy", "precomputed"] = Field(
         "auto",
         description="The frozen reference model: adapters_disabled (with lora: the base model with the adapters "
@@ -361,6 +371,15 @@ class PreferenceTask(Section):
     @classmethod
     def _template_kind(cls, value: str | None) -> str | None:
         return _template_setting(value)
+
+    @model_validator(mode="after")
+    def _smoothing_is_read(self) -> PreferenceTask:
+        if self.label_smoothing and self.loss != "robust":
+            raise ValueError(
+                f"label_smoothing is read by loss robust only (loss {self.loss} would ignore it): set task.loss: "
+                "robust, or remove task.label_smoothing"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> PreferenceTask:

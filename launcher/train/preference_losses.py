@@ -7,6 +7,9 @@ formulas are written here exactly as TRL writes them (tests/test_preference.py c
 batch against the paper's formula):
 
 * sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * ((c - c_ref) - (r - r_ref)))
+* robust (robust DPO, Chowdhury et al. 2024, eq. 9), with eps = label_smoothing, the label flip rate and
+  z = beta * ((c - c_ref) - (r - r_ref)): ((1 - eps) * -log sigmoid(z) - eps * -log sigmoid(-z)) / (1 - 2 eps), an
+  unbiased estimate of the DPO loss under labels flipped with probability eps (TRL's loss_type "robust").
 * ipo (IPO, Azar et al. 2023, eq. 17): ((c - c_ref)/n_c - (r - r_ref)/n_r - 1/(2 beta))^2; TRL divides the
   log-ratios by the replies' token counts n (confirmed with the IPO authors, per TRL's comment).
 * simpo (SimPO, Meng et al. 2024, eq. 6): -log sigmoid(beta * (c/n_c - r/n_r) - gamma); no reference. TRL's
@@ -16,7 +19,7 @@ batch against the paper's formula):
   NLL term is the chosen reply's mean token NLL, as the paper's L_SFT (TRL's ORPOTrainer also counts the prompt's
   tokens in it; ftl scores replies only, as its chat task does).
 
-The implicit rewards (what reward accuracy and margin compare) are beta * (logp - logp_ref) for DPO and IPO
+The implicit rewards (what reward accuracy and margin compare) are beta * (logp - logp_ref) for DPO, robust DPO and IPO
 (as TRL logs them) and beta * logp / n for SimPO and ORPO.
 """
 
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ftl.launcher.recipe.tasks import REFERENCE_FREE_LOSSES
+from ftl.launcher.token_labels import IGNORE_INDEX
 
 
 @dataclass
@@ -47,6 +51,7 @@ def preference_loss(
     *,
     beta: float,
     gamma: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair loss, chosen rewards, rejected rewards), each of shape [B]."""
     if loss in REFERENCE_FREE_LOSSES:
@@ -64,6 +69,9 @@ def preference_loss(
     rejected_ratio = policy.rejected - reference.rejected
     if loss == "sigmoid":
         losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    elif loss == "robust":
+        z, eps = beta * (chosen_ratio - rejected_ratio), label_smoothing
+        losses = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
     elif loss == "ipo":
         delta = chosen_ratio / policy.chosen_tokens.clamp(
             min=1
@@ -86,7 +94,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     next token, labels [N, T] hold IGNORE_INDEX (-100) off the reply."""
     logits = logits[:, :-1, :]
     targets = labels[:, 1:]
-    mask = targets != -100
+    mask = targets != IGNORE_INDEX
     safe = targets.masked_fill(~mask, 0)
     picked = torch.gather(logits, -1, safe.unsqueeze(-1)).squeeze(-1).float()
     token_logps = picked - torch.logsumexp(logits.float(), dim=-1)
@@ -97,7 +105,7 @@ def reply_window(labels: torch.Tensor) -> int:
     """How many trailing positions' logits score every row's reply (0: all of them). Rows are right-padded and a
     reply follows its prompt, so the logits from the position before the earliest reply token on are the only
     ones `sequence_logps` reads; with `labels[:, -k:]` beside them it gives the same sums."""
-    scored = labels != -100
+    scored = labels != IGNORE_INDEX
     rows = scored.any(dim=1)
     if not bool(rows.any()):
         return 0

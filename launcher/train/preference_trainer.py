@@ -83,8 +83,8 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
     def _logps(self, model, inputs) -> PairLogps:
         """Sequence log-probs of the batch's replies. Only the positions that predict a reply token get logits
         (`logits_to_keep`, as TRL's use_logits_to_keep): the LM head and the log-softmax over the vocabulary
-        skip the prompts, which are most of a dialogue's tokens (measured on this 2-core CPU, a SmolLM2-sized
-        model, 16 rows of 192 tokens with 128 of prompt: 1.4x per step of policy + reference forward and backward)."""
+        skip the prompts, which are most of a dialogue's tokens (benchmarks/preference_logits_window.py: 1.3x per
+        step of policy + reference forward and backward on recipes/hh-dpo-smollm2.yaml's batches, 2-core CPU)."""
         labels = inputs["labels"]
         keep = reply_window(labels) if self._takes_logits_to_keep(model) else 0
         window = {"logits_to_keep": keep} if keep else {}
@@ -126,7 +126,7 @@ class PreferenceTrainer(FtlTrainerMixin, Trainer):
         policy = self._logps(model, inputs)
         reference = self._reference_logps(model, inputs, policy)
         losses, chosen, rejected = preference_loss(
-            s.loss, policy, reference, beta=s.beta, gamma=s.simpo_gamma
+            s.loss, policy, reference, beta=s.beta, gamma=s.simpo_gamma, label_smoothing=s.label_smoothing
         )
         return losses.mean(), (chosen, rejected, policy.chosen.detach(), policy.rejected.detach())
 
