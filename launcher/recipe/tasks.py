@@ -279,6 +279,9 @@ def _loss_alias(value: Any) -> Any:
     return "sigmoid" if value == "dpo" else value
 
 
+PreferenceLoss = Annotated[Literal["sigmoid", "robust", "ipo", "simpo", "orpo"], BeforeValidator(_loss_alias)]
+
+
 class PreferenceTask(Section):
     """Preference tuning (DPO and relatives) of a causal LM on chosen/rejected pairs: each pair's prompt and its
     two replies are rendered with the chat template as the chat task renders them; the loss compares the
@@ -314,15 +317,13 @@ class PreferenceTask(Section):
     system_prompt: str | None = Field(
         None, description="A system message put first in every prompt that has none."
     )
-    loss: Annotated[Literal["sigmoid", "robust", "ipo", "simpo", "orpo"], BeforeValidator(_loss_alias)] = (
-        Field(
-            "sigmoid",
-            description="sigmoid (or dpo): DPO (Rafailov et al. 2023); robust: robust DPO (Chowdhury et al. 2024), DPO "
-            "made unbiased for labels flipped with probability label_smoothing; ipo: IPO (Azar et al. 2023, on per-token mean log-ratios "
-            "as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on per-token mean log-probs with the "
-            "target margin simpo_gamma; orpo: ORPO (Hong et al. 2024), reference-free, the chosen reply's NLL plus beta "
-            "times an odds-ratio loss (SFT and preference in one stage).",
-        )
+    loss: PreferenceLoss = Field(
+        "sigmoid",
+        description="sigmoid (or dpo): DPO (Rafailov et al. 2023); robust: robust DPO (Chowdhury et al. 2024), "
+        "DPO made unbiased for labels flipped with probability label_smoothing; ipo: IPO (Azar et al. 2023, on "
+        "per-token mean log-ratios as TRL computes it); simpo: SimPO (Meng et al. 2024), reference-free, on "
+        "per-token mean log-probs with the target margin simpo_gamma; orpo: ORPO (Hong et al. 2024), "
+        "reference-free, the chosen reply's NLL plus beta times an odds-ratio loss (SFT and preference in one stage).",
     )
     beta: float = Field(
         0.1,

@@ -7,7 +7,7 @@ formulas are written here exactly as TRL writes them (tests/test_preference.py c
 batch against the paper's formula):
 
 * sigmoid (DPO, Rafailov et al. 2023): -log sigmoid(beta * ((c - c_ref) - (r - r_ref)))
-* robust (robust DPO, Chowdhury et al. 2024, eq. 9), with eps = label_smoothing, the label flip rate and
+* robust (robust DPO, Chowdhury et al. 2024), with eps = label_smoothing, the label flip rate, and
   z = beta * ((c - c_ref) - (r - r_ref)): ((1 - eps) * -log sigmoid(z) - eps * -log sigmoid(-z)) / (1 - 2 eps), an
   unbiased estimate of the DPO loss under labels flipped with probability eps (TRL's loss_type "robust").
 * ipo (IPO, Azar et al. 2023, eq. 17): ((c - c_ref)/n_c - (r - r_ref)/n_r - 1/(2 beta))^2; TRL divides the
@@ -19,8 +19,8 @@ batch against the paper's formula):
   NLL term is the chosen reply's mean token NLL, as the paper's L_SFT (TRL's ORPOTrainer also counts the prompt's
   tokens in it; ftl scores replies only, as its chat task does).
 
-The implicit rewards (what reward accuracy and margin compare) are beta * (logp - logp_ref) for DPO, robust DPO and IPO
-(as TRL logs them) and beta * logp / n for SimPO and ORPO.
+The implicit rewards (what reward accuracy and margin compare) are beta * (logp - logp_ref) for DPO, robust DPO
+and IPO (as TRL logs them) and beta * logp / n for SimPO and ORPO.
 """
 
 from __future__ import annotations
