@@ -295,6 +295,100 @@ def test_each_bad_pair_is_one_line_naming_file_and_row(tmp_path, row, expected):
     assert expected in message and "bad.jsonl:3" in message and "\n" not in message
 
 
+def _dialogue(i: int) -> list[dict]:
+    return [
+        {"role": "user", "content": f"Plan trip {i}."},
+        {"role": "assistant", "content": "Where to?"},
+        {"role": "user", "content": f"Where is trip {i}?"},
+    ]
+
+
+def _transcript(messages: list[dict]) -> str:
+    """The text format of the hub's Anthropic/hh-rlhf: "\n\nHuman: ...\n\nAssistant: ..." turns."""
+    speakers = {"user": "Human", "assistant": "Assistant"}
+    return "".join(f"\n\n{speakers[m['role']]}: {m['content']}" for m in messages)
+
+
+def test_implicit_prompt_pairs_read_as_their_explicit_form(tmp_path):
+    """TRL's implicit prompt: with no prompt column, chosen and rejected each hold the whole conversation (message
+    lists, or Anthropic's "Human:/Assistant:" transcripts) and the turns they share are the prompt."""
+    explicit, implicit, transcripts = [], [], []
+    for i in range(3):
+        chosen = {"role": "assistant", "content": f"Trip {i} goes to rome.\n\nEnjoy it."}
+        rejected = {"role": "assistant", "content": "No idea, sorry."}
+        explicit.append({"prompt": _dialogue(i), "chosen": [chosen], "rejected": [rejected]})
+        implicit.append({"chosen": [*_dialogue(i), chosen], "rejected": [*_dialogue(i), rejected]})
+        transcripts.append(
+            {
+                "chosen": _transcript([*_dialogue(i), chosen]),
+                "rejected": _transcript([*_dialogue(i), rejected]),
+            }
+        )
+    wanted, _ = _read(jsonl_rows(tmp_path / "e.jsonl", explicit))
+    assert wanted[2]["prompt"] == _dialogue(2) and wanted[2]["chosen"] == "Trip 2 goes to rome.\n\nEnjoy it."
+    for name, rows in (("i.jsonl", implicit), ("t.jsonl", transcripts)):
+        found, _ = _read(jsonl_rows(tmp_path / name, rows))
+        assert found.to_list() == wanted.to_list(), name
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            {
+                "chosen": [{"role": "assistant", "content": "Hello."}],
+                "rejected": _transcript(_dialogue(1))[:-1],
+            },
+            "share no first turn",
+        ),
+        (
+            {
+                "chosen": [*_dialogue(1), {"role": "assistant", "content": "Rome."}],
+                "rejected": [_dialogue(1)[0], {"role": "assistant", "content": "No."}],
+            },
+            "differ from turn 2 on, not only in their last reply",
+        ),
+        (
+            {"chosen": "Rome.", "rejected": "No idea."},
+            'is a text that is not a "Human: ... Assistant: ..." transcript',
+        ),
+        (
+            {"chosen": _transcript(_dialogue(1)[:2]), "rejected": _transcript(_dialogue(1)[:2])},
+            "are the same conversation",
+        ),
+        (
+            {"chosen": _transcript(_dialogue(1)[:2]), "rejected": _transcript(_dialogue(1)[:1])},
+            "differ from turn 2",
+        ),
+        (
+            {"chosen": "\n\nHuman: Hi?\n\nAssistant:", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."},
+            "has empty content",
+        ),
+    ],
+)
+def test_each_bad_implicit_pair_is_one_line_naming_file_and_row(tmp_path, row, expected):
+    good = {
+        "chosen": _transcript(_dialogue(0)[:2]),
+        "rejected": _transcript([_dialogue(0)[0], {"role": "assistant", "content": "No."}]),
+    }
+    path = jsonl_rows(tmp_path / "bad.jsonl", [good, good, row])
+    with pytest.raises(FtlError) as caught:
+        _read(path)
+    message = str(caught.value)
+    assert expected in message and "bad.jsonl:3" in message and "\n" not in message
+
+
+def test_a_named_prompt_column_missing_is_refused_not_read_as_implicit(tmp_path):
+    rows = [
+        {
+            "chosen": [*_dialogue(0), {"role": "assistant", "content": "Rome."}],
+            "rejected": [*_dialogue(0), {"role": "assistant", "content": "No."}],
+        }
+    ]
+    with pytest.raises(FtlError, match="no column 'question' \\(task.prompt_column\\)"):
+        _read(jsonl_rows(tmp_path / "n.jsonl", rows), prompt_column="question")
+
+
 # ---- tiny runs -----------------------------------------------------------------------------------------------
 def _built(recipe: Path, out: Path):
     from ftl.launcher.recipe.loader import load_recipe

@@ -1,7 +1,8 @@
 """Conversations in the formats people keep them in, read into one shape: a list of {role, content} messages.
 
 Formats: `messages` (OpenAI-style, {role, content}), `sharegpt` ({from, value}, speakers mapped to roles) and
-`prompt_completion` (a prompt and its completion, each a text or a list of messages, as TRL reads them). A row
+`prompt_completion` (a prompt and its completion, each a text or a list of messages, as TRL reads them); and
+"Human: ... Assistant: ..." transcripts, as Anthropic's HH-RLHF keeps its dialogues (preference pairs). A row
 that cannot be a conversation is one error naming its file:line and what is wrong: an empty conversation, an
 unknown role (with did-you-mean), a message without content, roles that do not alternate (a system message
 only first), or, for training, a conversation that does not end with an assistant reply.
@@ -9,6 +10,7 @@ only first), or, for training, a conversation that does not end with an assistan
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ftl.launcher.data.sources import RawData
@@ -72,9 +74,9 @@ def _column_name(fmt: str, settings) -> str:
 def row_messages(values: dict[str, Any], fmt: str, settings, roles: dict[str, str], where: str) -> list[dict]:
     """One row's messages, roles mapped (not yet checked for order)."""
     if fmt == "messages":
-        return _message_list(values[settings.messages_column], where, roles, f"'{settings.messages_column}'")
+        return message_list(values[settings.messages_column], where, roles, f"'{settings.messages_column}'")
     if fmt == "sharegpt":
-        return _message_list(
+        return message_list(
             values[settings.conversations_column], where, roles, f"'{settings.conversations_column}'"
         )
     prompt = side_messages(
@@ -94,10 +96,29 @@ def side_messages(value: Any, role: str, where: str, roles: dict[str, str], colu
         return [{"role": role, "content": value}]
     if value is None:
         raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
-    return _message_list(value, where, roles, column)
+    return message_list(value, where, roles, column)
 
 
-def _message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
+# a turn of a transcript in Anthropic HH-RLHF's text format ("\n\nHuman: ...\n\nAssistant: ..."), as the hub's
+# Anthropic/hh-rlhf keeps whole dialogues in its chosen and rejected columns
+_TRANSCRIPT_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+def transcript_messages(text: str, where: str, column: str) -> list[dict] | None:
+    """A "Human: ... Assistant: ..." transcript as messages (roles user and assistant, each turn's text
+    stripped); None if the text does not start with a "Human:" turn."""
+    stripped = text.lstrip()
+    if not stripped.startswith("Human:"):
+        return None
+    parts = _TRANSCRIPT_TURN.split(stripped)
+    turns = [
+        {"role": speaker.lower(), "content": said.strip()}
+        for speaker, said in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    return message_list(turns, where, {"human": "user", "assistant": "assistant"}, column)
+
+
+def message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
     if value is None or (isinstance(value, list) and not value):
         raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
     if not isinstance(value, list):

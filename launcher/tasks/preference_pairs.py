@@ -2,7 +2,10 @@
 
 A row is a prompt and two replies to it, `chosen` (preferred) and `rejected`, in TRL's formats: conversational
 (`prompt` a list of messages ending with a user turn, each reply a list of one assistant message) or plain text
-(three strings: the prompt is one user message, each reply one assistant message). Both are rendered with the
+(three strings: the prompt is one user message, each reply one assistant message). With no prompt column, the
+implicit prompt as TRL reads it: `chosen` and `rejected` each hold the whole conversation (a list of messages, or a
+"Human: ... Assistant: ..." transcript as the hub's Anthropic/hh-rlhf does), and the turns the two share are the
+prompt. All are rendered with the
 run's chat template exactly as the chat task renders a conversation (tasks/chat_template.py): the prompt, then
 the reply with its end-of-turn token, and only the reply's tokens count in its log-probability. A row that
 cannot be a pair is one error naming its file:line and what is wrong.
@@ -16,7 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from ftl.launcher.data.collate import pad_id
-from ftl.launcher.data.conversations import check_conversation, role_map, side_messages
+from ftl.launcher.data.conversations import (
+    check_conversation,
+    message_list,
+    role_map,
+    side_messages,
+    transcript_messages,
+)
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.tasks import chat_template
@@ -27,6 +36,16 @@ SIDES = ("chosen", "rejected")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
+def has_implicit_prompt(columns: list[str], settings) -> bool:
+    """No prompt column (and the recipe did not name one), both reply columns: each holds the whole conversation."""
+    return (
+        settings.prompt_column not in columns
+        and "prompt_column" not in settings.model_fields_set
+        and settings.chosen_column in columns
+        and settings.rejected_column in columns
+    )
+
+
 def read_pairs(raw: RawData, settings) -> list[dict[str, Any]]:
     """Every row as {"prompt": [messages], "chosen": text, "rejected": text}, checked."""
     columns = {
@@ -34,12 +53,69 @@ def read_pairs(raw: RawData, settings) -> list[dict[str, Any]]:
         "chosen": settings.chosen_column,
         "rejected": settings.rejected_column,
     }
-    data = raw.dataset.select_columns(list(dict.fromkeys(columns.values()))).to_list()
+    implicit = has_implicit_prompt(raw.dataset.column_names, settings)
+    read = [c for key, c in columns.items() if not (implicit and key == "prompt")]
+    data = raw.dataset.select_columns(list(dict.fromkeys(read))).to_list()
     roles = role_map(settings)
-    return [
-        read_pair(values, columns, roles, raw.row_location(row), settings.system_prompt)
-        for row, values in enumerate(data)
-    ]
+    pairs = []
+    for row, values in enumerate(data):
+        where = raw.row_location(row)
+        if implicit:
+            values = split_implicit_prompt(values, columns, roles, where)
+        pairs.append(read_pair(values, columns, roles, where, settings.system_prompt))
+    return pairs
+
+
+def split_implicit_prompt(
+    values: dict[str, Any], columns: dict[str, str], roles: dict[str, str], where: str
+) -> dict[str, Any]:
+    """TRL's implicit prompt: the turns both whole conversations share are the prompt, what follows each its reply."""
+    sides = {
+        side: _whole_conversation(values.get(columns[side]), columns, side, roles, where) for side in SIDES
+    }
+    chosen, rejected = sides["chosen"], sides["rejected"]
+    named = f"'{columns['chosen']}' and '{columns['rejected']}'"
+    if chosen == rejected:
+        raise FtlError(
+            f"{where}: {named} are the same conversation; a pair needs two different replies (drop the row)"
+        )
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise FtlError(
+            f"{where}: {named} share no first turn; with no '{columns['prompt']}' column each holds the whole "
+            "conversation (TRL's implicit prompt), the same turns and then its own reply"
+        )
+    if any(len(conversation) != shared + 1 for conversation in (chosen, rejected)):
+        raise FtlError(
+            f"{where}: {named} differ from turn {shared + 1} on, not only in their last reply ({len(chosen)} and "
+            f"{len(rejected)} turns); with no '{columns['prompt']}' column each holds the shared conversation and "
+            "then one assistant reply"
+        )
+    return {
+        columns["prompt"]: chosen[:shared],
+        columns["chosen"]: chosen[shared:],
+        columns["rejected"]: rejected[shared:],
+    }
+
+
+def _whole_conversation(
+    value: Any, columns: dict[str, str], side: str, roles: dict[str, str], where: str
+) -> list[dict]:
+    column = f"'{columns[side]}'"
+    if isinstance(value, str):
+        messages = transcript_messages(value, where, column)
+        if messages is None:
+            raise FtlError(
+                f'{where}: {column} is a text that is not a "Human: ... Assistant: ..." transcript, and there is no '
+                f"'{columns['prompt']}' column; give the prompt in a '{columns['prompt']}' column (task.prompt_column), "
+                "or whole conversations in chosen and rejected (lists of messages or transcripts)"
+            )
+        return messages
+    if value is None:
+        raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
+    return message_list(value, where, roles, column)
 
 
 def read_pair(
