@@ -350,7 +350,7 @@ def test_implicit_prompt_pairs_read_as_their_explicit_form(tmp_path):
         ),
         (
             {"chosen": "Rome.", "rejected": "No idea."},
-            'is a text that is not a "Human: ... Assistant: ..." transcript',
+            "'chosen' is a text, not a whole conversation",
         ),
         (
             {"chosen": _transcript(_dialogue(1)[:2]), "rejected": _transcript(_dialogue(1)[:2])},
@@ -376,6 +376,14 @@ def test_each_bad_implicit_pair_is_one_line_naming_file_and_row(tmp_path, row, e
         _read(path)
     message = str(caught.value)
     assert expected in message and "bad.jsonl:3" in message and "\n" not in message
+
+
+def test_a_prompt_in_an_unnamed_column_is_named_in_the_error(tmp_path):
+    rows = [{"question": "Where is trip 1?", "chosen": "Rome.", "rejected": "No idea."}]
+    with pytest.raises(
+        FtlError, match="name the prompt's column in task.prompt_column \\(columns: question\\)"
+    ):
+        _read(jsonl_rows(tmp_path / "q.jsonl", rows))
 
 
 def test_a_named_prompt_column_missing_is_refused_not_read_as_implicit(tmp_path):

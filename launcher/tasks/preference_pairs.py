@@ -27,7 +27,7 @@ from ftl.launcher.data.conversations import (
     transcript_messages,
 )
 from ftl.launcher.data.sources import RawData
-from ftl.launcher.errors import FtlError
+from ftl.launcher.errors import FtlError, one_of
 from ftl.launcher.tasks import chat_template
 from ftl.launcher.token_labels import IGNORE_INDEX
 
@@ -54,6 +54,10 @@ def read_pairs(raw: RawData, settings) -> list[dict[str, Any]]:
         "rejected": settings.rejected_column,
     }
     implicit = has_implicit_prompt(raw.dataset.column_names, settings)
+    others = [c for c in raw.dataset.column_names if c not in columns.values()]
+    hint = (
+        f"; or name the prompt's column in task.prompt_column (columns: {one_of(others)})" if others else ""
+    )
     read = [c for key, c in columns.items() if not (implicit and key == "prompt")]
     data = raw.dataset.select_columns(list(dict.fromkeys(read))).to_list()
     roles = role_map(settings)
@@ -61,17 +65,19 @@ def read_pairs(raw: RawData, settings) -> list[dict[str, Any]]:
     for row, values in enumerate(data):
         where = raw.row_location(row)
         if implicit:
-            values = split_implicit_prompt(values, columns, roles, where)
+            values = split_implicit_prompt(values, columns, roles, where, hint)
         pairs.append(read_pair(values, columns, roles, where, settings.system_prompt))
     return pairs
 
 
 def split_implicit_prompt(
-    values: dict[str, Any], columns: dict[str, str], roles: dict[str, str], where: str
+    values: dict[str, Any], columns: dict[str, str], roles: dict[str, str], where: str, hint: str = ""
 ) -> dict[str, Any]:
-    """TRL's implicit prompt: the turns both whole conversations share are the prompt, what follows each its reply."""
+    """TRL's implicit prompt: the turns both whole conversations share are the prompt, what follows each its reply.
+    `hint` ends the errors that may mean the prompt is in a column the recipe did not name."""
     sides = {
-        side: _whole_conversation(values.get(columns[side]), columns, side, roles, where) for side in SIDES
+        side: _whole_conversation(values.get(columns[side]), columns, side, roles, where, hint)
+        for side in SIDES
     }
     chosen, rejected = sides["chosen"], sides["rejected"]
     named = f"'{columns['chosen']}' and '{columns['rejected']}'"
@@ -85,7 +91,7 @@ def split_implicit_prompt(
     if shared == 0:
         raise FtlError(
             f"{where}: {named} share no first turn; with no '{columns['prompt']}' column each holds the whole "
-            "conversation (TRL's implicit prompt), the same turns and then its own reply"
+            f"conversation (TRL's implicit prompt), the same turns and then its own reply{hint}"
         )
     if any(len(conversation) != shared + 1 for conversation in (chosen, rejected)):
         raise FtlError(
@@ -101,16 +107,16 @@ def split_implicit_prompt(
 
 
 def _whole_conversation(
-    value: Any, columns: dict[str, str], side: str, roles: dict[str, str], where: str
+    value: Any, columns: dict[str, str], side: str, roles: dict[str, str], where: str, hint: str
 ) -> list[dict]:
     column = f"'{columns[side]}'"
     if isinstance(value, str):
         messages = transcript_messages(value, where, column)
         if messages is None:
             raise FtlError(
-                f'{where}: {column} is a text that is not a "Human: ... Assistant: ..." transcript, and there is no '
-                f"'{columns['prompt']}' column; give the prompt in a '{columns['prompt']}' column (task.prompt_column), "
-                "or whole conversations in chosen and rejected (lists of messages or transcripts)"
+                f"{where}: there is no '{columns['prompt']}' column and {column} is a text, not a whole conversation "
+                '(a list of messages or a "Human: ... Assistant: ..." transcript, TRL\'s implicit prompt); add the '
+                f"'{columns['prompt']}' column{hint}"
             )
         return messages
     if value is None:
