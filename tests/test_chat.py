@@ -158,7 +158,10 @@ def test_role_map_adds_speaker_names(tmp_path):
         ([], "empty conversation"),
         ([{"role": "usr", "content": "x"}], "unknown role 'usr' (did you mean 'user'?)"),
         ([CONVERSATION[0], CONVERSATION[0]], "message 2 is 'user' after 'user'"),
-        ([CONVERSATION[0], {"role": "assistant", "content": " "}], "message 2 (assistant) has empty content"),
+        (
+            [CONVERSATION[0], {"role": "assistant", "content": " "}],
+            "message 2 (assistant) in 'messages' has empty content",
+        ),
         ([CONVERSATION[0], CONVERSATION[1], SYSTEM], "message 3 is a system message"),
         (CONVERSATION[:3], "the last message is 'user'"),
     ],

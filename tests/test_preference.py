@@ -362,7 +362,29 @@ def test_implicit_prompt_pairs_read_as_their_explicit_form(tmp_path):
         ),
         (
             {"chosen": "\n\nHuman: Hi?\n\nAssistant:", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."},
-            "has empty content",
+            "message 2 (assistant) in 'chosen' has empty content",
+        ),
+        (
+            {
+                "chosen": _transcript(_dialogue(1)),
+                "rejected": _transcript([*_dialogue(1)[:2], {"role": "user", "content": "Hm."}]),
+            },
+            "'chosen' ends with a user turn; each conversation ends with its assistant reply",
+        ),
+        (
+            {
+                "chosen": [*_dialogue(1)[:2], {"role": "assistant", "content": "A."}],
+                "rejected": [*_dialogue(1)[:2], {"role": "assistant", "content": "B."}],
+            },
+            "share end with an assistant turn (turn 2); the two replies answer the same user turn",
+        ),
+        ({"chosen": " ", "rejected": _transcript(_dialogue(1)[:2])}, "'chosen' is empty"),
+        (
+            {
+                "chosen": [{"role": "user", "content": "Hi? "}, {"role": "assistant", "content": "Hello."}],
+                "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello. "}],
+            },
+            "are the same conversation",
         ),
     ],
 )

@@ -145,7 +145,9 @@ def message_list(value: Any, where: str, roles: dict[str, str], column: str) -> 
             )
         if not isinstance(content, str) or not content.strip():
             what = "empty content" if isinstance(content, str) else "no content"
-            raise FtlError(f"{where}: message {n} ({role}) has {what}; give it text, or drop the row")
+            raise FtlError(
+                f"{where}: message {n} ({role}) in {column} has {what}; give it text, or drop the row"
+            )
         messages.append({"role": role, "content": content})
     return messages
 

@@ -28,19 +28,22 @@ from ftl.launcher.data.conversations import (
 )
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, one_of
+from ftl.launcher.recipe.tasks import PreferenceTask
 from ftl.launcher.tasks import chat_template
 from ftl.launcher.token_labels import IGNORE_INDEX
 
 SIDES = ("chosen", "rejected")
+DEFAULT_PROMPT_COLUMN = PreferenceTask.model_fields["prompt_column"].default
 # what the trainer reads from a batch besides the token columns: the reference's log-probs, when precomputed
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def has_implicit_prompt(columns: list[str], settings) -> bool:
-    """No prompt column (and the recipe did not name one), both reply columns: each holds the whole conversation."""
+    """No prompt column (the default name: a recipe that names another wants that column), both reply columns:
+    each holds the whole conversation."""
     return (
-        settings.prompt_column not in columns
-        and "prompt_column" not in settings.model_fields_set
+        settings.prompt_column == DEFAULT_PROMPT_COLUMN
+        and settings.prompt_column not in columns
         and settings.chosen_column in columns
         and settings.rejected_column in columns
     )
@@ -81,13 +84,13 @@ def split_implicit_prompt(
     }
     chosen, rejected = sides["chosen"], sides["rejected"]
     named = f"'{columns['chosen']}' and '{columns['rejected']}'"
-    if chosen == rejected:
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and _same_turn(chosen[shared], rejected[shared]):
+        shared += 1
+    if shared == len(chosen) == len(rejected):
         raise FtlError(
             f"{where}: {named} are the same conversation; a pair needs two different replies (drop the row)"
         )
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
     if shared == 0:
         raise FtlError(
             f"{where}: {named} share no first turn; with no '{columns['prompt']}' column each holds the whole "
@@ -98,6 +101,17 @@ def split_implicit_prompt(
             f"{where}: {named} differ from turn {shared + 1} on, not only in their last reply ({len(chosen)} and "
             f"{len(rejected)} turns); with no '{columns['prompt']}' column each holds the shared conversation and "
             "then one assistant reply"
+        )
+    for side, conversation in sides.items():
+        if conversation[-1]["role"] != "assistant":
+            raise FtlError(
+                f"{where}: '{columns[side]}' ends with a {conversation[-1]['role']} turn; each conversation ends "
+                "with its assistant reply (TRL's implicit prompt)"
+            )
+    if chosen[shared - 1]["role"] != "user":
+        raise FtlError(
+            f"{where}: the turns {named} share end with a{'n' if chosen[shared - 1]['role'] == 'assistant' else ''} "
+            f"{chosen[shared - 1]['role']} turn (turn {shared}); the two replies answer the same user turn"
         )
     return {
         columns["prompt"]: chosen[:shared],
@@ -111,6 +125,8 @@ def _whole_conversation(
 ) -> list[dict]:
     column = f"'{columns[side]}'"
     if isinstance(value, str):
+        if not value.strip():
+            raise FtlError(f"{where}: {column} is empty; give the row text there, or drop it")
         messages = transcript_messages(value, where, column)
         if messages is None:
             raise FtlError(
@@ -122,6 +138,10 @@ def _whole_conversation(
     if value is None:
         raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
     return message_list(value, where, roles, column)
+
+
+def _same_turn(a: dict, b: dict) -> bool:
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
 
 
 def read_pair(
