@@ -506,6 +506,20 @@ def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
     assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["eval_reward_margin"] == pytest.approx(after["eval_reward_margin"], rel=1e-4)
+    # and as Anthropic's "Human: ... Assistant: ..." transcripts with no prompt column (TRL's implicit prompt),
+    # read by the finished run's saved recipe
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    transcripts = jsonl_rows(
+        tmp_path / "transcripts.jsonl",
+        [
+            {side: _transcript(row["prompt"] + row[side]) for side in ("chosen", "rejected")}
+            for row in validation
+        ],
+    )
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(transcripts)]) == 0
+    implicit = json.loads(capsys.readouterr().out)
+    assert implicit["eval_reward_margin"] == pytest.approx(after["eval_reward_margin"], rel=1e-4)
 
     # the tuned model is a chat model: ftl generate and ftl predict render prompts with the run's template
     capsys.readouterr()
