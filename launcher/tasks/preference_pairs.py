@@ -5,10 +5,9 @@ A row is a prompt and two replies to it, `chosen` (preferred) and `rejected`, in
 (three strings: the prompt is one user message, each reply one assistant message). With no prompt column, the
 implicit prompt as TRL reads it: `chosen` and `rejected` each hold the whole conversation (a list of messages, or a
 "Human: ... Assistant: ..." transcript as the hub's Anthropic/hh-rlhf does), and the turns the two share are the
-prompt. All are rendered with the
-run's chat template exactly as the chat task renders a conversation (tasks/chat_template.py): the prompt, then
-the reply with its end-of-turn token, and only the reply's tokens count in its log-probability. A row that
-cannot be a pair is one error naming its file:line and what is wrong.
+prompt. All are rendered with the run's chat template exactly as the chat task renders a conversation
+(tasks/chat_template.py): the prompt, then the reply with its end-of-turn token, and only the reply's tokens count
+in its log-probability. A row that cannot be a pair is one error naming its file:line and what is wrong.
 
 A prompt longer than max_prompt_length tokens loses its beginning (the turn the replies answer stays); a pair
 longer than max_length loses the end of its reply.
