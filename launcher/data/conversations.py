@@ -74,9 +74,9 @@ def _column_name(fmt: str, settings) -> str:
 def row_messages(values: dict[str, Any], fmt: str, settings, roles: dict[str, str], where: str) -> list[dict]:
     """One row's messages, roles mapped (not yet checked for order)."""
     if fmt == "messages":
-        return message_list(values[settings.messages_column], where, roles, f"'{settings.messages_column}'")
+        return _message_list(values[settings.messages_column], where, roles, f"'{settings.messages_column}'")
     if fmt == "sharegpt":
-        return message_list(
+        return _message_list(
             values[settings.conversations_column], where, roles, f"'{settings.conversations_column}'"
         )
     prompt = side_messages(
@@ -96,7 +96,7 @@ def side_messages(value: Any, role: str, where: str, roles: dict[str, str], colu
         return [{"role": role, "content": value}]
     if value is None:
         raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
-    return message_list(value, where, roles, column)
+    return _message_list(value, where, roles, column)
 
 
 # a turn of a transcript in Anthropic HH-RLHF's text format ("\n\nHuman: ...\n\nAssistant: ..."), as the hub's
@@ -115,10 +115,10 @@ def transcript_messages(text: str, where: str, column: str) -> list[dict] | None
         {"role": speaker.lower(), "content": said.strip()}
         for speaker, said in zip(parts[1::2], parts[2::2], strict=True)
     ]
-    return message_list(turns, where, {"human": "user", "assistant": "assistant"}, column)
+    return _message_list(turns, where, {"human": "user", "assistant": "assistant"}, column)
 
 
-def message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
+def _message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
     if value is None or (isinstance(value, list) and not value):
         raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
     if not isinstance(value, list):

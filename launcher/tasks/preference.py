@@ -43,7 +43,6 @@ class Preference(TemplatedTask):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.dropped: dict[str, int] = {}
-        self._implicit_prompt = False  # the data being read has no prompt column: TRL's implicit prompt
         self._as_chat: Chat | None = None  # the tuned model used as a chat model (ftl generate / predict)
 
     # ---- the template (as the chat task) ------------------------------------------------------------------
@@ -96,7 +95,7 @@ class Preference(TemplatedTask):
     def column_keys(self) -> dict[str, str | None]:
         c = self.config
         return {
-            "prompt_column": None if self._implicit_prompt else c.prompt_column,
+            "prompt_column": c.prompt_column,
             "chosen_column": c.chosen_column,
             "rejected_column": c.rejected_column,
         }
@@ -104,8 +103,10 @@ class Preference(TemplatedTask):
     def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
         import datasets
 
-        self._implicit_prompt = has_implicit_prompt(raw.dataset.column_names, self.config)
-        self.check_columns(raw)
+        if not has_implicit_prompt(raw.dataset.column_names, self.config):
+            self.check_columns(
+                raw
+            )  # (an implicit prompt: both reply columns are there, the prompt is not meant to be)
         pairs = read_pairs(raw, self.config)
         columns: dict[str, list] = {key: [p[key] for p in pairs] for key in ("prompt", *SIDES)}
         for key in keep_columns:

@@ -20,7 +20,6 @@ from typing import Any
 from ftl.launcher.data.collate import pad_id
 from ftl.launcher.data.conversations import (
     check_conversation,
-    message_list,
     role_map,
     side_messages,
     transcript_messages,
@@ -123,20 +122,16 @@ def _whole_conversation(
     value: Any, columns: dict[str, str], side: str, roles: dict[str, str], where: str, hint: str
 ) -> list[dict]:
     column = f"'{columns[side]}'"
-    if isinstance(value, str):
-        if not value.strip():
-            raise FtlError(f"{where}: {column} is empty; give the row text there, or drop it")
-        messages = transcript_messages(value, where, column)
-        if messages is None:
-            raise FtlError(
-                f"{where}: there is no '{columns['prompt']}' column and {column} is a text, not a whole conversation "
-                '(a list of messages or a "Human: ... Assistant: ..." transcript, TRL\'s implicit prompt); add the '
-                f"'{columns['prompt']}' column{hint}"
-            )
-        return messages
-    if value is None:
-        raise FtlError(f"{where}: no {column}; give the row text there, or drop it")
-    return message_list(value, where, roles, column)
+    if not (isinstance(value, str) and value.strip()):  # a list of messages; None or an empty text is refused
+        return side_messages(value, "assistant", where, roles, column)
+    messages = transcript_messages(value, where, column)
+    if messages is None:
+        raise FtlError(
+            f"{where}: there is no '{columns['prompt']}' column and {column} is a text, not a whole conversation "
+            '(a list of messages or a "Human: ... Assistant: ..." transcript, TRL\'s implicit prompt); add the '
+            f"'{columns['prompt']}' column{hint}"
+        )
+    return messages
 
 
 def _same_turn(a: dict, b: dict) -> bool:
