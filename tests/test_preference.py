@@ -532,6 +532,16 @@ def test_a_lora_dpo_run_reports_preference_metrics_and_ftl_eval_scores_pairs(
     assert main(["predict", str(out), "--data", str(pairs), "--output", str(tmp_path / "pred.jsonl")]) == 0
     predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(predicted) == 4 and all(isinstance(p["generated"], str) for p in predicted)
+    # whole conversations (no prompt column): the turns both share are the prompt, as greedy as the prompts file
+    for data, name in ((out / "validation.jsonl", "explicit"), (transcripts, "implicit")):
+        assert (
+            main(["predict", str(out), "--data", str(data), "--output", str(tmp_path / f"{name}.jsonl")]) == 0
+        )
+    explicit, implicit = (
+        [json.loads(line)["generated"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("explicit", "implicit")
+    )
+    assert len(explicit) == len(validation) and implicit == explicit
 
 
 def test_plan_counts_the_reference_copy_and_nothing_for_the_others(tmp_path, chat_tokenizer_dir, capsys):

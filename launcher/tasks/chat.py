@@ -239,7 +239,7 @@ class Chat(TemplatedTask):
                 messages = row_messages(values, fmt, c, roles, where)
             while messages and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
-            prompts.append(self._prompt(messages, where))
+            prompts.append(self.render_prompt(messages, where))
             keep.append(row)
         return PredictionInputs(
             rows=len(raw.dataset),
@@ -249,7 +249,8 @@ class Chat(TemplatedTask):
             skipped=skipped,
         )
 
-    def _prompt(self, messages: list[dict], where: str) -> str:
+    def render_prompt(self, messages: list[dict], where: str) -> str:
+        """A conversation ending with a user message, rendered with the generation prompt (and the system prompt)."""
         if self.config.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
         check_conversation(messages, where, training=False)
@@ -267,17 +268,17 @@ class Chat(TemplatedTask):
         if raw:
             return prompt if isinstance(prompt, str) else str(prompt.get("prompt", prompt.get("text", "")))
         if isinstance(prompt, str):
-            return self._prompt([{"role": "user", "content": prompt}], "--prompt")
+            return self.render_prompt([{"role": "user", "content": prompt}], "--prompt")
         roles = role_map(self.config)
         for fmt in ("messages", "sharegpt"):
             column = format_columns(fmt, self.config)
             name = next(iter(column.values()))
             if name in prompt:
-                return self._prompt(row_messages(prompt, fmt, self.config, roles, "prompt"), "prompt")
+                return self.render_prompt(row_messages(prompt, fmt, self.config, roles, "prompt"), "prompt")
         if self.config.prompt_column in prompt:
             text = prompt[self.config.prompt_column]
             if isinstance(text, str):
-                return self._prompt([{"role": "user", "content": text}], "prompt")
+                return self.render_prompt([{"role": "user", "content": text}], "prompt")
         raise FtlError(
             f"prompt {shown(prompt)}: give a text, or a JSON object with '{self.config.messages_column}' "
             f"(a list of {{role, content}}) or '{self.config.prompt_column}'"

@@ -235,10 +235,21 @@ class Preference(TemplatedTask):
         return self.config.prompt_column
 
     def encode_for_prediction(self, raw: RawData, tokenizer) -> PredictionInputs:
-        """Each row's prompt (a text, or messages: a pairs file's prompt column) rendered with the generation
-        prompt, as the chat task does."""
+        """Each row's prompt (a text, or messages: a pairs file's prompt column; with no prompt column, the turns
+        its two whole conversations share) rendered with the generation prompt, as the chat task does."""
         self.use_tokenizer(tokenizer)
-        return self.chat().encode_for_prediction(raw, tokenizer)
+        chat = self.chat()
+        if not has_implicit_prompt(raw.dataset.column_names, self.config):
+            return chat.encode_for_prediction(raw, tokenizer)
+        chat.use_tokenizer(tokenizer)
+        pairs = read_pairs(raw, self.config)
+        return PredictionInputs(
+            rows=len(pairs),
+            prompts=[chat.render_prompt(p["prompt"], raw.row_location(i)) for i, p in enumerate(pairs)],
+            prompt_rows=list(range(len(pairs))),
+            prompt_settings=chat.generation_defaults(),
+            skipped={},
+        )
 
     def predictions_to_rows(self, inputs: PredictionInputs, outputs: list, tokenizer) -> list[dict[str, Any]]:
         return self.chat().predictions_to_rows(inputs, outputs, tokenizer)
