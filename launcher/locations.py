@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from itertools import zip_longest
 from pathlib import Path
 
 DATA_HOME_ENV = "FTL_DATA_HOME"
@@ -87,4 +88,28 @@ def _has_glob(path: str) -> bool:
 
 
 def _glob_any(path: Path) -> bool:
-    return any(path.parent.glob(path.name)) if path.parent.exists() else False
+    return bool(glob_matches(path))
+
+
+def glob_matches(path: Path) -> list[Path]:
+    """What a glob matches, sorted; the glob may be in any part ('d/*/a.tsv', 'd/**/*.tsv'): it is matched from
+    the last folder before the first part that holds one. As in `datasets`, hidden files and folders (and
+    '__pycache__'-like ones) are left out unless the pattern names them."""
+    parts = path.parts
+    first = next((i for i, part in enumerate(parts) if _has_glob(part)), len(parts))
+    base = Path(*parts[:first]) if first else Path(".")
+    if first == len(parts) or not base.is_dir():
+        return []
+    pattern = parts[first:]
+    return sorted(
+        match
+        for match in base.glob("/".join(pattern))
+        if all(
+            not _hidden(name) or _hidden(given)
+            for name, given in zip_longest(match.relative_to(base).parts, pattern, fillvalue="")
+        )
+    )
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__"))

@@ -15,6 +15,7 @@ file:line.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,18 +79,31 @@ def read_conll(files: list[Path], what: str) -> Columns:
     return Columns(columns, starts)
 
 
+_SQUAD_KEYS = (re.compile(rb'"data"\s*:'), re.compile(rb'"paragraphs"\s*:'))
+
+
 def is_squad(file: Path) -> bool:
-    """A .json file holding a SQuAD-style document (decided from its first bytes, without parsing it all)."""
+    """A .json file holding a SQuAD-style document: a `{` document (after any UTF-8 byte order mark) with the
+    keys "data" and "paragraphs", found by scanning its bytes without parsing it."""
     with file.open("rb") as handle:
-        head = handle.read(4096).lstrip()
-    return head.startswith(b"{") and b'"data"' in head and b'"paragraphs"' in head
+        head = handle.read(1 << 16)
+        if not head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+            return False
+        found = [False, False]
+        while head:  # a long title or context may come before the first "paragraphs"
+            found = [seen or bool(key.search(head)) for seen, key in zip(found, _SQUAD_KEYS, strict=True)]
+            if all(found):
+                return True
+            more = handle.read(1 << 20)
+            head = head[-64:] + more if more else b""
+    return False
 
 
 def read_squad(files: list[Path], what: str) -> Columns:
     columns: dict[str, list[Any]] = {name: [] for name in SQUAD_COLUMNS}
     for file in files:
         try:
-            document = json.loads(file.read_text(encoding="utf-8"))
+            document = json.loads(file.read_text(encoding="utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise FtlError(f"{what}: {file} is not UTF-8 text ({exc.reason}); convert it to UTF-8") from None
         except json.JSONDecodeError as exc:

@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftl.launcher.data import readers
+from ftl.launcher.data import layouts, readers
 from ftl.launcher.data.diagnose import diagnose
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.files import readable_file
-from ftl.launcher.locations import find_local, looked_in
+from ftl.launcher.locations import find_local, glob_matches, looked_in
 from ftl.launcher.recipe.data import DataSource
 
 EXTENSION_FORMATS = {
@@ -28,6 +28,7 @@ EXTENSION_FORMATS = {
     ".iob": "conll",
     ".bio": "conll",
 }
+SAVED = "save_to_disk"  # a folder written by datasets.Dataset.save_to_disk
 # Lines before the first data row, for pointing at file:line (csv/tsv have a header line).
 _HEADER_LINES = {"csv": 1, "tsv": 1, "jsonl": 0}
 
@@ -108,15 +109,18 @@ def load_file(path: Path, what: str, source: DataSource | None = None) -> RawDat
 
 
 def _local(path: Path, source: DataSource, what: str) -> RawData:
-    files = _files_of(path, what)
-    fmt = _format_of(files, source, what, path)
+    saved = layouts.saved_dataset(path, what) if path.is_dir() else None
+    files = saved or _files_of(path, what)
+    fmt = SAVED if saved else _format_of(files, source, what, path)
     for file in files:
         readable_file(file, what)
         if file.stat().st_size == 0:
             raise FtlError(f"{what}: {file} is empty")
         if not os.access(file, os.R_OK):
             raise FtlError(f"{what}: {file} is not readable (permissions)")
-    shown = str(path) if len(files) == 1 else f"{path} ({len(files)} files)"
+        if fmt not in ("parquet", SAVED):
+            layouts.check_text_encoding(file, what)
+    shown = str(path) if len(files) == 1 or saved else f"{path} ({len(files)} files)"
     return RawData(shown, fingerprint_files(files, fmt, source), fmt, files, source, what)
 
 
@@ -126,21 +130,22 @@ def _files_of(path: Path, what: str) -> list[Path]:
     left out too, but named when nothing else is there."""
     if path.is_dir():
         entries = sorted(p for p in path.iterdir() if p.is_file() and not _ignored(p))
-        files = [p for p in entries if p.suffix.lower() in EXTENSION_FORMATS]
+        files = [p for p in entries if _data_file(p)]
         if not files:
-            found = (
-                f" (it holds {', '.join(p.name for p in entries[:5])}: no csv, tsv, json, jsonl, txt, parquet or CoNLL file)"
-                if entries
-                else " (it is empty)"
-            )
-            raise FtlError(f"{what}: no data files in {path}{found}")
+            raise layouts.no_data_files(path, entries, _data_file, what)
+        layouts.check_splits(path, files, what)
         return files
-    if any(ch in path.name for ch in "*?["):
-        files = sorted(p for p in path.parent.glob(path.name) if p.is_file() and not _ignored(p))
+    if not path.exists() and any(ch in str(path) for ch in "*?["):
+        files = [p for p in glob_matches(path) if p.is_file() and not _ignored(p)]
         if not files:
             raise FtlError(f"{what}: no data files match {path}")
+        layouts.check_splits(path, files, what)
         return files
     return [path]
+
+
+def _data_file(path: Path) -> bool:
+    return path.suffix.lower() in EXTENSION_FORMATS and not _ignored(path)
 
 
 def _ignored(path: Path) -> bool:
@@ -194,8 +199,13 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
             kwargs.update(keep_default_na=False, na_values=[""])
             return datasets.load_dataset("csv", data_files=names, split="train", **kwargs), None
         if fmt in ("json", "jsonl"):
-            field = _rows_field(files) if fmt == "json" else None
-            return datasets.load_dataset("json", data_files=names, split="train", field=field), None
+            rows = layouts.json_rows(files[0], what) if fmt == "json" else None
+            if isinstance(rows, dict):
+                return _columns_dataset(files, rows, what), None
+            kwargs = {"field": rows, "encoding": "utf-8-sig"}  # a byte order mark is no part of the JSON
+            return datasets.load_dataset("json", data_files=names, split="train", **kwargs), None
+        if fmt == SAVED:  # in memory: a mapped copy must not be cached beside the user's files
+            return datasets.load_from_disk(str(files[0].parent), keep_in_memory=True), None
         if fmt == "parquet":
             return datasets.load_dataset("parquet", data_files=names, split="train"), None
         if fmt == "text":
@@ -215,20 +225,19 @@ def _read(files: list[Path], fmt: str, source: DataSource, what: str):
     raise FtlError(f"{what}: unsupported format {fmt}")
 
 
-def _rows_field(files: list[Path]) -> str | None:
-    """The key of a .json document that holds its rows ({"data": [{...}, ...]}): its only key whose value is a
-    list of objects (None for a list of rows or a mapping of columns)."""
-    import json
+def _columns_dataset(files: list[Path], first: dict, what: str):
+    """.json files that each hold a mapping of columns ({"text": [...], "label": [...]}), as one dataset."""
+    import datasets
 
-    with files[0].open("rb") as handle:
-        if not handle.read(64).lstrip().startswith(b"{"):
-            return None
-    document = json.loads(files[0].read_text(encoding="utf-8"))
-    if isinstance(document, dict) and len(document) == 1:
-        key, value = next(iter(document.items()))
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            return key
-    return None
+    parts = [datasets.Dataset.from_dict(first)]
+    for file in files[1:]:
+        columns = layouts.json_rows(file, what)
+        if not isinstance(columns, dict):
+            raise FtlError(
+                f"{what}: {file} is not a mapping of columns like {files[0]}; give files of one layout"
+            )
+        parts.append(datasets.Dataset.from_dict(columns))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _check_header(files: list[Path], fmt: str) -> None:
