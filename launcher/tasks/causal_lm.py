@@ -19,7 +19,7 @@ from ftl.launcher.model.attention import require_packed_attention
 from ftl.launcher.tasks import instruction
 from ftl.launcher.tasks.base import Predictions, Task
 from ftl.launcher.tasks.generation import generate, write_generations
-from ftl.launcher.tasks.instruction import render, template_fields
+from ftl.launcher.tasks.instruction import check_prompt_fields, render, template_fields
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings
 from ftl.launcher.token_labels import IGNORE_INDEX
 
@@ -52,6 +52,7 @@ class CausalLM(Task):
             wanted.append(c.references_column)
         wanted += [k for k in keep_columns if k not in wanted]
         dataset = raw.dataset.select_columns(list(dict.fromkeys(wanted)))
+        check_prompt_fields(raw, c.prompt_template)
         responses = dataset[c.response_column]
         keep = usable_text(raw, c.response_column, "task.response_column", responses)
         if not keep:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftl.launcher.data.cells import checked_text, usable_text
+from ftl.launcher.data.cells import checked_text, is_missing, usable_text, wrong_type
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
@@ -15,14 +15,43 @@ from ftl.launcher.tasks.prediction import PredictionInputs
 
 
 def _integer(value: Any) -> int | None:
-    """An integer label (5, True, '5', ' 07 ') as an int; None for anything else (a name, a float, 5.5)."""
+    """An integer label (5, True, '5', ' 07 ', 5.0) as an int; None for anything else (a name, 5.5, '5.0')."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
+
+
+def _name(value: Any) -> str:
+    """A label's name: its text, a whole-number float as its integer (1.0 is the label 1, as 1 and '1' are)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _empty_label(value: Any) -> bool:
+    return is_missing(value) or value == ""
+
+
+def _check_label_cells(raw: RawData, column: str) -> None:
+    """A label is one name or number per row: a list or an object would become a class named by its printed
+    form."""
+    for row, value in enumerate(raw.dataset[column]):
+        if isinstance(value, (list, dict)):
+            raise wrong_type(
+                raw,
+                row,
+                column,
+                "task.label_column",
+                value,
+                expected="a label",
+                fix="ftl would make its printed form a class: put one label name (or id) per row in the column",
+            )
 
 
 class SequenceClassification(LabelledTask):
@@ -52,8 +81,9 @@ class SequenceClassification(LabelledTask):
         self.check_columns(train)
         if self._names is not None:
             return
+        _check_label_cells(train, self.config.label_column)
         values = train.dataset[self.config.label_column]
-        missing = next((i for i, v in enumerate(values) if v is None or v == ""), None)
+        missing = next((i for i, v in enumerate(values) if _empty_label(v)), None)
         if missing is not None:
             raise FtlError(
                 f"{train.row_location(missing)}: empty label in column '{self.config.label_column}'"
@@ -63,7 +93,7 @@ class SequenceClassification(LabelledTask):
             self._int_labels_are_ids = distinct == list(range(len(distinct)))
             self._names = [str(v) for v in distinct]
         else:
-            self._names = sorted({str(v).strip() for v in values})
+            self._names = sorted({_name(v) for v in values})
         if len(self._names) < 2:
             raise FtlError(
                 f"{train.what} ({train.description}): column '{self.config.label_column}' has a single label "
@@ -82,11 +112,12 @@ class SequenceClassification(LabelledTask):
         assert self._names is not None, "fit() before encode_raw()"
         dataset = raw.dataset
         index = {name: i for i, name in enumerate(self._names)}
+        _check_label_cells(raw, self.config.label_column)
         ids: list[int] = []
         for row, value in enumerate(dataset[self.config.label_column]):
             label_id = self._label_id(value, index)
             if label_id is None:
-                shown = "an empty label" if value is None or value == "" else f"unknown label '{value}'"
+                shown = "an empty label" if _empty_label(value) else f"unknown label '{value}'"
                 raise FtlError(
                     f"{raw.row_location(row)}: {shown} in column '{self.config.label_column}'"
                     f"{did_you_mean(str(value), self._names)}; known labels: {one_of(self._names)} "
@@ -111,9 +142,9 @@ class SequenceClassification(LabelledTask):
     def _label_id(self, value: Any, index: dict[str, int]) -> int | None:
         """A label's id: its name, or an integer. Integers name labels whose names are integers ('5' is the
         name '5', whatever its position); otherwise (names like negative, positive) they are ids."""
-        if value is None or value == "":
+        if _empty_label(value):
             return None
-        text = str(value).strip()
+        text = _name(value)
         if text in index:
             return index[text]
         number = _integer(value)
@@ -141,7 +172,7 @@ class SequenceClassification(LabelledTask):
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             first = [str(t) for t in batch[text]]
-            second = [str(t) for t in batch[pair]] if pair else None
+            second = ["" if is_missing(t) else str(t) for t in batch[pair]] if pair else None
             encoded = tokenizer(first, second, truncation=True, max_length=max_length)
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded
@@ -230,7 +261,9 @@ class SequenceClassification(LabelledTask):
         pairs = raw.dataset[c.text_pair_column] if c.text_pair_column else None
         keep = [i for i, text in enumerate(texts) if not is_blank(text)]
         first = [str(texts[i]) for i in keep]
-        second = [("" if pairs[i] is None else str(pairs[i])) for i in keep] if pairs is not None else None
+        second = (
+            [("" if is_missing(pairs[i]) else str(pairs[i])) for i in keep] if pairs is not None else None
+        )
         features = encode_features(tokenizer, first, second, truncation=True, max_length=c.max_length)
         long_rows = longer_than(tokenizer, c.max_length, first, second) if first else 0
         return PredictionInputs(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from ftl.launcher.data.cells import is_missing, wrong_type
+from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.token_labels import IGNORE_INDEX
 
@@ -27,6 +29,42 @@ def template_fields(template: str) -> list[str]:
         if not name.isidentifier():
             raise FtlError(f"task.prompt_template: {{{name}}} is not a column name")
     return list(dict.fromkeys(names))
+
+
+def check_prompt_fields(raw: RawData, template: str) -> None:
+    """The columns a prompt template reads hold text: a list or an object in one is one error line (the prompt
+    would hold its printed form), a null is read as an empty text and noted, and a source where most rows have
+    every field of the prompt empty (the prompt is the template's own words alone) is one error line."""
+    fields = template_fields(template)
+    columns = {name: raw.dataset[name] for name in fields}
+    total = len(raw.dataset)
+    bare = []  # rows whose every prompt field is empty
+    for row in range(total):
+        empty = 0
+        for name, values in columns.items():
+            value = values[row]
+            if isinstance(value, (dict, list)):
+                raise wrong_type(
+                    raw,
+                    row,
+                    name,
+                    f"task.prompt_template {{{name}}}",
+                    value,
+                    fix="ftl would put its printed form in the prompt: put the text itself in the column",
+                )
+            if is_missing(value):
+                raw.note("coerced", f"no '{name}' read as an empty text", row)
+            if is_missing(value) or not str(value).strip():
+                empty += 1
+        if fields and empty == len(fields):
+            bare.append(row)
+    if bare and len(bare) * 2 > total:
+        shown = " or ".join(f"'{name}'" for name in fields)
+        raise FtlError(
+            f"{raw.row_location(bare[0])}: {len(bare)} of {total} rows of {raw.description} have no text in "
+            f"{shown} (the fields of task.prompt_template; this row is the first): their prompts would be the "
+            "template alone; fix the file, or name the columns that hold the text in task.prompt_template"
+        )
 
 
 def render(template: str, row: dict[str, Any]) -> str:

@@ -92,7 +92,10 @@ def softmax(values):
 def encode_features(
     tokenizer, first: list, second: list | None = None, **kwargs
 ) -> list[dict[str, list[int]]]:
-    """Tokenise and split the result into one dict of model inputs per row."""
+    """Tokenise and split the result into one dict of model inputs per row (none for no rows: a tokenizer
+    cannot take an empty batch)."""
+    if not first:
+        return []
     encoded = tokenizer(first, second, **kwargs)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     return [{k: list(encoded[k][i]) for k in keys} for i in range(len(encoded["input_ids"]))]
@@ -100,6 +103,8 @@ def encode_features(
 
 def longer_than(tokenizer, max_length: int, first: list, second: list | None = None) -> int:
     """How many rows have more than max_length tokens (the model sees only the first max_length)."""
+    if not first:
+        return 0
     lengths = tokenizer(first, second, truncation=False, return_length=True)["length"]
     return sum(1 for n in lengths if n > max_length)
 

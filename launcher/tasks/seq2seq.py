@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.data.cells import usable_rows
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
@@ -49,19 +50,22 @@ class Seq2Seq(Task):
         sources, targets = rows[c.source_column], rows[c.target_column]
         references = rows[c.references_column] if c.references_column else None
         out: dict[str, list] = {SOURCE: [], TARGET: [], REFERENCES: []}
-        kept_rows = []
-        for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
-            if not source or not str(source).strip() or not target or not str(target).strip():
-                continue
+        kept_rows = usable_rows(
+            raw,
+            {c.source_column: "task.source_column", c.target_column: "task.target_column"},
+            {c.source_column: sources, c.target_column: targets},
+        )
+        for i in kept_rows:
+            source, target = str(sources[i]), str(targets[i])
             refs = references[i] if references is not None else [target]
             if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
                 raise FtlError(
-                    f"{raw.row_location(i)}: column '{c.references_column}' must hold a list of texts"
+                    f"{raw.row_location(i)}: column '{c.references_column}' (task.references_column) must hold "
+                    "a list of texts"
                 )
-            out[SOURCE].append(str(source))
-            out[TARGET].append(str(target))
-            out[REFERENCES].append(refs or [str(target)])
-            kept_rows.append(i)
+            out[SOURCE].append(source)
+            out[TARGET].append(target)
+            out[REFERENCES].append(refs or [target])
         if not kept_rows:
             raise FtlError(
                 f"{raw.what} ({raw.description}): no row has both '{c.source_column}' and '{c.target_column}'"
