@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.files import atomic_write
-from ftl.launcher.tasks.ner_metrics import Entity, entities, entity_scores
+from ftl.launcher.tasks.ner_metrics import Entity, entities, entity_scores, strict_scheme
 
 ERROR_KINDS = ("wrong_type", "wrong_span", "missed", "spurious")
 
@@ -94,9 +94,7 @@ def _per_type_report(gold, predicted, *, strict: bool) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {"zero_division": 0, "output_dict": True}
     if strict:
-        from seqeval.scheme import IOB2
-
-        kwargs.update(mode="strict", scheme=IOB2)
+        kwargs.update(mode="strict", scheme=strict_scheme(gold, predicted))
     raw = classification_report(gold, predicted, **kwargs)
     types = {
         kind: {

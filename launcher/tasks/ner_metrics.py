@@ -20,9 +20,7 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], *, strict: 
 
     kwargs: dict[str, Any] = {"zero_division": 0}
     if strict:
-        from seqeval.scheme import IOB2
-
-        kwargs.update(mode="strict", scheme=IOB2)
+        kwargs.update(mode="strict", scheme=strict_scheme(gold, predicted))
     report = classification_report(gold, predicted, output_dict=True, **kwargs)
     micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
     scores = {
@@ -35,3 +33,12 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], *, strict: 
         if not kind.endswith(" avg"):
             scores[f"f1_{kind.replace('-', '_')}"] = float(values["f1-score"])
     return scores
+
+
+def strict_scheme(*rows: list[list[str]]):
+    """seqeval's scheme for strict scoring: IOBES when any tag is E-X or S-X (IOB2 refuses those tags with a
+    ValueError), else IOB2."""
+    from seqeval.scheme import IOB2, IOBES
+
+    bioes = any(tag[:2] in ("E-", "S-") for sentences in rows for tags in sentences for tag in tags)
+    return IOBES if bioes else IOB2

@@ -10,6 +10,7 @@ character span in the context, so the predicted token span maps back to the cont
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from ftl.launcher.tasks.qa_answers import Answer, best_answers, score, squad_met
 
 QUESTION, CONTEXT, ANSWERS, ID = "question", "context", "answers", "id"  # normalised columns
 _WINDOW_COLUMNS = ("example_id", "offsets", "context", "gold", "length")  # bookkeeping, not model inputs
+# RawData.what of the file `ftl eval` scores with a finished run (launcher/use/evaluate.py)
+EVAL_FILE = "--data"
 
 
 class QuestionAnswering(Task):
@@ -64,9 +67,13 @@ class QuestionAnswering(Task):
                         f"{where}: answer {text!r} is not at answer_start {start} of the context; fix the offset"
                     )
             if not texts and not c.allow_unanswerable:
-                raise FtlError(
-                    f"{where}: the question has no answer; set task.allow_unanswerable: true for SQuAD 2.0 data"
+                fix = (
+                    "the run was trained without task.allow_unanswerable: drop those rows, or retrain with "
+                    "task.allow_unanswerable: true"
+                    if raw.what == EVAL_FILE
+                    else "set task.allow_unanswerable: true for SQuAD 2.0 data"
                 )
+                raise FtlError(f"{where}: the question has no answer; {fix}")
             questions.append(question.lstrip())  # leading spaces only waste window tokens
             contexts.append(context)
             answers.append({"text": texts, "answer_start": starts})
@@ -318,7 +325,20 @@ def _answer_lists(gold: Any, where: str, column: str) -> tuple[list[str], list[i
         raise FtlError(f"{where}: column '{column}' needs one answer_start per answer text")
     if not all(isinstance(s, int) and s >= 0 for s in starts):
         raise FtlError(f"{where}: answer_start values in column '{column}' must be character offsets (>= 0)")
+    for number, text in enumerate(texts, 1):
+        if not _visible(text):
+            shown = "empty" if not text else f"blank ({text!r})"
+            raise FtlError(
+                f"{where}: answer {number} in '{column}' is {shown}; drop it "
+                "(an unanswerable question has empty lists)"
+            )
     return texts, starts
+
+
+def _visible(text: str) -> bool:
+    """Whether the text has a character a tokenizer keeps: not only whitespace, control or format characters
+    (zero-width spaces, a BOM, soft hyphens) or lone combining marks."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Mn") for ch in text)
 
 
 def _positions(spans: list[list[int]], answers: dict[str, list]) -> tuple[int, int]:
@@ -330,8 +350,13 @@ def _positions(spans: list[list[int]], answers: dict[str, list]) -> tuple[int, i
     context = [i for i, (s, _) in enumerate(spans) if s >= 0]
     if not context or spans[context[0]][0] > start_char or spans[context[-1]][1] < end_char:
         return 0, 0
-    start = next(i for i in context if spans[i][1] > start_char)
-    end = next(i for i in reversed(context) if spans[i][0] < end_char)
+    start = next((i for i in context if spans[i][1] > start_char), None)
+    end = next((i for i in reversed(context) if spans[i][0] < end_char), None)
+    if start is None or end is None or start > end:  # no token of the context is inside the answer
+        raise FtlError(
+            f"answer {answers['text'][0]!r} at answer_start {start_char} covers no token of its context (the "
+            "tokenizer drops its characters); fix or drop that answer"
+        )
     return start, end
 
 

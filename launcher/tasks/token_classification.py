@@ -23,6 +23,9 @@ from ftl.launcher.token_labels import IGNORE_INDEX
 
 WORDS, WORD_TAGS = "words", "word_tags"  # normalised columns: the words and their tag ids
 TEXT_COLUMN = "text"  # ftl predict: plain text to split on whitespace, when the tokens column is absent
+# RawData.what of the file `ftl eval` scores with a finished run (launcher/use/evaluate.py)
+EVAL_FILE = "--data"
+_PREFIXES = ("B-", "I-", "E-", "S-")  # what seqeval reads: IOB1, IOB2 (BIO) and BIOES tags, and O
 
 
 class TokenClassification(LabelledTask):
@@ -39,12 +42,13 @@ class TokenClassification(LabelledTask):
     # ---- tags -----------------------------------------------------------------------------------
     def fit(self, train: RawData) -> None:
         self.check_columns(train)
-        if self._names is not None:
-            return
-        class_names = _class_label_names(train.dataset, self.config.tags_column)
-        if class_names is not None:
-            self._names = class_names
-            return
+        if self._names is None:
+            class_names = _class_label_names(train.dataset, self.config.tags_column)
+            self._names = class_names if class_names is not None else self._tags_in(train)
+        self._check_scheme(train)
+
+    def _tags_in(self, train: RawData) -> list[str]:
+        """The tag names of the training rows: O first, then by entity type."""
         seen: set[str] = set()
         for row, tags in enumerate(train.dataset[self.config.tags_column]):
             if not isinstance(tags, list):
@@ -52,14 +56,48 @@ class TokenClassification(LabelledTask):
                     f"{train.row_location(row)}: column '{self.config.tags_column}' must hold a list of tags, "
                     f"got {type(tags).__name__}"
                 )
+            _check_no_missing_tag(tags, train.row_location(row))
             seen.update(str(t) for t in tags)
         if any(t.lstrip("-").isdigit() for t in seen):
             raise FtlError(
                 f"{train.what} ({train.description}): tags are numbers; list their names in task.labels"
             )
-        self._names = sorted(seen, key=lambda t: (t != "O", t.split("-", 1)[-1], t))
-        if len(self._names) < 2:
-            raise FtlError(f"{train.what} ({train.description}): only the tag {self._names} occurs; add data")
+        names = sorted(seen, key=lambda t: (t != "O", t.split("-", 1)[-1], t))
+        if len(names) < 2:
+            raise FtlError(f"{train.what} ({train.description}): only the tag {names} occurs; add data")
+        return names
+
+    def _check_scheme(self, train: RawData) -> None:
+        """Refuse tags seqeval cannot read as entities (PER for B-PER, b-per, BILOU's U-/L-), and IOB1 data
+        (entities that start with I-) scored in strict mode, where it would find no entity: both give an entity
+        F1 that means nothing."""
+        names = self._names or []
+        unreadable = _unreadable_tags(names)
+        if not unreadable and not self.config.strict:
+            return
+        iob1_starts, b_tags, first_iob1 = 0, 0, None
+        for row, tags in enumerate(train.dataset[self.config.tags_column]):
+            if not isinstance(tags, list):
+                continue  # encode_raw names the row
+            row_names = [_tag_name(t, names) for t in tags]
+            if unreadable and any(t in unreadable for t in row_names):
+                raise FtlError(f"{train.row_location(row)}: {_scheme_problem(unreadable)}")
+            if self.config.strict:
+                starts = _i_tags_starting_entities(row_names)
+                if starts and first_iob1 is None:
+                    first_iob1 = (row, starts[0])
+                iob1_starts += len(starts)
+                b_tags += sum(1 for t in row_names if t.startswith(("B-", "S-")))
+        if unreadable:  # in task.labels or the dataset's tag names, not in the rows
+            where = "task.labels" if self.config.labels else f"{train.what} ({train.description})"
+            raise FtlError(f"{where}: {_scheme_problem(unreadable)}")
+        if first_iob1 is not None and iob1_starts > b_tags:
+            row, tag = first_iob1
+            raise FtlError(
+                f"{train.row_location(row)}: entities start with I- tags ('{tag}' after O or another type: IOB1), "
+                "but task.strict: true scores IOB2, where an entity starts with B-, and would find none; set "
+                "task.strict: false or tag the first word of each entity B-"
+            )
 
     def encode_raw(self, raw: RawData, keep_columns: tuple[str, ...] = ()):
         self.check_columns(raw)
@@ -81,13 +119,20 @@ class TokenClassification(LabelledTask):
                 )
             if not words:
                 continue
+            _check_no_missing_tag(tags, where)
             ids = []
             for tag in tags:
                 tag_id = _tag_id(tag, index, ids_are_tags, len(self._names))
                 if tag_id is None:
+                    fix = (
+                        "the run does not know this tag: drop or fix those rows, or retrain with it in "
+                        "task.labels"
+                        if raw.what == EVAL_FILE
+                        else "set task.labels to list them all"
+                    )
                     raise FtlError(
                         f"{where}: unknown tag '{tag}' in column '{tags_column}'{did_you_mean(str(tag), self._names)}; "
-                        f"known tags: {one_of(self._names)} (set task.labels to list them all)"
+                        f"known tags: {one_of(self._names)} ({fix})"
                     )
                 ids.append(tag_id)
             words_out.append([str(w) for w in words])
@@ -226,3 +271,64 @@ def _tag_id(tag: Any, index: dict[str, int], ids_are_tags: bool, count: int) -> 
     if ids_are_tags and text.isdigit() and int(text) < count:
         return int(text)
     return None
+
+
+def _check_no_missing_tag(tags: list, where: str) -> None:
+    for number, tag in enumerate(tags, 1):
+        if tag is None or (isinstance(tag, str) and not tag.strip()):
+            shown = "null" if tag is None else "empty"
+            raise FtlError(f"{where}: tag {number} is {shown}; every word needs a tag")
+
+
+def _tag_name(tag: Any, names: list[str]) -> str:
+    if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
+        return names[tag]
+    return str(tag).strip()
+
+
+def _unreadable_tags(names: list[str]) -> list[str]:
+    """Tags no scheme seqeval reads (O, B-X, I-X, E-X, S-X) in a set of NER tags. A set with neither O nor a
+    prefixed tag is not NER (POS tags such as NN, VB) and is left alone."""
+    readable = [n for n in names if n in ("O", "B", "I", "E", "S") or n.startswith(_PREFIXES)]
+    if not readable:
+        return []
+    return [n for n in names if n not in readable and not n.lstrip("-").isdigit()]
+
+
+def _renamed(tag: str) -> str:
+    """What an unreadable tag should be called."""
+    if tag.lower() == "o":
+        return "O"
+    if tag[:2].upper() in _PREFIXES:  # b-per
+        return tag[0].upper() + tag[1:]
+    if tag[:2] in ("U-", "L-"):  # BILOU
+        return {"U-": "S-", "L-": "E-"}[tag[:2]] + tag[2:]
+    return f"B-{tag}/I-{tag}"
+
+
+def _scheme_problem(unreadable: list[str]) -> str:
+    """'tags 'LOC', 'PER' are not BIO tags ...; rename LOC to B-LOC/I-LOC, PER to B-PER/I-PER (...)'."""
+    shown = unreadable[:5]
+    more = f" and {len(unreadable) - len(shown)} more" if len(unreadable) > len(shown) else ""
+    several = len(unreadable) > 1
+    what = "tags" if several else "tag"
+    are = "are not BIO tags" if several else "is not a BIO tag"
+    renames = ", ".join(f"{t} to {_renamed(t)}" for t in shown)
+    plain = any("/" in _renamed(t) for t in shown)
+    return (
+        f"{what} {', '.join(repr(t) for t in shown)}{more} {are} (O, B-X, I-X, or BIOES E-X, S-X), so entity F1 "
+        f"cannot read {'them' if several else 'it'}; rename {renames}"
+        + (" (B- on an entity's first word, I- on the rest)" if plain else "")
+    )
+
+
+def _i_tags_starting_entities(tags: list[str]) -> list[str]:
+    """The I-X tags that begin an entity (at the start, after O or after another type): IOB1 style."""
+    found, previous = [], "O"
+    for tag in tags:
+        if tag.startswith("I-") and (
+            previous == "O" or previous[2:] != tag[2:] or previous[:2] in ("E-", "S-")
+        ):
+            found.append(tag)
+        previous = tag
+    return found
