@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.launcher.distributed.ray_launch import launch
+from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.execute import execute
 from ftl.launcher.train.resume import check_same_recipe
@@ -50,6 +51,11 @@ def _run(
         if not resume:
             rundir.write_recipe(loaded.recipe)
         return run_stages(loaded, rundir, resume=resume, run=run_recipe)
+    if resume and rundir.finished():
+        raise FtlError(
+            f"--resume: {rundir.root} has finished (its model and metrics.json are written): nothing to resume; "
+            "train again into a new --output"
+        )
     if resume and rundir.last_checkpoint() is not None:
         check_same_recipe(rundir, loaded)
     else:  # a new run, or one that never reached a checkpoint: its recipe may still change

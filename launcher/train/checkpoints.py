@@ -62,6 +62,26 @@ def is_complete(folder: Path) -> bool:
         return False
 
 
+def damage(folder: Path) -> str | None:
+    """What is wrong with a sealed checkpoint whose files no longer match its marker (damaged after it was
+    written: a kill while saving leaves no marker); None when it is intact or was never sealed."""
+    marker = folder / MARKER
+    if not marker.exists():
+        return None
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        sizes = {str(name): int(size) for name, size in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"its marker {MARKER} is unreadable ({type(exc).__name__})"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} holds {path.stat().st_size} bytes, {size} when it was written"
+    return None
+
+
 def newest_complete(root: Path) -> Path | None:
     """The complete checkpoint-N folder with the highest N in `root`, or None."""
     if not root.is_dir():

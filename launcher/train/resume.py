@@ -10,7 +10,7 @@ from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import is_main_process
 from ftl.launcher.recipe.loader import LoadedRecipe
-from ftl.launcher.train.checkpoints import clear_staging
+from ftl.launcher.train.checkpoints import clear_staging, damage
 from ftl.launcher.train.rundir import RunDir
 
 
@@ -23,9 +23,17 @@ def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
         clear_staging(rundir.checkpoints)
     for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() and main else []:
         step = partial.name.split("-")[-1]
-        if step.isdigit() and int(step) > newest:
-            log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
-            shutil.rmtree(partial, ignore_errors=True)
+        if not (step.isdigit() and int(step) > newest):
+            continue
+        damaged = damage(partial)
+        if damaged:  # sealed, then changed: not ftl's to delete
+            instead = f"from {last.name}" if last else "from the beginning"
+            raise FtlError(
+                f"--resume: {partial} was written whole, but {damaged}; restore the folder from a copy, or move it "
+                f"out of {rundir.checkpoints} to resume {instead}"
+            )
+        log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
+        shutil.rmtree(partial, ignore_errors=True)
     if last is not None and main:
         log(f"resuming from {last}")
     elif announce:

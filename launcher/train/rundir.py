@@ -126,6 +126,10 @@ class RunDir:
             if directory == up_to:
                 return
 
+    def finished(self) -> bool:
+        """The run wrote its final model and results (what `finish` writes last)."""
+        return (self.root / "metrics.json").is_file() and (self.model / "config.json").is_file()
+
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint: sealed, with every file its marker lists (see checkpoints.py)."""
         return newest_complete(self.checkpoints)

@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 
+from ftl.launcher.errors import FtlError
 from ftl.launcher.train.checkpoints import MARKER, STAGING, is_complete, newest_complete, publish, seal
 from ftl.launcher.train.resume import resume_point
 from ftl.launcher.train.rundir import RunDir
-from tests.reliability.conftest import assert_loadable, child_env
+from tests.reliability.conftest import assert_loadable, child_env, one_error_line
 from tests.reliability.faults import run_in_child
 
 
@@ -57,6 +58,47 @@ def test_resume_removes_what_interrupted_saves_left(tmp_path):
     _checkpoint(run.checkpoints / STAGING, 8)  # sealed but never named
     assert resume_point(run, announce=False) == four
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-4"]
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (
+            lambda f: (f / "model.safetensors").write_bytes(b"w" * 50),
+            "model.safetensors holds 50 bytes, 100 when",
+        ),
+        (lambda f: (f / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+        (lambda f: (f / MARKER).write_text("{"), f"its marker {MARKER} is unreadable"),
+    ],
+    ids=["truncated", "missing", "marker"],
+)
+def test_resume_refuses_a_checkpoint_damaged_after_it_was_sealed_and_keeps_it(tmp_path, damage, named):
+    run = RunDir(tmp_path)
+    _checkpoint(run.checkpoints, 4)
+    six = _checkpoint(run.checkpoints, 6)
+    damage(six)
+    with pytest.raises(FtlError) as error:
+        resume_point(run, announce=False)
+    assert f"--resume: {six} was written whole, but {named}" in str(error.value)
+    assert "to resume from checkpoint-4" in str(error.value)
+    assert six.is_dir() and sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
+
+
+def test_resume_of_a_finished_run_refuses_and_leaves_the_run_as_it_was(capsys, short_run, tmp_path):
+    from ftl.launcher.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(short_run), "--output", str(out)]) == 0
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    message = one_error_line(capsys, ["run", str(short_run), "--output", str(out), "--resume"])
+    assert message == (
+        f"error: --resume: {out} has finished (its model and metrics.json are written): nothing to resume; "
+        "train again into a new --output"
+    )
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
 
 
 def test_publishing_replaces_a_leftover_of_the_same_name(tmp_path):
