@@ -261,6 +261,23 @@ def test_long_prompts_lose_their_beginning_and_long_replies_their_end(tmp_path, 
     assert len(encoded["chosen_input_ids"]) == 48
 
 
+def test_pairs_whose_replies_differ_only_past_the_cut_are_dropped_and_counted(tmp_path, tokenizer, capsys):
+    rows = [
+        {"prompt": "Which trip?", "chosen": "word " * 30 + "paris", "rejected": "word " * 30 + "rome"},
+        {"prompt": "Which trip?", "chosen": "paris", "rejected": "rome"},
+    ]
+    dataset, task = _read(jsonl_rows(tmp_path / "s.jsonl", rows), max_length=24, max_prompt_length=12)
+    encoded = task.tokenize(dataset, tokenizer, "train")
+    assert len(encoded) == 1 and "same_when_cut" not in encoded.column_names
+    assert task.dropped["train"] == 1
+    assert "train: dropped 1 of 2 pairs whose replies are the same once cut by task.max_length=24" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )
+    alone, task = _read(jsonl_rows(tmp_path / "a.jsonl", rows[:1]), max_length=24, max_prompt_length=12)
+    with pytest.raises(FtlError, match="no pair keeps a reply token and a difference between its replies"):
+        task.tokenize(alone, tokenizer, "train")
+
+
 @pytest.mark.parametrize(
     "row, expected",
     [

@@ -120,7 +120,7 @@ class Preference(TemplatedTask):
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             out: dict[str, list] = {f"{side}_{key}": [] for side in SIDES for key in ("input_ids", "labels")}
-            out["length"] = []
+            out["length"], out["same_when_cut"] = [], []
             for prompt, *replies in zip(batch["prompt"], *(batch[side] for side in SIDES), strict=True):
                 encoded = [
                     encode_reply(tokenizer, prompt, r, c.max_length, c.max_prompt_length) for r in replies
@@ -131,21 +131,28 @@ class Preference(TemplatedTask):
                     out[f"{side}_input_ids"].append(ids)
                     out[f"{side}_labels"].append(labels)
                 out["length"].append(sum(len(ids) for ids, _ in encoded))
+                out["same_when_cut"].append(encoded[0] == encoded[1])  # the replies differ only past the cut
             return out
 
         encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
-        dropped = len(dataset) - len(encoded)
-        self.dropped[split] = dropped
+        emptied = len(dataset) - len(encoded)
+        same = sum(encoded["same_when_cut"])
+        if same:  # no preference left to learn or score: DPO's loss is log 2 whatever the weights
+            encoded = encoded.filter(lambda row: not row["same_when_cut"])
+        encoded = encoded.remove_columns("same_when_cut")
+        self.dropped[split] = emptied + same
+        cut = f"task.max_length={c.max_length} (prompts keep up to task.max_prompt_length={c.max_prompt_length})"
         if len(encoded) == 0:
             raise FtlError(
-                f"{split} data: no pair keeps a reply token within task.max_length={c.max_length} (prompts keep "
-                f"up to task.max_prompt_length={c.max_prompt_length}); raise task.max_length"
+                f"{split} data: no pair keeps a reply token and a difference between its replies within {cut}; "
+                "raise task.max_length"
             )
-        if dropped:
-            log(
-                f"[yellow]{split}: dropped {dropped} of {len(dataset)} pairs with a reply cut to nothing by "
-                f"task.max_length={c.max_length}[/]"
-            )
+        for count, why in (
+            (emptied, "with a reply cut to nothing"),
+            (same, "whose replies are the same once cut"),
+        ):
+            if count:
+                log(f"[yellow]{split}: dropped {count} of {len(dataset)} pairs {why} by {cut}[/]")
         return encoded
 
     def collator(self, tokenizer):
