@@ -51,14 +51,15 @@ def _run(
         if not resume:
             rundir.write_recipe(loaded.recipe)
         return run_stages(loaded, rundir, resume=resume, run=run_recipe)
+    continuing = resume and rundir.last_checkpoint() is not None
+    if continuing:
+        check_same_recipe(rundir, loaded)
     if resume and rundir.finished():
         raise FtlError(
             f"--resume: {rundir.root} has finished (its model and metrics.json are written): nothing to resume; "
             "train again into a new --output"
         )
-    if resume and rundir.last_checkpoint() is not None:
-        check_same_recipe(rundir, loaded)
-    else:  # a new run, or one that never reached a checkpoint: its recipe may still change
+    if not continuing:  # a new run, or one that never reached a checkpoint: its recipe may still change
         rundir.write_recipe(loaded.recipe)
     if loaded.recipe.distributed.needs_workers:  # DeepSpeed, several workers or a cluster address
         return launch(loaded, rundir, resume=resume, train_only=train_only, trainer_callbacks=callbacks)
