@@ -62,31 +62,63 @@ def _list_item(annotation: Any) -> Any:
     return typing.get_args(annotation)[0] if origin is list and typing.get_args(annotation) else None
 
 
+def _dict_item(annotation: Any) -> Any:
+    """The value annotation of a dict field whose values are sections (e.g. task.tasks), else None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _dict_item(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            item = _dict_item(arg)
+            if item is not None:
+                return item
+        return None
+    args = typing.get_args(annotation)
+    return args[1] if origin is dict and len(args) == 2 and _models_in(args[1]) else None
+
+
 class _ListOf:
+    """A list of sections (e.g. stages): keys below it are indexes."""
+
     def __init__(self, item: Any) -> None:
         self.item = item
 
 
-def model_at(root: type[BaseModel], path: tuple[Any, ...], data: dict[str, Any]) -> Any:
-    """The section model at `path` (or FREE_FORM, or None when the path leaves the schema). Integer keys index
-    lists of sections (e.g. stages.0)."""
+class _DictOf:
+    """A mapping of names to sections (e.g. task.tasks): keys below it are the names."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
+def _walk(root: type[BaseModel], path: tuple[Any, ...], data: dict[str, Any]) -> tuple[Any, Any]:
+    """The model at `path` (a section, _ListOf, _DictOf, FREE_FORM or None) and the data there (or None)."""
     model: Any = root
     value: Any = data
     for key in path:
         if model is FREE_FORM:
-            return FREE_FORM
+            return FREE_FORM, None
         if isinstance(model, _ListOf):
-            if not isinstance(key, int):
-                return None
-            value = value[key] if isinstance(value, list) and -len(value) <= key < len(value) else None
+            index = _index(key)
+            if index is None:
+                return None, None
+            value = value[index] if isinstance(value, list) and 0 <= index < len(value) else None
+            model = _pick(_models_in(model.item), value)
+            continue
+        if isinstance(model, _DictOf):
+            value = value.get(key) if isinstance(value, dict) else None
             model = _pick(_models_in(model.item), value)
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
+            return None, None
         field = model.model_fields.get(str(key))
         if field is None:
-            return None
+            return None, None
         value = value.get(key) if isinstance(value, dict) else None
+        item = _dict_item(field.annotation)
+        if item is not None:
+            model = _DictOf(item)
+            continue
         if _is_free_form(field.annotation) and not _models_in(field.annotation):
             model = FREE_FORM
             continue
@@ -95,7 +127,43 @@ def model_at(root: type[BaseModel], path: tuple[Any, ...], data: dict[str, Any])
             model = _ListOf(item)
             continue
         model = _pick(_models_in(field.annotation), value)
-    return model
+    return model, value
+
+
+def _index(key: Any) -> int | None:
+    """A list index from a key: an int, or a string of digits (as a dotted key splits into)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.isascii() and key.isdigit():
+        return int(key)
+    return None
+
+
+def model_at(root: type[BaseModel], path: tuple[Any, ...], data: dict[str, Any]) -> Any:
+    """The section model at `path` (or FREE_FORM, or None when the path leaves the schema). Integer keys (or
+    strings of digits) index lists of sections (e.g. stages.0)."""
+    return _walk(root, path, data)[0]
+
+
+def typed_key_path(root: type[BaseModel], parts: tuple[str, ...], data: dict[str, Any]) -> tuple[Any, ...]:
+    """A dotted key's parts with the indexes of lists of sections as ints: ('stages', '0', 'x') -> ('stages',
+    0, 'x')."""
+    typed: list[Any] = []
+    for part in parts:
+        index = _index(part)
+        typed.append(
+            index if index is not None and isinstance(model_at(root, tuple(typed), data), _ListOf) else part
+        )
+    return tuple(typed)
+
+
+def _items(items: list[Any]) -> str:
+    """'0 (mlm), 1 (classify)': a list's indexes, with the items' names where they have one."""
+    named = [
+        f"{i} ({item['name']})" if isinstance(item, dict) and "name" in item else str(i)
+        for i, item in enumerate(items)
+    ]
+    return one_of(named)
 
 
 def dotted_key(loc: tuple[Any, ...]) -> str:
@@ -125,17 +193,50 @@ def check_key_path(root: type[BaseModel], path: tuple[str, ...], data: dict[str,
         raise FtlError(f"{what}: {problem}")
 
 
-def key_path_problem(root: type[BaseModel], path: tuple[str, ...], data: dict[str, Any]) -> str | None:
+def key_path_problem(root: type[BaseModel], path: tuple[Any, ...], data: dict[str, Any]) -> str | None:
     """Why `path` is not a key of the schema ('unknown key ... (did you mean ...)'), or None when it is."""
     for depth in range(1, len(path) + 1):
-        parent = model_at(root, path[: depth - 1], data)
+        parent, value = _walk(root, path[: depth - 1], data)
         if parent is FREE_FORM:
             return None
         if parent is None:
             return None  # the parent is a scalar or a list: pydantic reports the type error with context
         key = path[depth - 1]
+        where = ".".join(map(str, path[: depth - 1])) or "the recipe"
+        if isinstance(parent, _ListOf):
+            items = value if isinstance(value, list) else []
+            index = _index(key)
+            if not items:
+                return f"this recipe has no {where}, so there is no {where}.{key} to set; add {where} to the recipe file"
+            named = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == key]
+            if index is None and named:
+                rest = ".".join(map(str, path[depth:]))
+                return (
+                    f"{where} is a list, indexed by position: '{key}' is {where}.{named[0]}, so write "
+                    f"{where}.{named[0]}{'.' + rest if rest else ''}"
+                )
+            if index is None:
+                return (
+                    f"{where} is a list; name one item by its index, e.g. {where}.0 "
+                    f"(this recipe has {len(items)}: {_items(items)})"
+                )
+            if index >= len(items):
+                return (
+                    f"{where}.{index} does not exist: this recipe has {len(items)} {where} "
+                    f"({_items(items)}); use an index from 0 to {len(items) - 1}"
+                )
+            continue
+        if isinstance(parent, _DictOf):
+            names = list(value) if isinstance(value, dict) else []
+            if depth < len(path) and key not in names:
+                return (
+                    f"'{key}' is not one of {where}{did_you_mean(str(key), names)}; it has {one_of(names) or 'none'}"
+                    f" (a new one needs its whole mapping: {where}.{key}={{...}})"
+                )
+            continue
         if key not in parent.model_fields:
-            where = ".".join(path[: depth - 1]) or "the recipe"
-            hint = did_you_mean(key, parent.model_fields)
+            hint = did_you_mean(str(key), parent.model_fields)
+            if not hint and isinstance(key, str) and key.replace("-", "_") in parent.model_fields:
+                hint = f" (did you mean '{key.replace('-', '_')}'?)"
             return f"unknown key '{key}' in {where}{hint}; valid keys: {one_of(parent.model_fields)}"
     return None

@@ -13,14 +13,25 @@ from pydantic import ValidationError
 
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
 from ftl.launcher.recipe import rulebook
-from ftl.launcher.recipe.keypaths import check_key_path, display_path, dotted_key, model_at
+from ftl.launcher.recipe.keypaths import (
+    check_key_path,
+    display_path,
+    dotted_key,
+    key_path_problem,
+    model_at,
+    typed_key_path,
+)
 from ftl.launcher.recipe.schema import Recipe
-from ftl.launcher.recipe.stages import StageSection, stage_data, stage_origins
+from ftl.launcher.recipe.section import BOOL_FOR_NUMBER
+from ftl.launcher.recipe.stages import STAGE_SECTIONS, StageSection, stage_data, stage_origins
 from ftl.launcher.recipe.tasks import TASK_TYPES
 from ftl.launcher.recipe.yaml_source import KeyPath, Origin, merge, merge_origins, read_yaml
 from ftl.launcher.secrets import find_secret
 
-_OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)=(?P<value>.*)$", re.S)
+_OVERRIDE = re.compile(
+    r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)=(?P<value>.*)$", re.S
+)
+_YAML_NULLS = ("null", "Null", "NULL", "~")
 _MAX_EXTENDS_DEPTH = 16
 
 
@@ -196,7 +207,12 @@ def where(origins: dict[KeyPath, Origin], key_path: KeyPath, path: Path) -> str:
 
 
 def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError before Python 3.13, OSError after
+        raise FtlError(
+            f"{path}: cannot read the recipe: a symlink loop ({_reason(exc)}); point it at a file"
+        ) from None
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise FtlError(f"{path}: extends forms a cycle ({cycle}); remove one of the extends")
@@ -229,24 +245,36 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     return merge(merged, child), merge_origins(merged_origins, origins, child)
 
 
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def _apply_override(data: dict[str, Any], origins: dict[KeyPath, Origin], override: str) -> None:
     match = _OVERRIDE.match(override)
     if not match:
-        raise FtlError(
-            f"override '{override}': expected KEY=VALUE with a dotted key, e.g. train.lr=3e-5 or data.max_train_rows=500"
-        )
-    key_path = tuple(match["key"].split("."))
+        raise FtlError(f"override '{override}': {_unparsed_override(override, data)}")
     what = f"override '{override}'"
+    key_path = typed_key_path(Recipe, tuple(match["key"].split(".")), data)
+    if key_path[0] == "extends":
+        raise FtlError(
+            f"{what}: extends can only be set in a recipe file (it is read before overrides); write a small "
+            "recipe with extends: [the base, ...] instead"
+        )
+    _refuse_shared_key_of_stages(data, key_path, what)
     check_key_path(Recipe, key_path, data, what)
     value = _typed_value(match["value"], key_path, data, what)
-    target = data
+    target: Any = data
     for depth, key in enumerate(key_path[:-1]):
-        child = target.get(key)
+        child = target[key] if isinstance(target, list) else target.get(key)
         if child is None:
             child = target[key] = {}
-        elif not isinstance(child, dict):
-            prefix = ".".join(key_path[: depth + 1])
+        elif not isinstance(child, dict) and not (
+            isinstance(child, list) and isinstance(key_path[depth + 1], int)
+        ):
+            prefix = ".".join(map(str, key_path[: depth + 1]))
             raise FtlError(f"{what}: {prefix} is a single value, not a section; set {prefix}=VALUE instead")
+        else:  # a copy: a YAML alias (*anchor) shares the section with other keys the override must not change
+            child = target[key] = type(child)(child)
         target = child
     target[key_path[-1]] = value
     origin = Origin(f"command-line {what}")
@@ -255,22 +283,66 @@ def _apply_override(data: dict[str, Any], origins: dict[KeyPath, Origin], overri
     origins[key_path] = origin
 
 
-def _typed_value(raw: str, key_path: tuple[str, ...], data: dict[str, Any], what: str) -> Any:
+def _unparsed_override(override: str, data: dict[str, Any]) -> str:
+    """Why an override is not KEY=VALUE, with the override it was probably meant to be."""
+    expected = "expected KEY=VALUE with a dotted key, e.g. train.lr=3e-5 or data.max_train_rows=500"
+    key, equals, value = override.partition("=")
+    if not equals:
+        return expected
+    guess = re.sub(r"\[(\d+)\]", r".\1", key.strip()).replace("-", "_").replace(" ", "")
+    if guess != key and _OVERRIDE.match(f"{guess}={value}"):
+        parts = typed_key_path(Recipe, tuple(guess.split(".")), data)
+        if key_path_problem(Recipe, parts, data) is None:
+            return f"{expected} (did you mean {guess}={value.strip()}?)"
+    return expected
+
+
+def _refuse_shared_key_of_stages(data: dict[str, Any], key_path: KeyPath, what: str) -> None:
+    """On a staged recipe, a shared key that no stage would see is a mistake: point at stages.N.<key>. A stage
+    replaces the task whole, and its own keys of the other sections replace the shared ones."""
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages or key_path[0] not in STAGE_SECTIONS or len(key_path) < 2:
+        return
+    shadowed = key_path[:1] if key_path[0] == "task" else key_path
+    if not all(_has_path(stage, shadowed) for stage in stages):
+        return
+    dotted = ".".join(map(str, key_path))
+    why = "each stage gives its own task" if key_path[0] == "task" else f"each stage sets its own {dotted}"
+    names = [
+        f"{i} ({stage['name']})" if isinstance(stage, dict) and "name" in stage else str(i)
+        for i, stage in enumerate(stages)
+    ]
+    raise FtlError(
+        f"{what}: this recipe has stages and {why}, so the override would change nothing; override a stage's "
+        f"key as stages.N.{dotted} (stages: {one_of(names)})"
+    )
+
+
+def _has_path(data: Any, key_path: KeyPath) -> bool:
+    for key in key_path:
+        if not isinstance(data, dict) or data.get(key) is None:
+            return False
+        data = data[key]
+    return True
+
+
+def _typed_value(raw: str, key_path: KeyPath, data: dict[str, Any], what: str) -> Any:
     """Parse VALUE as YAML, but keep it a string where the schema wants a string."""
+    parent = model_at(Recipe, key_path[:-1], data)
+    field_info = getattr(parent, "model_fields", {}).get(key_path[-1])
+    only_str = field_info is not None and _accepts_only_str(field_info.annotation)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
+        if only_str:
+            return raw  # free text such as 'Question: {text} Answer:'
         raise FtlError(
             f"{what}: '{raw}' is not a valid value (quote it, or use YAML syntax like [a, b])"
         ) from None
-    parent = model_at(Recipe, key_path[:-1], data)
-    field_info = getattr(parent, "model_fields", {}).get(key_path[-1])
-    if (
-        field_info is not None
-        and isinstance(value, (int, float, bool))
-        and _accepts_only_str(field_info.annotation)
-    ):
-        return raw
+    if only_str and not isinstance(value, str):
+        if value is None and raw.strip() in _YAML_NULLS:
+            return None
+        return raw  # YAML made a number, mapping, list or comment of free text ('lr sweep: x', '#1 baseline')
     return value
 
 
@@ -283,6 +355,9 @@ def _accepts_only_str(annotation: Any) -> bool:
 def _describe(error: dict[str, Any], data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> str:
     loc = display_path(tuple(error["loc"]))
     kind = error["type"]
+    if kind == BOOL_FOR_NUMBER:  # raised by the section, about one of its keys
+        loc = (*loc, error["ctx"]["key"])
+        return f"{where(origins, loc, path)}: {dotted_key(loc)}: {error['msg']}"
     dotted = dotted_key(loc)
     at = where(origins, loc, path)
     value = error.get("input")

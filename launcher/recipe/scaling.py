@@ -6,14 +6,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from ftl.launcher.recipe.section import Section
+from ftl.launcher.recipe.section import GLOBAL_BATCH_MAX, WORKERS_MAX_RAY, Section
 
 
 class DistributedSection(Section):
     """Many workers through Ray Train, DeepSpeed ZeRO inside each. workers: 1 and no zero_stage = one process."""
 
     workers: int = Field(
-        1, ge=1, description="Training processes (Ray Train workers); 1 runs in this process."
+        1,
+        ge=1,
+        le=WORKERS_MAX_RAY,
+        description="Training processes (Ray Train workers); 1 runs in this process.",
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = Field(
@@ -37,6 +40,7 @@ class DistributedSection(Section):
     global_batch_size: int | None = Field(
         None,
         gt=0,
+        le=GLOBAL_BATCH_MAX,
         description="Examples per optimizer step over all workers. When set, train.grad_accum_steps is derived: "
         "global = batch_size x grad_accum_steps x workers.",
     )
@@ -62,6 +66,7 @@ class DistributedSection(Section):
     min_workers: int | None = Field(
         None,
         ge=1,
+        le=WORKERS_MAX_RAY,
         description="Elastic training: keep going with as few as this many workers when nodes are lost (workers "
         "is the most), and grow back when they return. Each resize restarts from the last checkpoint, re-sharded "
         "for the new number of workers, with the same global batch (needs global_batch_size and max_failures).",

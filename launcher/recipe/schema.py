@@ -14,7 +14,7 @@ from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.log import LogSection
 from ftl.launcher.recipe.scaling import DistributedSection, LoraSection, QuantizationSection
 from ftl.launcher.recipe.search import TuneSection
-from ftl.launcher.recipe.section import STEPS_MAX, Section, Seed
+from ftl.launcher.recipe.section import BATCH_MAX, EPOCHS_MAX, STEPS_MAX, WORKERS_MAX, Section, Seed
 from ftl.launcher.recipe.stages import StageSection
 from ftl.launcher.recipe.tasks import TaskSection
 
@@ -135,13 +135,20 @@ class TrainSection(Section):
     """The optimisation loop (one process; the distributed section scales it out)."""
 
     epochs: float = Field(
-        1.0, gt=0, description="Passes over the training data (ignored when max_steps is set)."
+        1.0,
+        gt=0,
+        le=EPOCHS_MAX,
+        description="Passes over the training data (ignored when max_steps is set).",
     )
     max_steps: int | None = Field(
         None, gt=0, le=STEPS_MAX, description="Stop after this many optimizer steps."
     )
-    batch_size: int = Field(16, gt=0, description="Examples per forward pass (micro batch) per device.")
-    grad_accum_steps: int = Field(1, gt=0, description="Micro batches accumulated per optimizer step.")
+    batch_size: int = Field(
+        16, gt=0, le=BATCH_MAX, description="Examples per forward pass (micro batch) per device."
+    )
+    grad_accum_steps: int = Field(
+        1, gt=0, le=BATCH_MAX, description="Micro batches accumulated per optimizer step."
+    )
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(
         0.01, ge=0, description="AdamW decoupled weight decay (not on biases and norms)."
@@ -152,7 +159,9 @@ class TrainSection(Section):
         "linear", description="Learning-rate schedule after warmup."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of the total steps.")
-    warmup_steps: int | None = Field(None, ge=0, description="Warmup in steps (overrides warmup_ratio).")
+    warmup_steps: int | None = Field(
+        None, ge=0, le=STEPS_MAX, description="Warmup in steps (overrides warmup_ratio)."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null disables.")
     layer_lr_decay: float | None = Field(
         None,
@@ -172,7 +181,7 @@ class TrainSection(Section):
         False, description="Recompute activations in backward to save memory."
     )
     checkpoint_every_steps: int | None = Field(
-        None, gt=0, description="Save a checkpoint every N steps; default: at every evaluation."
+        None, gt=0, le=STEPS_MAX, description="Save a checkpoint every N steps; default: at every evaluation."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints (plus the best one).")
     early_stopping: EarlyStopping | None = Field(None, description="Stop when eval.metric stops improving.")
@@ -187,19 +196,23 @@ class TrainSection(Section):
         ge=1,
         description="With nan_policy stop: consecutive non-finite steps before the run stops (default 1).",
     )
-    log_every_steps: int = Field(10, gt=0, description="Log loss and learning rate every N steps.")
-    dataloader_workers: int = Field(0, ge=0, description="Worker processes per data loader.")
+    log_every_steps: int = Field(
+        10, gt=0, le=STEPS_MAX, description="Log loss and learning rate every N steps."
+    )
+    dataloader_workers: int = Field(0, ge=0, le=WORKERS_MAX, description="Worker processes per data loader.")
 
 
 class EvalSection(Section):
-    every_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default once per epoch.")
+    every_steps: int | None = Field(
+        None, gt=0, le=STEPS_MAX, description="Evaluate every N steps; default once per epoch."
+    )
     metric: str | None = Field(
         None,
         description="Metric for best-model selection and early stopping; default: the task's main metric.",
     )
     select_best: bool = Field(True, description="At the end, keep the weights of the best evaluation.")
     before_training: bool = Field(False, description="Also evaluate the untouched model before training.")
-    batch_size: int = Field(64, gt=0, description="Examples per evaluation batch.")
+    batch_size: int = Field(64, gt=0, le=BATCH_MAX, description="Examples per evaluation batch.")
     save_predictions: bool = Field(
         True, description="Write predictions (misclassified examples) to the run dir."
     )
