@@ -174,6 +174,25 @@ def test_each_bad_row_is_one_line_naming_file_and_row(tmp_path, messages, expect
     assert message.startswith(f"{path}:2: ") and expected in message and "\n" not in message
 
 
+def test_content_parts_read_as_their_text_and_other_content_is_named(tmp_path):
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+    ]
+    read, _ = _read(jsonl_rows(tmp_path / "p.jsonl", [{"messages": parts}]))
+    assert read == [[{"role": "user", "content": "Hi\nthere"}, CONVERSATION[1]]]
+    image = [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}, CONVERSATION[1]]
+    number = [{"role": "user", "content": 42}, {"role": "assistant", "content": 43}]
+    for name, messages, expected in (
+        ("i", image, "message 1 (user) in 'messages': content part 1 is 'image'; ftl tunes text"),
+        ("n", number, "message 1 (user) in 'messages' has content of type int (42), not text"),
+    ):
+        path = jsonl_rows(tmp_path / f"{name}.jsonl", [{"messages": messages}])
+        with pytest.raises(FtlError) as caught:
+            _read(path)
+        assert str(caught.value).startswith(f"{path}:1: ") and expected in str(caught.value)
+
+
 def test_schema_refuses_an_unknown_template_name():
     from pydantic import ValidationError
 

@@ -143,6 +143,13 @@ def _message_list(value: Any, where: str, roles: dict[str, str], column: str) ->
                 f"{where}: message {n} has the unknown role '{speaker}'{did_you_mean(speaker, list(roles))}; "
                 f"roles are {', '.join(sorted(roles))} (map others with task.role_map)"
             )
+        if isinstance(content, list):  # OpenAI's (and TRL's) content parts: [{"type": "text", "text": ...}]
+            content = _text_of_parts(content, f"{where}: message {n} ({role}) in {column}")
+        if content is not None and not isinstance(content, str):
+            raise FtlError(
+                f"{where}: message {n} ({role}) in {column} has content of type {type(content).__name__} "
+                f"({str(content)[:40]}), not text; give it text"
+            )
         if not isinstance(content, str) or not content.strip():
             what = "empty content" if isinstance(content, str) else "no content"
             raise FtlError(
@@ -150,6 +157,23 @@ def _message_list(value: Any, where: str, roles: dict[str, str], column: str) ->
             )
         messages.append({"role": role, "content": content})
     return messages
+
+
+def _text_of_parts(parts: list, what: str) -> str:
+    """Content given as parts: its text parts joined by newlines (the text a chat template would render)."""
+    texts = []
+    for k, part in enumerate(parts, 1):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind is not None and kind != "text":
+            raise FtlError(f"{what}: content part {k} is {kind!r}; ftl tunes text: keep the text parts only")
+        else:
+            raise FtlError(
+                f'{what}: content part {k} is not a text part ({{"type": "text", "text": ...}}); give the content '
+                "as text"
+            )
+    return "\n".join(texts)
 
 
 def check_conversation(messages: list[dict], where: str, *, training: bool, column: str = "") -> None:
