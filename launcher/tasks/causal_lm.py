@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.console import log
 from ftl.launcher.data.cells import usable_text
 from ftl.launcher.data.collate import BlockCollator, PaddingCollator, pad_id
 from ftl.launcher.data.packing import PackedCollator, pack_examples
@@ -93,16 +94,29 @@ class CausalLM(Task):
                 else []
             )
 
+            room = block - len(end)
+
             def encode(batch: dict[str, list]) -> dict[str, list]:
                 texts = [str(t) for t in batch[column]]
-                encoded = tokenizer(texts, truncation=True, max_length=block - len(end))
-                encoded["input_ids"] = [list(ids) + end for ids in encoded["input_ids"]]
+                # one token past the room tells a cut row from one that fits exactly
+                encoded = tokenizer(texts, truncation=True, max_length=room + 1)
+                encoded["cut"] = [len(ids) > room for ids in encoded["input_ids"]]
+                encoded["input_ids"] = [list(ids)[:room] + end for ids in encoded["input_ids"]]
                 encoded["attention_mask"] = [[1] * len(ids) for ids in encoded["input_ids"]]
                 encoded["labels"] = [list(ids) for ids in encoded["input_ids"]]
                 encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+                encoded.pop("token_type_ids", None)
                 return encoded
 
-            return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+            encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+            cut = sum(encoded["cut"])
+            if cut:
+                log(
+                    f"[yellow]{split}: {cut} of {len(encoded)} rows are longer than task.max_length={block} tokens "
+                    "and were cut to it (the rest of each is not trained on); task.packing: stream trains on every "
+                    "token[/]"
+                )
+            return encoded.remove_columns("cut")
 
         def pack(batch: dict[str, list]) -> dict[str, list]:
             stream: list[int] = []
