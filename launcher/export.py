@@ -12,6 +12,7 @@ from ftl.launcher.model.load import quiet_transformers
 from ftl.launcher.model.saved import is_adapter, load_trained
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.train.rundir import TASK_STATE_FILE, RunDir
+from ftl.launcher.use.trained import damaged
 
 
 def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32") -> Path:
@@ -32,7 +33,10 @@ def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32"
     if merge_lora and not adapter:
         raise FtlError(f"{run}: the run trained full weights (no LoRA adapter); drop --merge-lora")
     task = task_for(recipe.task)
-    model = load_trained(rundir.model, task.model_class(), merge=merge_lora)
+    with damaged(rundir.model, "model"):  # a damaged model folder: the same one line as ftl eval and predict
+        model = load_trained(rundir.model, task.model_class(), merge=merge_lora)
+    with damaged(rundir.model, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
     if dtype == "bf16":
         import torch
 
@@ -40,7 +44,7 @@ def export_run(run: Path, output: Path, *, merge_lora: bool, dtype: str = "fp32"
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
-    AutoTokenizer.from_pretrained(str(rundir.model)).save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
     state = rundir.model / TASK_STATE_FILE
     if state.exists():
         (staging / TASK_STATE_FILE).write_text(state.read_text())

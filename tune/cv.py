@@ -25,7 +25,7 @@ from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.recipe.variants import InvalidVariant, objective, with_values
 from ftl.launcher.train.outcome import is_outcome
 from ftl.tune import tuner as setup
-from ftl.tune.results import collect, drop_checkpoints
+from ftl.tune.results import all_failed, collect, drop_checkpoints
 from ftl.tune.tracking import SearchTracking
 
 
@@ -163,7 +163,8 @@ def summarise(trials, root: Path, metric: str, k: int) -> dict[str, Any]:
     _write_csv(root / "cv.csv", per_fold, names)
     _print(summary, per_fold, names, metric)
     if not per_fold:
-        raise FtlError(f"ftl cv: every fold failed; see {root}/trials/fold-*/train.log")
+        failures = [(f"fold {i}", error) for i, error in sorted(failed)]
+        raise all_failed("cv", "fold", k, failures, f"{root}/trials/fold-*/train.log")
     return summary
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ftl.launcher.console import console, log
+from ftl.launcher.errors import FtlError
 from ftl.launcher.files import atomic_write
 from ftl.launcher.locations import find_local, looks_local
 from ftl.launcher.recipe.loader import LoadedRecipe
@@ -89,6 +90,19 @@ def collect(grid, tune_section) -> list[TrialOutcome]:
             )
         )
     return sorted(outcomes, key=lambda t: t.trial_id)
+
+
+def all_failed(
+    verb: str, noun: str, total: int, failures: list[tuple[str, str | None]], logs: str
+) -> FtlError:
+    """The one line (exit 2) of a search or cross-validation none of whose `total` trials (or folds)
+    succeeded: how many, the first failure's error where it is known (failures: (label, error) in order),
+    and where the logs are. Shared by ftl tune and ftl cv."""
+    first = next(((label, error) for label, error in failures if error), None)
+    why = ""
+    if first is not None:  # a trial's FtlError arrives through Ray as "ftl.launcher.errors.FtlError: ..."
+        why = f" (the first, {first[0]}: {first[1].removeprefix(f'{FtlError.__module__}.FtlError: ')})"
+    return FtlError(f"ftl {verb}: all {total} {noun}{'s' if total != 1 else ''} failed{why}; see {logs}")
 
 
 def pick_best(trials: list[TrialOutcome], metric: str, mode: str) -> TrialOutcome | None:

@@ -16,7 +16,7 @@ from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe, where
 from ftl.launcher.recipe.variants import check_space, objective
 from ftl.tune import tuner as setup
-from ftl.tune.results import SearchResults, write_outputs
+from ftl.tune.results import SearchResults, all_failed, write_outputs
 from ftl.tune.space import grid_size
 from ftl.tune.study import open_storage, study_name, study_storage
 from ftl.tune.tracking import SearchTracking
@@ -92,6 +92,7 @@ def run_search(
     with tracking.ended_on_failure():
         grid = setup.fit(tuner, table, search, "search")
         results = write_outputs(loaded, search, grid, metric=metric, mode=mode)
+        raise_if_all_failed(results, search.trials)
     files = [
         search.record,
         search.root / "trials.csv",
@@ -99,6 +100,14 @@ def run_search(
     ]
     tracking.finish(results.trials, results.best, metric, files)
     return results
+
+
+def raise_if_all_failed(results: SearchResults, trials_dir: Path) -> None:
+    """Exit 2 (as ftl cv and ftl bench do) when trials ran and every one of them failed."""
+    trials = results.trials
+    if trials and all(trial.status == "error" for trial in trials):
+        failures = [(f"trial {trial.trial_id}", trial.error) for trial in trials]
+        raise all_failed("tune", "trial", len(trials), failures, f"{trials_dir}/*/train.log")
 
 
 def _new_tuner(loaded: LoadedRecipe, search, function, metric: str, mode: str, total: int, table) -> Any:

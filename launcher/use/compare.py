@@ -53,6 +53,7 @@ class Comparison:
         default_factory=list
     )  # per run: where its curves come from (see Curves.source)
     files: dict[str, Path] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # run name -> why its curves could not be read
 
 
 def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | None = None) -> Comparison:
@@ -79,6 +80,7 @@ def compare_runs(paths: list[Path], output: Path, *, extra_metrics: list[str] | 
         metrics=metric_rows(runs),
         curves=plotted(names, curves, runs, extra_metrics or []),
         sources=[c.source for c in curves],
+        problems={name: c.problem for name, c in zip(names, curves, strict=True) if c.problem},
     )
     if output.exists() and not output.is_dir():
         raise FtlError(
@@ -301,7 +303,12 @@ def markdown_report(comparison: Comparison, paths: list[Path]) -> str:
 def as_json(comparison: Comparison) -> dict[str, Any]:
     return {
         "runs": [
-            {**run.as_json(), "label": name, "curves_from": source}
+            {
+                **run.as_json(),
+                "label": name,
+                "curves_from": source,
+                **({"curves_problem": comparison.problems[name]} if name in comparison.problems else {}),
+            }
             for name, run, source in zip(comparison.names, comparison.runs, comparison.sources, strict=True)
         ],
         "differences": comparison.differences,
@@ -342,10 +349,13 @@ def _print(comparison: Comparison) -> None:
             ],
         )
     console.print(table)
+    for name, problem in comparison.problems.items():
+        log(f"[yellow]note[/]: no curves for {escape(name)}: {escape(problem)}")
     missing = [
         escape(name)
         for name in comparison.names
-        if not any(name in per_run for per_run in comparison.curves.values())
+        if name not in comparison.problems
+        and not any(name in per_run for per_run in comparison.curves.values())
     ]
     if missing:
         log(

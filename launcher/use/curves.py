@@ -21,6 +21,7 @@ Points = list[tuple[int, float]]
 class Curves:
     source: str  # "tensorboard", "log_history.json" or "none"
     series: dict[str, Points] = field(default_factory=dict)
+    problem: str | None = None  # why a log_history.json that is there gave no curves (not valid JSON, ...)
 
 
 def read_curves(run: Path) -> Curves:
@@ -30,12 +31,34 @@ def read_curves(run: Path) -> Curves:
         for folder in folders:
             for tag, points in _events(folder).items():
                 series.setdefault(tag, {}).update(points)
-        return Curves("tensorboard", {tag: sorted(points.items()) for tag, points in sorted(series.items())})
+        if series:  # empty event files: log_history.json may still hold the curves
+            return Curves(
+                "tensorboard", {tag: sorted(points.items()) for tag, points in sorted(series.items())}
+            )
     history_file = run / "log_history.json"
     if history_file.exists():
-        history = json.loads(history_file.read_text()).get("log_history", [])
+        history, problem = _read_history(history_file)
+        if problem is not None:
+            return Curves("none", problem=problem)
         return Curves("log_history.json", _from_history(history))
     return Curves("none")
+
+
+def _read_history(path: Path) -> tuple[list[dict], str | None]:
+    """The entries of a log_history.json, or why it has none: (entries, None) or ([], what is wrong)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        what = "empty" if not exc.doc.strip() else f"not valid JSON (line {exc.lineno}: {exc.msg})"
+        return [], f"{path}: {what}"
+    except UnicodeDecodeError as exc:
+        return [], f"{path}: not valid JSON (not UTF-8 text: {exc.reason})"
+    except OSError as exc:
+        return [], f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+    history = document.get("log_history") if isinstance(document, dict) else None
+    if not isinstance(history, list):
+        return [], f"{path}: not a training log (expected a JSON object with a log_history list)"
+    return [entry for entry in history if isinstance(entry, dict)], None
 
 
 def _events(folder: Path) -> dict[str, dict[int, float]]:
@@ -60,7 +83,7 @@ def _from_history(history: list[dict]) -> dict[str, Points]:
     series: dict[str, dict[int, float]] = {}
     for entry in history:
         step = entry.get("step")
-        if step is None:
+        if not isinstance(step, (int, float)) or isinstance(step, bool) or step != step:
             continue
         for key, value in entry.items():
             if key in ("step", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):

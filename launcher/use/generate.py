@@ -20,7 +20,7 @@ from ftl.launcher.console import log
 from ftl.launcher.data.sources import load_file
 from ftl.launcher.errors import FtlError, first_line
 from ftl.launcher.tasks.generation import generate
-from ftl.launcher.use.output import jsonl, progress, write_text
+from ftl.launcher.use.output import check_output, jsonl, progress, write_text
 from ftl.launcher.use.trained import open_trained
 
 _TABLE_FORMATS = (".csv", ".tsv", ".parquet")
@@ -52,6 +52,7 @@ def generate_from_run(
 ) -> list[dict[str, Any]]:
 
     started = time.perf_counter()
+    check_output(output, [("--prompts", prompts_file)], run)  # before any work: never what it reads
     given = [_parse_prompt(text) for text in prompts] + (read_prompts(prompts_file) if prompts_file else [])
     if not given:
         raise FtlError(

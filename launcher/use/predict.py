@@ -20,7 +20,7 @@ from ftl.launcher.data.sources import load_file
 from ftl.launcher.recipe.data import DataSource
 from ftl.launcher.tasks.generation import generate
 from ftl.launcher.tasks.prediction import PredictionInputs
-from ftl.launcher.use.output import jsonl, progress, write_text
+from ftl.launcher.use.output import check_output, jsonl, progress, write_text
 from ftl.launcher.use.trained import open_trained
 
 
@@ -41,6 +41,7 @@ def predict_run(
     task_name: str | None = None,
 ) -> PredictResult:
     started = time.perf_counter()
+    check_output(output, [("--data", data)], run)  # before any work: never the file or run it reads
     trained = open_trained(run)
     task = trained.task.prediction_task(task_name)
     raw = load_file(data, "--data", DataSource(path=str(data), text_sample_by="line"))  # .txt: a row a line

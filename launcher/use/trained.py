@@ -38,7 +38,7 @@ class TrainedRun:
         """The trained model on this run's device, in evaluation mode."""
         import warnings
 
-        with warnings.catch_warnings(), _damaged(self.rundir.model, "model"):
+        with warnings.catch_warnings(), damaged(self.rundir.model, "model"):
             warnings.simplefilter("ignore", FutureWarning)  # the libraries' deprecation notices
             model = load_trained(self.rundir.model, self.task.model_class())
         self.task.configure_model(model, self.tokenizer)
@@ -59,7 +59,7 @@ def open_trained(path: Path) -> TrainedRun:
             f"{state_file} is missing (the run's label names and task settings); the run folder is incomplete: "
             "run the recipe again"
         )
-    with _damaged(rundir.model, "tokenizer and task state"):
+    with damaged(rundir.model, "tokenizer and task state"):
         task.restore(json.loads(state_file.read_text()))
         tokenizer = AutoTokenizer.from_pretrained(str(rundir.model))
         task.use_tokenizer(tokenizer)
@@ -67,8 +67,9 @@ def open_trained(path: Path) -> TrainedRun:
 
 
 @contextmanager
-def _damaged(folder: Path, what: str) -> Iterator[None]:
-    """A model folder that cannot be read (files missing, cut short, or not what they should be): one line."""
+def damaged(folder: Path, what: str) -> Iterator[None]:
+    """A model folder that cannot be read (files missing, cut short, or not what they should be): one line.
+    Shared by every verb that reads a run's model (eval, predict, generate, export)."""
     try:
         yield
     except FtlError:

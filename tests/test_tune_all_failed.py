@@ -1,0 +1,72 @@
+"""A search (and a cross-validation) whose every trial failed exits 2 with one line: how many failed, the
+first one's error and where the logs are (one shared message, like ftl bench's "every cell failed")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftl.launcher.errors import FtlError
+from ftl.tune.cv import summarise
+from ftl.tune.results import SearchResults, TrialOutcome, all_failed
+from ftl.tune.search import raise_if_all_failed
+
+
+def _trial(trial_id: str, status: str, error: str | None = None, **values) -> TrialOutcome:
+    metrics = {"eval_loss": 0.5, "eval_accuracy": 0.75} if status != "error" else {}
+    return TrialOutcome(trial_id, status, values, metrics, None, error)
+
+
+def _results(*trials: TrialOutcome) -> SearchResults:
+    return SearchResults("eval_loss", "min", list(trials), None)
+
+
+def test_a_search_whose_every_trial_failed_is_refused_naming_the_first_error(tmp_path):
+    results = _results(
+        _trial("t_00000", "error", "FtlError: tune.cv: 300 folds but only 240 rows"),
+        _trial("t_00001", "error", "other"),
+    )
+    with pytest.raises(FtlError) as caught:
+        raise_if_all_failed(results, tmp_path / "trials")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("ftl tune: all 2 trials failed")
+    assert "trial t_00000: FtlError: tune.cv: 300 folds but only 240 rows" in message
+    assert f"see {tmp_path / 'trials'}/*/train.log" in message
+
+
+def test_a_search_with_one_trial_that_did_not_fail_is_not_refused(tmp_path):
+    raise_if_all_failed(_results(_trial("a", "error", "x"), _trial("b", "completed")), tmp_path)
+    raise_if_all_failed(_results(_trial("a", "error", "x"), _trial("b", "stopped early")), tmp_path)
+    raise_if_all_failed(_results(), tmp_path)  # nothing ran (e.g. a time budget): not "all failed"
+
+
+def test_the_first_known_error_is_named_and_an_unknown_one_is_left_out():
+    message = str(all_failed("tune", "trial", 1, [("trial a", None)], "out/trials/*/train.log"))
+    assert message == "ftl tune: all 1 trial failed; see out/trials/*/train.log"
+    message = str(all_failed("tune", "trial", 2, [("trial a", None), ("trial b", "boom")], "logs"))
+    assert "(the first, trial b: boom)" in message
+    failures = [("trial a", "ftl.launcher.errors.FtlError: data.fold: 240 row(s) cannot be split")]
+    message = str(all_failed("tune", "trial", 1, failures, "logs"))
+    assert "(the first, trial a: data.fold: 240 row(s) cannot be split)" in message
+
+
+def test_cross_validation_shares_the_message(tmp_path):
+    trials = [_trial(f"f{i}", "error", f"boom {i}", **{"data.fold": {"index": i}}) for i in (2, 0, 1)]
+    with pytest.raises(FtlError) as caught:
+        summarise(trials, tmp_path, "eval_loss", 3)
+    message = str(caught.value)
+    assert message.startswith("ftl cv: all 3 folds failed (the first, fold 0: boom 0)")
+    assert f"see {tmp_path}/trials/fold-*/train.log" in message
+    assert (tmp_path / "cv.json").exists()  # what failed is still written down
+
+
+def test_cross_validation_with_one_completed_fold_is_not_refused(tmp_path):
+    trials = [
+        _trial("f0", "error", "boom", **{"data.fold": {"index": 0}}),
+        _trial("f1", "completed", **{"data.fold": {"index": 1}}),
+    ]
+    summary = summarise(trials, Path(tmp_path), "eval_loss", 2)
+    assert summary["completed"] == [1]
+    assert summary["failed"] == [{"fold": 0, "error": "boom"}]
