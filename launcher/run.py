@@ -14,7 +14,7 @@ from ftl.launcher.distributed.ray_launch import launch
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe
 from ftl.launcher.train.execute import execute
-from ftl.launcher.train.resume import check_same_recipe
+from ftl.launcher.train.resume import check_not_damaged, check_same_recipe
 from ftl.launcher.train.rundir import RunDir
 from ftl.launcher.train.stages import run_stages
 
@@ -51,6 +51,8 @@ def _run(
         if not resume:
             rundir.write_recipe(loaded.recipe)
         return run_stages(loaded, rundir, resume=resume, run=run_recipe)
+    if resume:
+        check_not_damaged(rundir)
     continuing = resume and rundir.last_checkpoint() is not None
     if continuing:
         check_same_recipe(rundir, loaded)

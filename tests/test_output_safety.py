@@ -63,14 +63,16 @@ def test_output_onto_an_input_file_is_refused(tmp_path, run, monkeypatch):
 
 
 def test_output_inside_the_run_or_onto_what_made_it_is_refused(tmp_path, run):
-    for inside in (run / "model" / "config.json", run / "metrics.json", run / "new.jsonl"):
-        assert "lies inside the run directory" in _refused(inside, [], run)
+    (run / "metrics.json").write_text("{}")
+    for inside in (run / "model" / "config.json", run / "metrics.json", run / "model" / "new.jsonl"):
+        assert "is part of the run" in _refused(inside, [], run)
+    check_output(run / "predictions-test.jsonl", [], run)  # a new file beside the run's own is the user's
     for folder in (run, run / "model"):
         assert "is a directory; give a file name" in _refused(folder, [], run)
     assert "the recipe run" in _refused(tmp_path / "recipe.yaml", [], run)
     assert "the train data run" in _refused(tmp_path / "train.tsv", [], run)
     (tmp_path / "to-run").symlink_to(run)
-    assert "lies inside the run directory" in _refused(tmp_path / "to-run" / "x.jsonl", [], run)
+    assert "is part of the run" in _refused(tmp_path / "to-run" / "model" / "x.jsonl", [], run)
 
 
 def test_an_ordinary_output_file_may_be_replaced(tmp_path, run, capsys):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
+from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
 
 # The split names `datasets` reads from file names (datasets.data_files.SPLIT_KEYWORDS), between separators.
@@ -37,8 +38,8 @@ def split_of(name: str) -> str | None:
 
 
 def check_splits(path: Path, files: list[Path], what: str) -> None:
-    """A folder (or glob) whose files name two or more splits (train.csv, test.csv) is not one set of rows: read
-    as one, its test rows would be trained on."""
+    """A folder whose files name two or more splits (train.csv, test.csv) is not one set of rows: read as one, its
+    test rows would be trained on. A glob that matches them is read (it names its files), with a warning."""
     by_split: dict[str, list[Path]] = {}
     for file in files:
         split = split_of(file.name)
@@ -57,8 +58,12 @@ def check_splits(path: Path, files: list[Path], what: str) -> None:
         advice.append(f"data.validation at {held_out}")
     if "validation" in where and "test" in where:
         advice.append(f"evaluate on {where['test']} with ftl eval --data")
-    holds = "holds" if path.is_dir() else "matches"
-    raise FtlError(f"{what}: {path} {holds} split files ({shown}); {' and '.join(advice)}")
+    if not path.is_dir():  # a glob names its files: reading them together may be meant (train + dev), so said
+        log(f"[yellow]{what}: {path} matches files of several splits ({shown}), read as one set of rows[/]")
+        return
+    raise FtlError(
+        f"{what}: {path} holds split files ({shown}); {' and '.join(advice)} (a glob reads several on purpose)"
+    )
 
 
 def _paths_of(split: str, found: list[Path], files: list[Path]) -> str:
@@ -109,7 +114,8 @@ def no_data_files(folder: Path, entries: list[Path], data_file, what: str) -> Ft
     """The error for a folder with no data files of its own: names the subfolder that holds them (a hub-style
     repository keeps them in data/), else what the folder does hold."""
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
-        inside = sorted(islice((p for p in sub.rglob("*") if p.is_file() and data_file(p)), 4))
+        near = chain(sub.glob("*"), sub.glob("*/*"))  # two levels: a big tree is not walked for a hint
+        inside = sorted(islice((p for p in near if p.is_file() and data_file(p)), 4))
         if inside:
             names = ", ".join(str(p.relative_to(sub)) for p in inside[:3]) + (
                 " ..." if len(inside) > 3 else ""
@@ -145,14 +151,8 @@ def json_rows(file: Path, what: str) -> str | dict | None:
         return next(iter(document))
     if not all(isinstance(v, list) for v in values):
         return None
-    lengths = {key: len(value) for key, value in document.items()}
-    first = next(iter(lengths))
-    odd = next((key for key, n in lengths.items() if n != lengths[first]), None)
-    if odd is not None:
-        raise FtlError(
-            f"{what}: {file} is a mapping of columns of different lengths ('{first}' has {lengths[first]} "
-            f"values, '{odd}' has {lengths[odd]}); give every column one value per row"
-        )
+    if len({len(value) for value in values}) > 1:
+        return None  # lists of different lengths: one record (e.g. a conversation and its tools), as datasets reads it
     return document
 
 

@@ -144,9 +144,12 @@ class SequenceClassification(LabelledTask):
         name '5', whatever its position); otherwise (names like negative, positive) they are ids."""
         if _empty_label(value):
             return None
-        text = _name(value)
-        if text in index:
-            return index[text]
+        for text in (
+            _name(value),
+            str(value).strip(),
+        ):  # ('1.0' names a class of a run fitted before 1.0 was 1)
+            if text in index:
+                return index[text]
         number = _integer(value)
         if number is None:
             return None

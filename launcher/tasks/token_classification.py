@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.console import log
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
@@ -26,6 +27,7 @@ TEXT_COLUMN = "text"  # ftl predict: plain text to split on whitespace, when the
 # RawData.what of the file `ftl eval` scores with a finished run (launcher/use/evaluate.py)
 EVAL_FILE = "--data"
 _PREFIXES = ("B-", "I-", "E-", "S-")  # what seqeval reads: IOB1, IOB2 (BIO) and BIOES tags, and O
+_READ_PREFIXES = (*_PREFIXES, "B_", "I_", "E_", "S_")  # seqeval's default mode also reads B_PER (type '_PER')
 
 
 class TokenClassification(LabelledTask):
@@ -68,11 +70,20 @@ class TokenClassification(LabelledTask):
         return names
 
     def _check_scheme(self, train: RawData) -> None:
-        """Refuse tags seqeval cannot read as entities (PER for B-PER, b-per, BILOU's U-/L-), and IOB1 data
-        (entities that start with I-) scored in strict mode, where it would find no entity: both give an entity
-        F1 that means nothing."""
+        """Refuse tags seqeval misreads (b-per, o, BILOU's U-/L-; plain tags such as PER are named in a warning),
+        and IOB1 data (entities that start with I-) scored in strict mode, where it would find no entity: both
+        give an entity F1 that means nothing."""
         names = self._names or []
         unreadable = _unreadable_tags(names)
+        plain = [
+            t for t in unreadable if "/" in _renamed(t)
+        ]  # PER: an IO-scheme entity, or not an entity at all
+        if plain:  # (punctuation or aspect tags with O are not entities): said, not refused
+            log(
+                f"[yellow]{train.what}: {_scheme_problem(plain)} if they are entities; tag accuracy is right "
+                "either way[/]"
+            )
+        unreadable = [t for t in unreadable if t not in plain]  # b-per, o, U-/L-: misnamed, refused
         if not unreadable and not self.config.strict:
             return
         iob1_starts, b_tags, first_iob1 = 0, 0, None
@@ -289,7 +300,7 @@ def _tag_name(tag: Any, names: list[str]) -> str:
 def _unreadable_tags(names: list[str]) -> list[str]:
     """Tags no scheme seqeval reads (O, B-X, I-X, E-X, S-X) in a set of NER tags. A set with neither O nor a
     prefixed tag is not NER (POS tags such as NN, VB) and is left alone."""
-    readable = [n for n in names if n in ("O", "B", "I", "E", "S") or n.startswith(_PREFIXES)]
+    readable = [n for n in names if n in ("O", "B", "I", "E", "S") or n[:2] in _READ_PREFIXES]
     if not readable:
         return []
     return [n for n in names if n not in readable and not n.lstrip("-").isdigit()]

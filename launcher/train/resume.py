@@ -21,17 +21,8 @@ def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
     main = is_main_process()
     if main:
         clear_staging(rundir.checkpoints)
-    for partial in rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() and main else []:
-        step = partial.name.split("-")[-1]
-        if not (step.isdigit() and int(step) > newest):
-            continue
-        damaged = damage(partial)
-        if damaged:  # sealed, then changed: not ftl's to delete
-            instead = f"from {last.name}" if last else "from the beginning"
-            raise FtlError(
-                f"--resume: {partial} was written whole, but {damaged}; restore the folder from a copy, or move it "
-                f"out of {rundir.checkpoints} to resume {instead}"
-            )
+        check_not_damaged(rundir)
+    for partial in _newer_than(rundir, newest) if main else []:
         log(f"[yellow]removing incomplete {partial.name} (interrupted while saving)[/]")
         shutil.rmtree(partial, ignore_errors=True)
     if last is not None and main:
@@ -39,6 +30,25 @@ def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
     elif announce:
         log("[yellow]no complete checkpoint yet: starting from the beginning[/]")
     return last
+
+
+def check_not_damaged(rundir: RunDir) -> None:
+    """A checkpoint newer than the newest complete one that was sealed and then changed is not ftl's to delete (a
+    kill while saving leaves no seal): one line naming the damage. Run by the driver before any worker starts."""
+    last = rundir.last_checkpoint()
+    for partial in _newer_than(rundir, int(last.name.split("-")[1]) if last else -1):
+        damaged = damage(partial)
+        if damaged:
+            instead = f"from {last.name}" if last else "from the beginning"
+            raise FtlError(
+                f"--resume: {partial} was written whole, but {damaged}; restore the folder from a copy, or move it "
+                f"out of {rundir.checkpoints} to resume {instead}"
+            )
+
+
+def _newer_than(rundir: RunDir, step: int) -> list[Path]:
+    found = rundir.checkpoints.glob("checkpoint-*") if rundir.checkpoints.exists() else []
+    return [p for p in found if p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) > step]
 
 
 def check_same_recipe(rundir: RunDir, loaded: LoadedRecipe) -> None:

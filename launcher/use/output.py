@@ -50,10 +50,10 @@ def check_output(
     if run is None or not (run / RECIPE_FILE).is_file():
         return  # not a run: opening it names what is wrong
     root = Path(os.path.realpath(run))
-    if target == root or root in target.parents:
+    if target == root or (root in target.parents and _written_by_the_run(root, target)):
         raise FtlError(
-            f"--output: {output} lies inside the run directory {run}, which this command reads; give a file "
-            "outside it, e.g. predictions.jsonl"
+            f"--output: {output} is part of the run {run} (written by ftl run), which this command reads; give "
+            "another file name, e.g. predictions.jsonl"
         )
     for what, path in _run_sources(run):
         if _same_file(output, target, path):
@@ -61,6 +61,24 @@ def check_output(
                 f"--output: {output} is the {what} run {run} was made from; writing it would destroy it: give "
                 "another file name, e.g. predictions.jsonl"
             )
+
+
+# files a run writes beside its folders (model/, checkpoints/, tensorboard/, stages), besides .json and .yaml
+_RUN_FILES = (
+    "validation.jsonl",
+    "generations.jsonl",
+    "misclassified.jsonl",
+    "ner_errors.jsonl",
+    "qa_errors.jsonl",
+)
+
+
+def _written_by_the_run(root: Path, target: Path) -> bool:
+    """A file in one of the run's folders, or one of its own files (a new file, or an earlier prediction the user
+    wrote beside them, is not)."""
+    if target.parent != root:
+        return True
+    return target.exists() and (target.suffix in (".json", ".yaml") or target.name in _RUN_FILES)
 
 
 def _same_file(output: Path, target: Path, other: Path) -> bool:
