@@ -158,7 +158,7 @@ def _through_proc(path: Path) -> bool:
 
 def _write_in_place(text: str, output: Path) -> None:
     try:
-        with open(output, "w", encoding="utf-8") as stream:
+        with open(output, "a", encoding="utf-8") as stream:  # a stream: append (a `>>` file keeps its text)
             stream.write(text)
     except OSError as exc:
         raise FtlError(f"--output: {os_error_line(exc, output)}") from None
