@@ -146,3 +146,23 @@ def test_a_directory_is_refused(tmp_path):
 
 def test_a_folder_that_is_not_a_run_is_left_to_the_run_check(tmp_path):
     check_output(tmp_path / "out.jsonl", [], tmp_path)  # ftl predict then says it is not a run directory
+
+
+def test_generation_past_the_models_positions_is_one_line():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from ftl.launcher.tasks.generation import check_generation_room
+
+    tiny = {"vocab_size": 64, "num_hidden_layers": 1}
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_positions=32, n_embd=16, n_head=2, n_layer=1, vocab_size=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16, intermediate_size=32, num_attention_heads=2, max_position_embeddings=48, **tiny
+        )
+    )
+    for model, limit in ((gpt2, 32), (llama, 48)):
+        check_generation_room(model, limit - 1)
+        with pytest.raises(
+            FtlError, match=f"--max-new-tokens {limit}: the model takes {limit} positions in all"
+        ):
+            check_generation_room(model, limit)

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.errors import FtlError
 from ftl.launcher.files import atomic_write
+from ftl.launcher.model.integrity import position_limit
 from ftl.launcher.tasks.base import Predictions
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -45,6 +47,19 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     if not rows:
         return dict.fromkeys(ROUGE_TYPES, 0.0)
     return {kind: sum(r[kind] for r in rows) / len(rows) for kind in ROUGE_TYPES}
+
+
+def check_generation_room(model, max_new_tokens: int, what: str = "--max-new-tokens") -> None:
+    """A decoder-only model cannot generate past its positions (a learned position table has no row for them;
+    rotary positions were never trained there): one line instead of an index error or an endless generation."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return
+    limit = position_limit(model) or getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_new_tokens >= limit:
+        raise FtlError(
+            f"{what} {max_new_tokens}: the model takes {limit} positions in all, prompt and generated text; "
+            f"give fewer (e.g. {limit // 2})"
+        )
 
 
 def generation_config(settings, tokenizer, model=None, stop_token_ids: list[int] | None = None) -> Any:

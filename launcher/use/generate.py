@@ -19,7 +19,7 @@ from typing import Any
 from ftl.launcher.console import log
 from ftl.launcher.data.sources import load_file
 from ftl.launcher.errors import FtlError, first_line
-from ftl.launcher.tasks.generation import generate
+from ftl.launcher.tasks.generation import check_generation_room, generate
 from ftl.launcher.use.output import check_output, jsonl, progress, write_text
 from ftl.launcher.use.trained import open_trained
 
@@ -66,6 +66,7 @@ def generate_from_run(
         seed = random.SystemRandom().randrange(2**31)
         log(f"sampling with seed {seed} (--seed {seed} repeats it)")
     model = trained.load_model()
+    check_generation_room(model, settings.max_new_tokens)
     with progress("generate", len(texts)) as advance:
         generated = generate(
             model,
