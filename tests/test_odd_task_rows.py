@@ -210,3 +210,21 @@ def test_an_unknown_tag_in_ftl_eval_says_what_a_finished_run_can_do(tmp_path):
         "(the run does not know this tag: drop or fix those rows, or retrain with it in task.labels)"
         in str(error.value)
     )
+
+
+def test_whole_number_float_offsets_are_offsets_and_others_are_refused():
+    from ftl.launcher.tasks.question_answering import _answer_lists
+
+    # one 14.0 in a JSON file makes Arrow read every answer_start as a float
+    assert _answer_lists({"text": ["paris"], "answer_start": [26.0]}, "qa.jsonl:1", "answers") == (
+        ["paris"],
+        [26],
+    )
+    assert _answer_lists({"text": "paris", "answer_start": 26.0}, "qa.jsonl:1", "answers") == (
+        ["paris"],
+        [26],
+    )
+    with pytest.raises(
+        FtlError, match=r"qa.jsonl:2: answer_start values in column 'answers' must be character"
+    ):
+        _answer_lists({"text": ["paris"], "answer_start": [26.5]}, "qa.jsonl:2", "answers")

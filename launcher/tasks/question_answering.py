@@ -307,7 +307,9 @@ def _answer_lists(gold: Any, where: str, column: str) -> tuple[list[str], list[i
     """{'text': [...], 'answer_start': [...]} (SQuAD/hub layout) or a list of {'text', 'answer_start'}."""
     if isinstance(gold, dict) and "text" in gold and "answer_start" in gold:
         texts, starts = gold["text"], gold["answer_start"]
-        if isinstance(texts, str) and isinstance(starts, int):  # one answer, not in lists: read as one
+        if isinstance(texts, str) and isinstance(
+            starts, (int, float)
+        ):  # one answer, not in lists: read as one
             texts, starts = [texts], [starts]
         if not isinstance(texts, list) or not isinstance(starts, list):
             raise FtlError(
@@ -321,9 +323,11 @@ def _answer_lists(gold: Any, where: str, column: str) -> tuple[list[str], list[i
         raise FtlError(
             f"{where}: column '{column}' must hold {{text: [...], answer_start: [...]}}, got {type(gold).__name__}"
         )
+    # whole-number floats are offsets: one 14.0 in a JSON file makes Arrow read the whole column as floats
+    starts = [int(s) if isinstance(s, float) and s.is_integer() else s for s in starts]
     if len(texts) != len(starts) or not all(isinstance(t, str) for t in texts):
         raise FtlError(f"{where}: column '{column}' needs one answer_start per answer text")
-    if not all(isinstance(s, int) and s >= 0 for s in starts):
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in starts):
         raise FtlError(f"{where}: answer_start values in column '{column}' must be character offsets (>= 0)")
     for number, text in enumerate(texts, 1):
         if not _visible(text):
