@@ -189,6 +189,20 @@ def test_lists_and_objects_as_labels_are_refused(tmp_path, cell, kind, given):
     )
 
 
+def test_an_unknown_label_says_what_fits_training_or_a_finished_run(tmp_path):
+    rows = [{"sentence": t, "label": ["negative", "positive"][i % 2]} for i, t in enumerate(TEXTS)]
+    task = classification()
+    task.fit(raw_of(tmp_path, rows))
+    odd = [*rows[:2], {"sentence": "so so", "label": "neutral"}]
+    with pytest.raises(FtlError, match=r"unknown label 'neutral'.*\(set task.labels to list them all\)$"):
+        task.encode_raw(raw_of(tmp_path, odd, "odd.jsonl"))
+    scored = load_file(jsonl_rows(tmp_path / "eval.jsonl", odd), "--data")  # as ftl eval reads its file
+    with pytest.raises(
+        FtlError, match=r"unknown label 'neutral'.*the run does not know this label: drop or fix"
+    ):
+        task.encode_raw(scored)
+
+
 # ---- instruction tuning: the columns a prompt template reads ----------------------------------------------------
 TEMPLATE = "Summarise: {document}\nTL;DR:"
 

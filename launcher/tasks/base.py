@@ -21,6 +21,10 @@ from ftl.launcher.model.load import LoadedModel, ModelSpec, load_model
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks.prediction import PredictionInputs, PromptSettings, unsupported
 
+# RawData.what of a file a finished run reads (ftl eval --data, ftl predict --data): its errors cannot suggest
+# recipe changes, only changes to the file (or training again)
+EVAL_FILE = "--data"
+
 
 @dataclass
 class Predictions:

@@ -10,7 +10,7 @@ from ftl.launcher.data.cells import checked_text, is_missing, usable_text, wrong
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
-from ftl.launcher.tasks.base import LabelledTask, Predictions
+from ftl.launcher.tasks.base import EVAL_FILE, LabelledTask, Predictions
 from ftl.launcher.tasks.prediction import PredictionInputs
 
 
@@ -121,7 +121,12 @@ class SequenceClassification(LabelledTask):
                 raise FtlError(
                     f"{raw.row_location(row)}: {shown} in column '{self.config.label_column}'"
                     f"{did_you_mean(str(value), self._names)}; known labels: {one_of(self._names)} "
-                    "(set task.labels to list them all)"
+                    + (
+                        "(the run does not know this label: drop or fix those rows, or retrain with it in "
+                        "task.labels)"
+                        if raw.what == EVAL_FILE
+                        else "(set task.labels to list them all)"
+                    )
                 )
             ids.append(label_id)
         keep = [self.config.text_column] + (

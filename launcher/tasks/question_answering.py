@@ -19,14 +19,12 @@ from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError
 from ftl.launcher.files import atomic_write
-from ftl.launcher.tasks.base import Predictions, Task
+from ftl.launcher.tasks.base import EVAL_FILE, Predictions, Task
 from ftl.launcher.tasks.prediction import PredictionInputs
 from ftl.launcher.tasks.qa_answers import Answer, best_answers, score, squad_metrics
 
 QUESTION, CONTEXT, ANSWERS, ID = "question", "context", "answers", "id"  # normalised columns
 _WINDOW_COLUMNS = ("example_id", "offsets", "context", "gold", "length")  # bookkeeping, not model inputs
-# RawData.what of the file `ftl eval` scores with a finished run (launcher/use/evaluate.py)
-EVAL_FILE = "--data"
 
 
 class QuestionAnswering(Task):

@@ -15,7 +15,7 @@ from ftl.launcher.console import log
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
 from ftl.launcher.errors import FtlError, did_you_mean, one_of
-from ftl.launcher.tasks.base import LabelledTask, Predictions
+from ftl.launcher.tasks.base import EVAL_FILE, LabelledTask, Predictions
 from ftl.launcher.tasks.ner_errors import write_error_analysis
 from ftl.launcher.tasks.ner_metrics import entity_scores
 from ftl.launcher.tasks.ner_prediction import encode_words, tag_words
@@ -24,8 +24,6 @@ from ftl.launcher.token_labels import IGNORE_INDEX
 
 WORDS, WORD_TAGS = "words", "word_tags"  # normalised columns: the words and their tag ids
 TEXT_COLUMN = "text"  # ftl predict: plain text to split on whitespace, when the tokens column is absent
-# RawData.what of the file `ftl eval` scores with a finished run (launcher/use/evaluate.py)
-EVAL_FILE = "--data"
 _PREFIXES = ("B-", "I-", "E-", "S-")  # what seqeval reads: IOB1, IOB2 (BIO) and BIOES tags, and O
 _READ_PREFIXES = (*_PREFIXES, "B_", "I_", "E_", "S_")  # seqeval's default mode also reads B_PER (type '_PER')
 

@@ -15,6 +15,7 @@ from ftl.launcher.data.prepare import prepare_eval_file
 from ftl.launcher.data.sources import load_file
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.data import DataSource
+from ftl.launcher.tasks.base import EVAL_FILE
 from ftl.launcher.train.callbacks import replace_default_printers
 from ftl.launcher.train.device import plan_device
 from ftl.launcher.train.outcome import outcomes
@@ -32,7 +33,7 @@ def evaluate_run(
     task, head = _scored_task(trained.task, task_name)
     train_source = recipe.data.train if head is None else recipe.task.tasks[head].data.train
     source = DataSource(path=str(data_file), text_sample_by=train_source.text_sample_by)
-    raw = load_file(data_file, "--data", source)
+    raw = load_file(data_file, EVAL_FILE, source)
     model = trained.load_model()
     rows, dataset = prepare_eval_file(raw, task, tokenizer)
     if len(dataset) == 0:
