@@ -31,10 +31,9 @@ def run_stages(
     for index, plan in enumerate(loaded.stages):
         folder = rundir.root / plan.stage.name
         stage = _starting_from(plan, index, loaded, finished)
-        done = RunDir(folder).read_json("metrics.json")
-        if resume and done and (folder / "model" / "config.json").exists():
+        if resume and RunDir(folder).finished():
             log(f"[bold]stage {plan.stage.name}[/]: finished before; kept")
-            metrics = done
+            metrics = RunDir(folder).read_json("metrics.json")
         else:
             log(
                 f"[bold]stage {index + 1}/{len(loaded.stages)}: {plan.stage.name}[/] ({stage.recipe.task.type})"
