@@ -157,7 +157,7 @@ def typed_key_path(root: type[BaseModel], parts: tuple[str, ...], data: dict[str
     return tuple(typed)
 
 
-def _items(items: list[Any]) -> str:
+def indexed_items(items: list[Any]) -> str:
     """'0 (mlm), 1 (classify)': a list's indexes, with the items' names where they have one."""
     named = [
         f"{i} ({item['name']})" if isinstance(item, dict) and "name" in item else str(i)
@@ -218,12 +218,12 @@ def key_path_problem(root: type[BaseModel], path: tuple[Any, ...], data: dict[st
             if index is None:
                 return (
                     f"{where} is a list; name one item by its index, e.g. {where}.0 "
-                    f"(this recipe has {len(items)}: {_items(items)})"
+                    f"(this recipe has {len(items)}: {indexed_items(items)})"
                 )
             if index >= len(items):
                 return (
                     f"{where}.{index} does not exist: this recipe has {len(items)} {where} "
-                    f"({_items(items)}); use an index from 0 to {len(items) - 1}"
+                    f"({indexed_items(items)}); use an index from 0 to {len(items) - 1}"
                 )
             continue
         if isinstance(parent, _DictOf):

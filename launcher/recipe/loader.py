@@ -17,6 +17,7 @@ from ftl.launcher.recipe.keypaths import (
     check_key_path,
     display_path,
     dotted_key,
+    indexed_items,
     key_path_problem,
     model_at,
     typed_key_path,
@@ -308,13 +309,9 @@ def _refuse_shared_key_of_stages(data: dict[str, Any], key_path: KeyPath, what: 
         return
     dotted = ".".join(map(str, key_path))
     why = "each stage gives its own task" if key_path[0] == "task" else f"each stage sets its own {dotted}"
-    names = [
-        f"{i} ({stage['name']})" if isinstance(stage, dict) and "name" in stage else str(i)
-        for i, stage in enumerate(stages)
-    ]
     raise FtlError(
         f"{what}: this recipe has stages and {why}, so the override would change nothing; override a stage's "
-        f"key as stages.N.{dotted} (stages: {one_of(names)})"
+        f"key as stages.N.{dotted} (stages: {indexed_items(stages)})"
     )
 
 
