@@ -56,6 +56,7 @@ class PreparedData:
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     from_cache: bool = False
+    files_fingerprint: str = ""  # of the data files' contents alone: what a resumed run must find unchanged
 
 
 def cache_root() -> Path:
@@ -125,6 +126,8 @@ def prepare_data(
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     fingerprint = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
+    files = {key: key_material[key] for key in ("train", "validation")}
+    files_fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     sources = {
         "train": train_raw.description,
         "validation": val_raw.description if val_raw else f"{method} split of train",
@@ -149,6 +152,7 @@ def prepare_data(
                 meta["stats"],
                 time.perf_counter() - started,
                 True,
+                files_fingerprint,
             )
         except (OSError, KeyError, ValueError):
             log(f"[yellow]cache at {cache_dir} is unreadable; rebuilding it[/]")
@@ -177,7 +181,15 @@ def prepare_data(
             {"task_state": task.state(), "stats": stats, "key": key_material},
         )
     return PreparedData(
-        train, validation, val_rows, fingerprint, sources, stats, time.perf_counter() - started, False
+        train,
+        validation,
+        val_rows,
+        fingerprint,
+        sources,
+        stats,
+        time.perf_counter() - started,
+        False,
+        files_fingerprint,
     )
 
 

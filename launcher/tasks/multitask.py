@@ -87,6 +87,9 @@ class MultiTask(Task):
             stats={**total, "tasks": {name: p.stats for name, p in prepared.items()}},
             seconds=sum(p.seconds for p in prepared.values()),
             from_cache=all(p.from_cache for p in prepared.values()),
+            files_fingerprint=hashlib.sha256(
+                "|".join(p.files_fingerprint for p in prepared.values()).encode()
+            ).hexdigest()[:16],
         )
 
     def tokenize(self, dataset, tokenizer, split: str):

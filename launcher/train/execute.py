@@ -39,7 +39,7 @@ from ftl.launcher.train.device import DevicePlan, plan_device
 from ftl.launcher.train.guard import NonFiniteGuard
 from ftl.launcher.train.layer_schedule import layer_schedule, never_unfrozen
 from ftl.launcher.train.outcome import outcomes
-from ftl.launcher.train.resume import resume_point
+from ftl.launcher.train.resume import check_same_data, resume_point
 from ftl.launcher.train.rundir import RunDir, manifest
 from ftl.launcher.train.tables import freeze_table, human, schedule_table
 from ftl.launcher.train.tracking import run_tracking
@@ -234,6 +234,7 @@ def evaluate_before_training(built: Built, rundir: RunDir) -> dict[str, Any]:
 def train(built: Built, rundir: RunDir, *, announce_resume: bool):
     """Train from the start or the newest complete checkpoint; (that checkpoint, the Trainer's output)."""
     checkpoint = resume_point(rundir, announce=announce_resume and is_main_process())
+    check_same_data(rundir, built.data, resuming=checkpoint is not None)
     rundir.training_started = True
     try:
         output = built.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

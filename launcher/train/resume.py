@@ -32,6 +32,29 @@ def resume_point(rundir: RunDir, *, announce: bool) -> Path | None:
     return last
 
 
+DATA_FILE = "data_files.json"  # the content hash of the data files a run started on
+
+
+def check_same_data(rundir: RunDir, data, *, resuming: bool) -> None:
+    """A run resumes on the data files it started on (content hashes; how they are read is the recipe's, which
+    check_same_recipe compares). Rank 0 records them when a run starts; every rank that finds the record checks."""
+    current = data.files_fingerprint
+    if not current:
+        return
+    try:
+        stored = rundir.read_json(DATA_FILE)
+    except (OSError, ValueError):  # damaged: recorded again below
+        stored = {}
+    if resuming and stored.get("fingerprint") not in (None, current):
+        started = ", ".join(f"{split} {source}" for split, source in (stored.get("sources") or {}).items())
+        raise FtlError(
+            f"--resume: the data files differ from those the run started on ({started}); resume with them as "
+            "they were, or train again into a new --output"
+        )
+    if is_main_process() and (not resuming or not stored):
+        rundir.write_json(DATA_FILE, {"fingerprint": current, "sources": data.sources})
+
+
 def check_not_damaged(rundir: RunDir) -> None:
     """A checkpoint newer than the newest complete one that was sealed and then changed is not ftl's to delete (a
     kill while saving leaves no seal): one line naming the damage. Run by the driver before any worker starts."""

@@ -101,6 +101,23 @@ def test_resume_of_a_finished_run_refuses_and_leaves_the_run_as_it_was(capsys, s
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
 
 
+def test_resume_refuses_data_files_changed_since_the_run_started(capsys, short_run, tmp_path):
+    from ftl.launcher.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(short_run), "--output", str(out)]) == 0
+    (out / "metrics.json").unlink()  # as if killed after its last checkpoint
+    shutil.rmtree(out / "model")
+    data = short_run.parent / "train.tsv"
+    original = data.read_text()
+    data.write_text(original.replace("\t0\n", "\t1\n", 3))  # three labels changed
+    message = one_error_line(capsys, ["run", str(short_run), "--output", str(out), "--resume"])
+    assert message.startswith("error: --resume: the data files differ from those the run started on (train ")
+    assert "resume with them as they were, or train again into a new --output" in message
+    data.write_text(original)
+    assert main(["run", str(short_run), "--output", str(out), "--resume"]) == 0
+
+
 def test_publishing_replaces_a_leftover_of_the_same_name(tmp_path):
     old = _checkpoint(tmp_path, 4, sealed=False)
     staged = _checkpoint(tmp_path / STAGING, 4)
