@@ -73,11 +73,7 @@ def _check_one(loaded: LoadedRecipe):
         train_rows = None
     else:
         found, train_rows = check_data(recipe.data, task, loaded.search_dirs)
-    location = locate_model(recipe.model, loaded.search_dirs)
-    check_model_files(location)
-    tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
-    built = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer)
-    check_fits(built.model, tokenizer, recipe.model, recipe.task)
+    location, tokenizer, built = check_model(loaded, task)
     if train_rows is not None:
         found += task.check_preview(train_rows, tokenizer, loaded.search_dirs, colour=console.is_terminal)
     if recipe.tune is not None:
@@ -103,6 +99,18 @@ def _check_one(loaded: LoadedRecipe):
             log(found[-1])
 
     return report
+
+
+def check_model(loaded: LoadedRecipe, task):
+    """The model's files, tokenizer, config, freezing and token limits, built on the meta device (no weights):
+    its location, tokenizer and the meta model."""
+    recipe = loaded.recipe
+    location = locate_model(recipe.model, loaded.search_dirs)
+    check_model_files(location)
+    tokenizer = load_tokenizer(recipe.model, loaded.search_dirs, location)
+    built = meta_model(ModelSpec.of(recipe, loaded.search_dirs), recipe.freeze, task, tokenizer)
+    check_fits(built.model, tokenizer, recipe.model, recipe.task)
+    return location, tokenizer, built
 
 
 def check_data(data: DataSection, task, dirs) -> tuple[list[str], object]:

@@ -13,13 +13,13 @@ import functools
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ftl.launcher.check import check_data
+from ftl.launcher.check import check_data, check_model
 from ftl.launcher.console import console, log
 from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 from ftl.launcher.errors import FtlError
@@ -56,10 +56,14 @@ def removes_unused_output(function):
 
 
 def preflight_data(loaded: LoadedRecipe, recipe) -> None:
-    """Read, encode and split the data once in the driver, as `ftl check` does, before any output folder or
-    trial: a mistake in it is one line now instead of every trial failing."""
+    """Read, encode and split the data once in the driver, and build the model on the meta device, as `ftl
+    check` does, before any output folder or trial: a mistake in either is one line now instead of every trial
+    failing (and being retried)."""
+    task = task_for(recipe.task)
     if recipe.data is not None:
-        check_data(recipe.data, task_for(recipe.task), loaded.search_dirs)
+        check_data(recipe.data, task, loaded.search_dirs)
+    if not loaded.stages:  # (a staged recipe's stages are checked as their runs start)
+        check_model(replace(loaded, recipe=recipe), task)
 
 
 @dataclass
