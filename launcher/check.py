@@ -81,7 +81,8 @@ def _check_one(loaded: LoadedRecipe):
         metric, mode = objective(recipe)
         found.append(
             f"search: {len(recipe.tune.space)} dimension(s) ({', '.join(recipe.tune.space) or 'none'}), "
-            f"{mode}imise {metric}; every choice and bound gives a valid recipe"
+            f"{mode}imise {metric}; every choice and bound passes the recipe rules (data and model: checked "
+            "above for the base recipe, and in each trial for its own)"
         )
 
     warning = remote_code_warning(recipe.model)
