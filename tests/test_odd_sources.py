@@ -169,3 +169,11 @@ def test_a_utf16_file_gets_the_utf16_hint(tmp_path, encoding, hint):
         _ = load_file(path, "data.train").dataset
     assert f"t.tsv:1: not UTF-8 text ({encoding.upper()}" in str(error.value)
     assert hint in str(error.value) and "latin1" not in str(error.value)
+
+
+def test_csv_rows_are_located_on_their_own_line_after_quoted_newlines_and_blank_lines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('sentence,label\n"good\nfilm",positive\n\nok,negative\n"a ""b"" c",positive\n')
+    raw = load_file(path, "data.train")
+    assert raw.dataset["sentence"] == ["good\nfilm", "ok", 'a "b" c']
+    assert [raw.row_location(i) for i in range(3)] == [f"{path}:2", f"{path}:5", f"{path}:6"]

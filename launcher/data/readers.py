@@ -146,3 +146,26 @@ def _add_question(columns: dict[str, list[Any]], qa: dict, title: str, context: 
     columns["context"].append(context)
     columns["question"].append(question)
     columns["answers"].append({"text": texts, "answer_start": offsets})
+
+
+_CSV_LINES_LIMIT = 200 << 20  # bytes: a bigger file is not parsed again for line numbers
+
+
+def csv_row_lines(file: Path, rows: int) -> list[int] | None:
+    """The line each data row of a .csv file starts on, as pandas reads it (quoted fields may span lines, blank
+    lines are skipped); None when the file is too big to parse again or its count of rows differs from `rows`."""
+    import csv
+
+    if file.stat().st_size > _CSV_LINES_LIMIT:
+        return None
+    starts = []
+    with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle)
+        if next(reader, None) is None:
+            return None
+        before = reader.line_num
+        for record in reader:
+            if any(cell.strip() for cell in record):
+                starts.append(before + 1)
+            before = reader.line_num
+    return starts if len(starts) == rows else None

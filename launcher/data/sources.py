@@ -46,6 +46,9 @@ class RawData:
     _dataset: object = None  # datasets.Dataset, read on first use
     _row_starts: list[tuple[Path, int]] | None = None  # file and line of each row, for multi-line rows
     _ready: bool = False
+    _csv_lines: list[int] | None = (
+        None  # the line of each row of a .csv (rows may span lines), found when asked
+    )
     # rows dropped or coerced while a task read them: kind -> reason -> {"rows": n, "first": file:line}
     notes: dict = field(default_factory=dict)
 
@@ -82,6 +85,11 @@ class RawData:
         if self._row_starts:
             file, line = self._row_starts[index]
             return f"{file}:{line}"
+        if self.format == "csv" and len(self.files) == 1:
+            if self._csv_lines is None:
+                self._csv_lines = readers.csv_row_lines(self.files[0], len(self.dataset)) or []
+            if self._csv_lines:
+                return f"{self.files[0]}:{self._csv_lines[index]}"
         offset = _HEADER_LINES.get(self.format)
         if offset is not None and len(self.files) == 1:
             return f"{self.files[0]}:{index + 1 + offset}"
