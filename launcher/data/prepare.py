@@ -217,6 +217,12 @@ def split_rows(data: DataSection, task: Preparer, train_raw: RawData, val_raw: R
         if val_raw is not None:
             val_rows = task.encode_raw(val_raw)
         else:
+            if train_raw.format == "text" and len(train_rows) < 2:
+                raise FtlError(
+                    f"data.train: {train_raw.description} holds {len(train_rows)} "
+                    f"{data.train.text_sample_by} of text, too few to carve a validation split from; read it by "
+                    "line (data.train.text_sample_by: line) if each line is an example, or give data.validation"
+                )
             train_rows, val_rows = carve_validation(
                 train_rows,
                 method=method,
