@@ -245,3 +245,20 @@ def test_a_prompt_field_empty_in_most_rows_is_fine_when_another_field_has_text(t
     raw = raw_of(tmp_path, rows)
     check_prompt_fields(raw, "{instruction}\n{input}\n")
     assert raw.row_report() == []
+
+
+def test_labels_that_differ_only_in_case_or_invisible_characters_are_named(tmp_path, capsys):
+    rows = [
+        {"sentence": t, "label": ["positive", "Positive", "negative\u200b", "negative"][i % 4]}
+        for i, t in enumerate(TEXTS)
+    ]
+    task = classification()
+    task.fit(raw_of(tmp_path, rows))
+    assert task.label_names() == [
+        "Positive",
+        "negative",
+        "negative\u200b",
+        "positive",
+    ]  # four classes, as given
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "labels 'negative' and 'negative\\u200b' differ only in case or invisible characters" in warning

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.console import log
 from ftl.launcher.data.cells import checked_text, is_missing, usable_text, wrong_type
 from ftl.launcher.data.collate import PaddingCollator
 from ftl.launcher.data.sources import RawData
@@ -32,6 +34,17 @@ def _name(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def _look_alike(names: list[str]) -> tuple[str, str] | None:
+    """Two label names that read the same (Positive / positive, or with a zero-width space), if any."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = "".join(ch for ch in name if unicodedata.category(ch) != "Cf").strip().casefold()
+        if key in seen:
+            return seen[key], name
+        seen[key] = name
+    return None
 
 
 def _empty_label(value: Any) -> bool:
@@ -98,6 +111,13 @@ class SequenceClassification(LabelledTask):
             raise FtlError(
                 f"{train.what} ({train.description}): column '{self.config.label_column}' has a single label "
                 f"({self._names[0]}); classification needs at least two"
+            )
+        twins = _look_alike(self._names)
+        if twins:
+            log(
+                f"[yellow]{train.what}: labels {' and '.join(repr(n) for n in twins)} differ only in case or "
+                "invisible characters, and are two classes; if they are one, fix the file (or list the names "
+                "in task.labels)[/]"
             )
 
     def state(self) -> dict[str, Any]:
