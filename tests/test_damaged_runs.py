@@ -1,5 +1,7 @@
-"""`ftl compare` on a run whose log_history.json is empty, cut short or not a training log (and no TensorBoard
-events): the comparison is still written, with a note saying what is wrong with the file, never a traceback."""
+"""Finished runs damaged afterwards. `ftl compare` on a run whose log_history.json is empty, cut short or not a
+training log (and no TensorBoard events): the comparison is still written, with a note saying what is wrong with
+the file, never a traceback. `ftl export` of a damaged model folder: the same one line as `ftl eval` and
+`ftl predict`."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import yaml
 
 from ftl.launcher.cli import main
 from ftl.launcher.use.curves import read_curves
+from tests.conftest import fails
 
 
-def _run(root: Path, name: str, history: str | None) -> Path:
+def _run(root: Path, name: str, history: str | None, config: str = "{}") -> Path:
     run = root / name
     (run / "model").mkdir(parents=True)
     recipe = {
@@ -29,7 +32,8 @@ def _run(root: Path, name: str, history: str | None) -> Path:
     (run / "manifest.json").write_text(
         json.dumps({"created": "2026-01-02T03:04:05+00:00", "wall_seconds": 6})
     )
-    (run / "model" / "config.json").write_text("{}")
+    (run / "model" / "config.json").write_text(config)
+    (run / "model" / "ftl_task.json").write_text("{}")
     if history is not None:
         (run / "log_history.json").write_text(history)
     return run
@@ -76,3 +80,19 @@ def test_empty_event_files_fall_back_to_log_history(tmp_path):
     curves = read_curves(run)
     assert curves.source == "log_history.json"
     assert curves.series["train/loss"] == [(1, 0.7), (2, 0.6)]
+
+
+def test_export_of_a_corrupt_config_is_one_line(tmp_path, capsys):
+    run = _run(tmp_path, "run", None, config="{")
+    line = fails(capsys, ["export", str(run), "-o", str(tmp_path / "exported")])
+    assert "cannot load the run's model" in line
+    assert "config.json" in line and "not valid JSON" in line
+    assert "run the recipe again" in line
+    assert not (tmp_path / "exported").exists()
+    assert not list(tmp_path.glob(".exported*"))
+
+
+def test_export_of_a_model_folder_without_weights_is_one_line(tmp_path, capsys):
+    run = _run(tmp_path, "run", None, config=json.dumps({"model_type": "bert"}))
+    line = fails(capsys, ["export", str(run), "-o", str(tmp_path / "exported")])
+    assert "cannot load the run's model" in line
