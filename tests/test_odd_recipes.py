@@ -210,6 +210,17 @@ def test_a_prompt_template_that_is_not_valid_yaml_is_kept_as_text(lm_recipe):
     assert recipe.task.prompt_template == "Question: {text} Answer:"
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("freeze.patterns=['attention']", ["attention"]), ("freeze.patterns=[]", []), ("model.local_copies=[]", [])],
+)
+def test_lists_of_strings_are_still_parsed_as_lists(classification_recipe, override, expected):
+    recipe = load_recipe(classification_recipe, [override]).recipe
+    key, _ = override.split("=", 1)
+    section, field = key.split(".")
+    assert getattr(getattr(recipe, section), field) == expected
+
+
 def test_null_still_unsets_an_optional_string(classification_recipe):
     recipe = load_recipe(classification_recipe, ["eval.metric=null"]).recipe
     assert recipe.eval.metric is None

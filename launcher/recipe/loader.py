@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,8 +345,12 @@ def _typed_value(raw: str, key_path: KeyPath, data: dict[str, Any], what: str) -
 
 
 def _accepts_only_str(annotation: Any) -> bool:
-    args = typing.get_args(annotation) or (annotation,)
-    kinds = {a for a in args if a is not type(None)}
+    """True for `str` and `str | None`; false for containers of strings such as `list[str]`."""
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    kinds = {a for a in typing.get_args(annotation) if a is not type(None)}
     return kinds == {str}
 
 
