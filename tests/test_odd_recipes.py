@@ -212,7 +212,11 @@ def test_a_prompt_template_that_is_not_valid_yaml_is_kept_as_text(lm_recipe):
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("freeze.patterns=['attention']", ["attention"]), ("freeze.patterns=[]", []), ("model.local_copies=[]", [])],
+    [
+        ("freeze.patterns=['attention']", ["attention"]),
+        ("freeze.patterns=[]", []),
+        ("model.local_copies=[]", []),
+    ],
 )
 def test_lists_of_strings_are_still_parsed_as_lists(classification_recipe, override, expected):
     recipe = load_recipe(classification_recipe, [override]).recipe
