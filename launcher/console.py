@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from rich.console import Console
 
@@ -12,8 +14,24 @@ if not console.is_terminal and console.width <= 80:
     console.width = 160  # logs and CI: tables need not fit an 80-column default
 
 
+_recorders: list[list[str]] = []
+
+
 def log(message: str) -> None:
+    for lines in _recorders:
+        lines.append(message)
     console.print(message, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[str]]:
+    """The messages `log` prints inside the block, in order (they are printed as well)."""
+    lines: list[str] = []
+    _recorders.append(lines)
+    try:
+        yield lines
+    finally:
+        _recorders.remove(lines)
 
 
 # Loggers of notices that libraries print while being imported or per checkpoint (optional kernels, the CPU

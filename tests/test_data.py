@@ -18,7 +18,7 @@ from ftl.launcher.model.load import load_tokenizer
 from ftl.launcher.recipe import load_recipe
 from ftl.launcher.recipe.data import DataSource
 from ftl.launcher.tasks.registry import task_for
-from tests.conftest import SHARED_DATA, sentiment_rows
+from tests.conftest import SHARED_DATA, sentiment_rows, write_tsv
 
 
 def _labelled(n_pos: int, n_neg: int):
@@ -168,3 +168,22 @@ def test_packing_real_text_keeps_at_least_97_percent_of_tokens(tmp_path):
     )
     kept = (len(data.train) + len(data.validation)) * 256
     assert kept / total >= 0.97
+
+
+def test_what_the_task_said_of_the_data_is_said_again_on_a_cache_hit(tmp_path, classification_recipe, capsys):
+    rows = sentiment_rows(40, seed=3)
+    write_tsv(
+        tmp_path / "train.tsv", [(text, ["positive", "Positive"][i % 2]) for i, (text, _) in enumerate(rows)]
+    )
+    loaded = load_recipe(classification_recipe, ["task.labels=null"])
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    said = []
+    for _ in range(2):
+        prepared = prepare_data(
+            loaded.recipe.data, task_for(loaded.recipe.task), dirs=loaded.search_dirs, tokenizer=tokenizer
+        )
+        printed = capsys.readouterr()
+        said.append(" ".join((printed.out + printed.err).split()))
+    assert prepared.from_cache
+    for err in said:
+        assert "labels 'Positive' and 'positive' differ only in case" in err

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ftl.launcher import __version__
+from ftl.launcher.console import recording
 from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 from ftl.launcher.data.sources import RawData, load_source
 from ftl.launcher.data.splits import carve_validation, oversample, subsample
@@ -143,6 +144,8 @@ def prepare_data(
             task.restore(meta["task_state"])
             for line in meta["stats"].get("rows_dropped_or_coerced", {}).get("report", []):
                 log(f"[yellow]{line}[/]")
+            for line in meta.get("warnings", []):  # what the task said of the data (cut rows, odd labels)
+                log(line)
             return PreparedData(
                 splits["train"],
                 splits["validation"],
@@ -158,12 +161,14 @@ def prepare_data(
             log(f"[yellow]cache at {cache_dir} is unreadable; rebuilding it[/]")
 
     datasets.disable_caching()  # ftl caches the final result itself
-    train_rows, val_rows = split_rows(data, task, train_raw, val_raw, method)
-    row_notes = [line for raw in (train_raw, val_raw) if raw is not None for line in raw.row_report()]
-    for line in row_notes:
-        log(f"[yellow]{line}[/]")
-    train = task.tokenize(train_rows, tokenizer, "train")
-    validation = task.tokenize(val_rows, tokenizer, "validation")
+    with recording() as said:  # the task's warnings, replayed when a later run finds this in the cache
+        train_rows, val_rows = split_rows(data, task, train_raw, val_raw, method)
+        row_notes = [line for raw in (train_raw, val_raw) if raw is not None for line in raw.row_report()]
+        for line in row_notes:
+            log(f"[yellow]{line}[/]")
+        train = task.tokenize(train_rows, tokenizer, "train")
+        validation = task.tokenize(val_rows, tokenizer, "validation")
+    warnings = [line for line in said if line.startswith("[yellow]") and line[8:-3] not in row_notes]
     stats = {
         "train": task.dataset_stats(train, tokenizer),
         "validation": task.dataset_stats(validation, tokenizer),
@@ -178,7 +183,7 @@ def prepare_data(
         _store(
             cache_dir,
             datasets.DatasetDict(train=train, validation=validation, validation_rows=val_rows),
-            {"task_state": task.state(), "stats": stats, "key": key_material},
+            {"task_state": task.state(), "stats": stats, "key": key_material, "warnings": warnings},
         )
     return PreparedData(
         train,
