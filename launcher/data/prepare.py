@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ftl.launcher import __version__
+from ftl.launcher.console import log as warn
 from ftl.launcher.console import recording
 from ftl.launcher.data.folds import fold_of_rows, resolve_method, split_fold
 from ftl.launcher.data.sources import RawData, load_source
@@ -210,6 +211,12 @@ def split_rows(data: DataSection, task: Preparer, train_raw: RawData, val_raw: R
     carved or read, folds, subsets and oversampling applied (no tokenising). `ftl check` calls it too, so a
     split the data cannot give is found before training."""
     split = data.validation_split
+    if val_raw is not None and val_raw.fingerprint == train_raw.fingerprint:
+        warn(
+            f"[yellow]data.validation ({val_raw.description}) holds the same rows as data.train: validation "
+            "scores measure fit to the training rows, not to new ones; give held-out rows, or drop "
+            "data.validation to carve a split from train[/]"
+        )
     task.fit(train_raw)
     if data.fold is not None:
         train_rows, val_rows = _fold_rows(train_raw, task, data, seed=split.seed)
