@@ -192,6 +192,8 @@ def test_what_the_task_said_of_the_data_is_said_again_on_a_cache_hit(tmp_path, c
 def test_validation_holding_the_training_rows_is_named(classification_recipe, capsys):
     loaded = load_recipe(classification_recipe, ["data.validation=train.tsv"])
     tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
-    prepare_data(loaded.recipe.data, task_for(loaded.recipe.task), dirs=loaded.search_dirs, tokenizer=tokenizer)
+    prepare_data(
+        loaded.recipe.data, task_for(loaded.recipe.task), dirs=loaded.search_dirs, tokenizer=tokenizer
+    )
     printed = capsys.readouterr()
     assert "holds the same rows as data.train" in " ".join((printed.out + printed.err).split())

@@ -70,3 +70,56 @@ def test_cross_validation_with_one_completed_fold_is_not_refused(tmp_path):
     summary = summarise(trials, Path(tmp_path), "eval_loss", 2)
     assert summary["completed"] == [1]
     assert summary["failed"] == [{"fold": 0, "error": "boom"}]
+
+
+# ---- a trial's ftl error is not retried ------------------------------------------------------------------------
+
+
+def _attempt(tmp_path, setup, values, body):
+    from ftl.tune.trial_runs import not_retrying_ftl_errors
+
+    ran = []
+    with not_retrying_ftl_errors(tmp_path, setup, values):
+        ran.append(True)
+        body()
+    return ran
+
+
+def _refuse():
+    raise FtlError("data.train: too few rows")
+
+
+def test_a_retry_of_a_trial_that_failed_with_an_ftl_error_re_raises_it_without_training(tmp_path):
+    from ftl.tune.trial_runs import TrialSetup
+
+    setup = TrialSetup(base=None, trials_dir=str(tmp_path))
+    with pytest.raises(FtlError, match="too few rows$"):
+        _attempt(tmp_path, setup, {"train.lr": 0.1}, _refuse)
+    trained = []
+    with pytest.raises(FtlError, match=r"too few rows \(as in this trial's first attempt; not retried\)"):
+        _attempt(tmp_path, setup, {"train.lr": 0.1}, lambda: trained.append(1))
+    assert trained == []
+
+
+def test_other_values_another_invocation_or_another_error_train_again(tmp_path):
+    from ftl.tune.trial_runs import TrialSetup
+
+    setup = TrialSetup(base=None, trials_dir=str(tmp_path))
+    with pytest.raises(FtlError):
+        _attempt(tmp_path, setup, {"train.lr": 0.1}, _refuse)
+    assert _attempt(tmp_path, setup, {"train.lr": 0.2}, lambda: None) == [True]  # PBT changed the values
+    with pytest.raises(FtlError):
+        _attempt(tmp_path, setup, {"train.lr": 0.1}, _refuse)
+    resumed = TrialSetup(base=None, trials_dir=str(tmp_path))  # `ftl tune --resume` after a fix
+    assert resumed.session != setup.session
+    assert _attempt(tmp_path, resumed, {"train.lr": 0.1}, lambda: None) == [True]
+
+    def crash():
+        raise RuntimeError("a lost node")  # not an ftl error: Ray Tune retries it from the checkpoint
+
+    fresh = tmp_path / "other"
+    fresh.mkdir()
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            _attempt(fresh, setup, {}, crash)
+    assert not (fresh / "ftl-error.json").exists()

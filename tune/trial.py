@@ -20,7 +20,15 @@ from ftl.launcher.train.outcome import numeric
 from ftl.launcher.train.rundir import RunDir
 from ftl.tune.folded import run_folds
 from ftl.tune.space import decode
-from ftl.tune.trial_runs import FINAL, TrialSetup, finished_run, output_to, trial_dir_name, trial_recipe
+from ftl.tune.trial_runs import (
+    FINAL,
+    TrialSetup,
+    finished_run,
+    not_retrying_ftl_errors,
+    output_to,
+    trial_dir_name,
+    trial_recipe,
+)
 from ftl.tune.trial_tracking import fold_means, trial_tracking
 
 
@@ -35,18 +43,19 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     recipe = trial_recipe(base, values)
     rundir_path = Path(setup.trials_dir) / trial_dir_name(config, tune.get_context().get_trial_id())
     rundir_path.mkdir(parents=True, exist_ok=True)
-    if base.tune is not None and base.tune.cv is not None and "data.fold" not in config:
-        tracking = trial_tracking(recipe, rundir_path)  # the parent of its folds' runs
-        if tracking:
-            setup = replace(setup, env={**setup.env, **tracking.parent_for_children("trial").to_env()})
-        means = run_folds(setup, base, values, rundir_path)
-        fold_means(tracking, means)
-        tune.report({**means, "evaluation": 1, FINAL: 1, "run_dir": str(rundir_path)})
-        return
-    metrics = finished_run(rundir_path, recipe)
-    if metrics is None:
-        with output_to(rundir_path / "train.log"):
-            metrics = _train(setup.base.load(recipe), rundir_path, pbt=setup.pbt)
+    with not_retrying_ftl_errors(rundir_path, setup, config):
+        if base.tune is not None and base.tune.cv is not None and "data.fold" not in config:
+            tracking = trial_tracking(recipe, rundir_path)  # the parent of its folds' runs
+            if tracking:
+                setup = replace(setup, env={**setup.env, **tracking.parent_for_children("trial").to_env()})
+            means = run_folds(setup, base, values, rundir_path)
+            fold_means(tracking, means)
+            tune.report({**means, "evaluation": 1, FINAL: 1, "run_dir": str(rundir_path)})
+            return
+        metrics = finished_run(rundir_path, recipe)
+        if metrics is None:
+            with output_to(rundir_path / "train.log"):
+                metrics = _train(setup.base.load(recipe), rundir_path, pbt=setup.pbt)
     history = RunDir(rundir_path).read_json("log_history.json").get("log_history", [])
     tune.report(
         {**numeric(metrics), "evaluation": evaluation_count(history), FINAL: 1, "run_dir": str(rundir_path)}

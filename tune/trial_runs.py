@@ -4,12 +4,16 @@ earlier attempt finished it, and where its output goes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftl.launcher.errors import FtlError, first_line
+from ftl.launcher.files import atomic_write
 from ftl.launcher.recipe.loader import PortableRecipe
 from ftl.launcher.recipe.variants import objective, with_values
 from ftl.launcher.train.rundir import RunDir
@@ -25,6 +29,7 @@ class TrialSetup:
     trials_dir: str
     env: dict[str, str] = field(default_factory=dict)
     pbt: bool = False
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)  # one `ftl tune`/`ftl cv` invocation
 
 
 def trial_recipe(base, values: dict[str, Any]):
@@ -75,3 +80,28 @@ def output_to(path: Path):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+_FAILURE = "ftl-error.json"
+
+
+@contextlib.contextmanager
+def not_retrying_ftl_errors(rundir_path: Path, setup: TrialSetup, values: dict[str, Any]):
+    """An ftl error (the recipe, data or model refused) fails the same way every time: Ray Tune's retry of such a
+    trial re-raises it at once instead of training again `tune.max_failures` times. Only within one invocation:
+    `ftl tune --resume` after a fix tries the trial again."""
+    marker = rundir_path / _FAILURE
+    attempt = {"session": setup.session, "values": json.dumps(values, sort_keys=True, default=str)}
+    try:
+        earlier = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and all(earlier.get(key) == value for key, value in attempt.items()):
+        raise FtlError(f"{earlier.get('error', 'failed')} (as in this trial's first attempt; not retried)")
+    try:
+        yield
+    except FtlError as exc:
+        cause = getattr(exc, "cause", None)  # a fold's error arrives as Ray's RayTaskError(FtlError)
+        error = str(cause) if isinstance(cause, FtlError) else first_line(exc)
+        atomic_write(marker, json.dumps({**attempt, "error": error}) + "\n")
+        raise
