@@ -70,12 +70,15 @@ def _check_one(loaded: LoadedRecipe):
                 f"task {name} ({sub_task.config.type}):",
                 *check_data(recipe.task.tasks[name].data, sub_task, loaded.search_dirs)[0],
             ]
-        train_rows = None
+        train_rows = val_rows = None
     else:
-        found, train_rows = check_data(recipe.data, task, loaded.search_dirs)
+        found, train_rows, val_rows = check_data(recipe.data, task, loaded.search_dirs)
     location, tokenizer, built = check_model(loaded, task)
     if train_rows is not None:
         found += task.check_preview(train_rows, tokenizer, loaded.search_dirs, colour=console.is_terminal)
+        # tokenised as the run will: rows it cannot train on (too long, nothing left to learn) refused or counted
+        task.tokenize(train_rows, tokenizer, "train")
+        task.tokenize(val_rows, tokenizer, "validation")
     if recipe.tune is not None:
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
         metric, mode = objective(recipe)
@@ -114,9 +117,9 @@ def check_model(loaded: LoadedRecipe, task):
     return location, tokenizer, built
 
 
-def check_data(data: DataSection, task, dirs) -> tuple[list[str], object]:
+def check_data(data: DataSection, task, dirs) -> tuple[list[str], object, object]:
     """Files, columns, cells and labels of train and validation, read, split and subsampled as a run would (only
-    not tokenised), and the cache folder; the report lines and the training rows."""
+    not tokenised), and the cache folder; the report lines, the training rows and the validation rows."""
     check_cache(data)
     train = load_source(data.train, dirs, "data.train")
     val = load_source(data.validation, dirs, "data.validation") if data.validation is not None else None
@@ -130,4 +133,4 @@ def check_data(data: DataSection, task, dirs) -> tuple[list[str], object]:
     labels = task.label_names()
     if labels:
         lines.append(f"labels: {', '.join(labels)}")
-    return lines, train_rows
+    return lines, train_rows, val_rows

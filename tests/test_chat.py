@@ -252,6 +252,14 @@ def test_check_shows_the_masking_of_the_first_conversation(tmp_path, chat_tokeni
     assert "[[Where" not in err
 
 
+def test_check_tokenises_as_the_run_does(tmp_path, chat_tokenizer_dir, capsys):
+    from ftl.launcher.cli import main
+
+    recipe = write_chat_recipe(tmp_path, chat_tokenizer_dir, max_length=8)  # no reply starts within 8 tokens
+    assert main(["check", str(recipe)]) == 2
+    assert "nothing is left to train on; raise task.max_length" in " ".join(capsys.readouterr().err.split())
+
+
 def test_run_then_generate_and_predict_use_the_template(tmp_path, chat_tokenizer_dir, capsys):
     from transformers import AutoTokenizer
 

@@ -61,6 +61,9 @@ class PreparedData:
     files_fingerprint: str = ""  # of the data files' contents alone: what a resumed run must find unchanged
 
 
+SAID_BY_DRIVER = "FTL_DATA_SAID_BY_DRIVER"  # set for workers whose driver prepared (and reported) the data
+
+
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ftl")).expanduser()
 
@@ -143,10 +146,11 @@ def prepare_data(
             splits = datasets.load_from_disk(str(cache_dir / "splits"))
             meta = json.loads((cache_dir / "meta.json").read_text())
             task.restore(meta["task_state"])
-            for line in meta["stats"].get("rows_dropped_or_coerced", {}).get("report", []):
-                log(f"[yellow]{line}[/]")
-            for line in meta.get("warnings", []):  # what the task said of the data (cut rows, odd labels)
-                log(line)
+            if not os.environ.get(SAID_BY_DRIVER):  # Ray Train workers: the driver said it when it prepared
+                for line in meta["stats"].get("rows_dropped_or_coerced", {}).get("report", []):
+                    log(f"[yellow]{line}[/]")
+                for line in meta.get("warnings", []):  # what the task said of the data (cut rows, odd labels)
+                    log(line)
             return PreparedData(
                 splits["train"],
                 splits["validation"],

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ftl.launcher.console import log
+from ftl.launcher.data.prepare import SAID_BY_DRIVER
 from ftl.launcher.distributed.reshard import resharded, universal_files, universal_for
 from ftl.launcher.distributed.storage import fetch_from_storage, push_to_storage
 from ftl.launcher.distributed.worker import FINAL, train_worker
@@ -79,14 +80,17 @@ def launch(
                 "[yellow]after re-sharding this session ends with the last weights, not the best evaluation[/]"
             )
             recipe = resharded(recipe, extra)
+    warmed = False
     if distributed.address is None:
         plan_device(recipe.train, distributed)  # a local cluster has this machine's devices
-        warm_data_cache(loaded)
+        warmed = warm_data_cache(loaded)
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     env = forwarded_env(recipe)
+    if warmed:  # what the data preparation warned of is said once, here, not again by rank 0
+        env[SAID_BY_DRIVER] = "1"
     connect(distributed.address, env, worker_output=False)  # workers log to <run>/logs; rank 0 via the relay
     relay = ConsoleRelay()
     resources = {"CPU": distributed.cpus_per_worker}
@@ -243,14 +247,16 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-def warm_data_cache(loaded: LoadedRecipe) -> None:
-    """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising."""
+def warm_data_cache(loaded: LoadedRecipe) -> bool:
+    """Tokenise once on the driver, so workers on this machine load the cache instead of all tokenising; whether
+    it did."""
     recipe = loaded.recipe
     if recipe.data is not None and not recipe.data.cache:
-        return
+        return False
     quiet_transformers(recipe.log.level)
     tokenizer = load_tokenizer(recipe.model, loaded.search_dirs)
     task_for(recipe.task).prepare(recipe.data, tokenizer, dirs=loaded.search_dirs, log=log)
+    return True
 
 
 def _root_cause(exc: BaseException) -> str:
