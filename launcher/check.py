@@ -6,11 +6,14 @@ model (location, config, layer names for freezing, on the meta device so no weig
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import yaml
 
 from ftl.launcher.console import console, log, out
 from ftl.launcher.data.prepare import check_cache, split_method, split_rows
 from ftl.launcher.data.sources import load_source
+from ftl.launcher.errors import FtlError
 from ftl.launcher.model.freeze import block_counts
 from ftl.launcher.model.integrity import check_fits, check_model_files
 from ftl.launcher.model.load import ModelSpec, load_tokenizer, quiet_transformers, remote_code_warning
@@ -18,7 +21,7 @@ from ftl.launcher.model.locate import locate_model
 from ftl.launcher.model.meta import meta_model
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.recipe.loader import LoadedRecipe, where
-from ftl.launcher.recipe.variants import check_space, objective
+from ftl.launcher.recipe.variants import check_space, objective, with_values
 from ftl.launcher.tasks.registry import task_for
 from ftl.launcher.track.session import preflight
 from ftl.launcher.train.device import plan_device
@@ -81,11 +84,12 @@ def _check_one(loaded: LoadedRecipe):
         task.tokenize(val_rows, tokenizer, "validation")
     if recipe.tune is not None:
         check_space(recipe, where(loaded.origins, ("tune", "space"), loaded.path))
+        check_space_values(loaded, recipe)
         metric, mode = objective(recipe)
         found.append(
             f"search: {len(recipe.tune.space)} dimension(s) ({', '.join(recipe.tune.space) or 'none'}), "
-            f"{mode}imise {metric}; every choice and bound passes the recipe rules (data and model: checked "
-            "above for the base recipe, and in each trial for its own)"
+            f"{mode}imise {metric}; every choice and bound passes the recipe rules, and those of data and model "
+            "keys the data and the model"
         )
 
     warning = remote_code_warning(recipe.model)
@@ -134,3 +138,28 @@ def check_data(data: DataSection, task, dirs) -> tuple[list[str], object, object
     if labels:
         lines.append(f"labels: {', '.join(labels)}")
     return lines, train_rows, val_rows
+
+
+_DATA_SECTIONS = ("data", "task")  # what reading, encoding and splitting the data depends on
+_MODEL_SECTIONS = ("model", "task", "freeze", "quantization", "lora")  # what building the model depends on
+
+
+def check_space_values(loaded: LoadedRecipe, recipe) -> None:
+    """Each choice and both bounds of the search's data and model keys, checked against the data and the model:
+    values the recipe rules accept may still meet them in a way that cannot work (too few rows, no such column,
+    more tokens than the model has positions). Keys of other sections need no data or model to check."""
+    if recipe.tune is None:
+        return
+    for key, dimension in recipe.tune.space.items():
+        section = key.split(".")[0]
+        if section not in _DATA_SECTIONS + _MODEL_SECTIONS:
+            continue
+        for value in dimension.edge_values():
+            variant = with_values(recipe, {key: value})
+            try:
+                if section in _DATA_SECTIONS and variant.data is not None:
+                    check_data(variant.data, task_for(variant.task), loaded.search_dirs)
+                if section in _MODEL_SECTIONS:
+                    check_model(replace(loaded, recipe=variant), task_for(variant.task))
+            except FtlError as exc:
+                raise FtlError(f"tune.space.{key}: with {value!r}, {exc}") from None

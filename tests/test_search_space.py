@@ -59,6 +59,30 @@ def test_bad_space_is_one_line_before_any_trial(capsys, tmp_path, classification
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        (
+            {"data.max_train_rows": {"int": [1, 100]}},
+            "tune.space.data.max_train_rows: with 1, data.max_train_rows: cannot keep label ratios",
+        ),
+        (
+            {"task.max_length": {"choice": [16, 4096]}},
+            "tune.space.task.max_length: with 4096, task.max_length",
+        ),
+        ({"task.text_column": ["sentence", "sentense"]}, "tune.space.task.text_column: with 'sentense', "),
+    ],
+)
+def test_values_that_meet_the_data_or_model_badly_are_one_line_before_any_trial(
+    capsys, tmp_path, classification_recipe, space, expected
+):
+    edit_recipe(classification_recipe, tune={"space": space, "samples": 1})
+    out = tmp_path / "search"
+    message = fails(capsys, ["tune", str(classification_recipe), "--output", str(out)])
+    assert expected in message, message
+    assert not out.exists()
+
+
 def test_a_metric_the_task_does_not_produce(capsys, tmp_path, classification_recipe):
     _with_tune(classification_recipe, metric="perplexity")
     message = fails(capsys, ["tune", str(classification_recipe), "--output", str(tmp_path / "s")])

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ftl.launcher.check import check_data, check_model
+from ftl.launcher.check import check_data, check_model, check_space_values
 from ftl.launcher.console import console, log
 from ftl.launcher.distributed.ray_launch import connect, forwarded_env, warm_data_cache
 from ftl.launcher.errors import FtlError
@@ -62,8 +62,10 @@ def preflight_data(loaded: LoadedRecipe, recipe) -> None:
     task = task_for(recipe.task)
     if recipe.data is not None:
         check_data(recipe.data, task, loaded.search_dirs)
-    if not loaded.stages:  # (a staged recipe's stages are checked as their runs start)
-        check_model(replace(loaded, recipe=recipe), task)
+    if loaded.stages:  # (a staged recipe's stages are checked as their runs start)
+        return
+    check_model(replace(loaded, recipe=recipe), task)
+    check_space_values(loaded, recipe)
 
 
 @dataclass
