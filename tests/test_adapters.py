@@ -65,24 +65,24 @@ def test_qlora_4bit_tiny_llama_trains_and_the_merged_export_generates(tmp_path, 
     assert generated.shape[1] > 3
 
 
-def test_lora_classification_evaluates_from_the_adapter(tmp_path, classification_recipe, capsys):
+def test_lora_classification_evaluates_from_the_adapter(tmp_path, classification_recipe, capsys, monkeypatch):
+    """The base model built from model.config is saved in the run; the run reads it from any folder, and after a
+    move (the run's output given relative to the working folder, as users do)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    command = ["run", str(classification_recipe), "lora={r: 4, target_modules: [query, value]}"]
+    assert main([*command, "--output", "lora"]) == 0
     out = tmp_path / "lora"
-    assert (
-        main(
-            [
-                "run",
-                str(classification_recipe),
-                "lora={r: 4, target_modules: [query, value]}",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
     metrics = json.loads((out / "metrics.json").read_text())
-    capsys.readouterr()
-    assert main(["eval", str(out), "--data", str(out / "validation.jsonl")]) == 0
-    assert json.loads(capsys.readouterr().out)["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(out, moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for run in (out, moved):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--data", str(out / "validation.jsonl")]) == 0
+        assert json.loads(capsys.readouterr().out)["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
 
 
 @pytest.mark.usefixtures("ray_after_module")

@@ -7,6 +7,7 @@ so `ftl eval`, `ftl predict` and `ftl export --merge-lora` can rebuild it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,23 @@ def write_base_record(
         "revision": getattr(model.config, "_commit_hash", None) if location.kind == "hub" else None,
         "trust_remote_code": bool(getattr(model.config, "auto_map", None)),
     }
-    if base_weights is not None:
-        record.update(kind="local", path=str(base_weights), gguf_file=None)
+    if base_weights is not None:  # inside the run: relative to model/, so the run reads it from anywhere
+        relative = os.path.relpath(Path(base_weights).resolve(), Path(directory).resolve())
+        record.update(kind="local", path=relative, gguf_file=None, relative_to_model_dir=True)
+    elif location.kind in ("local", "gguf"):
+        record["path"] = str(Path(location.path).resolve())
     (directory / BASE_FILE).write_text(json.dumps(record, indent=1))
+
+
+def base_path(directory: Path, record: dict[str, Any]) -> str:
+    """Where an adapter's base model is: a hub id, a folder, or the run's own base_model/."""
+    path = record["path"]
+    if record.get("relative_to_model_dir"):
+        return str((directory / path).resolve())
+    beside = directory.parent / "base_model"  # runs recorded their base_model/ relative to the working folder
+    if record.get("kind") == "local" and Path(path).name == "base_model" and beside.is_dir():
+        return str(beside)
+    return path
 
 
 def is_adapter(directory: Path) -> bool:
@@ -71,7 +86,7 @@ def load_trained(directory: Path, auto_class, *, merge: bool = False):
 
     config = AutoConfig.from_pretrained(str(config_dir)) if (config_dir / "config.json").exists() else None
     base = auto_class.from_pretrained(
-        record["path"],
+        base_path(directory, record),
         dtype=torch.float32,
         revision=record.get("revision"),
         trust_remote_code=record.get("trust_remote_code", False),
