@@ -261,3 +261,31 @@ def test_the_task_types_said_to_serve_a_verb_are_those_that_implement_it(verb):
     from ftl.launcher.tasks.registry import task_types_with
 
     assert list(TRAINED_MODEL_VERBS[verb]) == task_types_with(VERB_HOOKS[verb])
+
+
+def test_an_encoder_as_a_causal_lm_is_built_as_a_decoder_and_does_not_see_ahead(lm_recipe, capsys):
+    """BERT for causal_lm: each position's logits depend only on the tokens before it (was: bidirectional, so it
+    copied the next token and its perplexity meant nothing)."""
+    import torch
+
+    from ftl.launcher.model import load
+    from ftl.launcher.model.load import ModelSpec, load_model, load_tokenizer
+    from ftl.launcher.recipe import load_recipe
+    from ftl.launcher.tasks.registry import task_for
+    from tests.conftest import TINY_BERT
+
+    load._SAID_DECODER.clear()  # said once per process
+    loaded = load_recipe(lm_recipe, [f"model.config={TINY_BERT}".replace("'", "")])
+    tokenizer = load_tokenizer(loaded.recipe.model, loaded.search_dirs)
+    model = load_model(
+        ModelSpec.of(loaded.recipe, loaded.search_dirs), task_for(loaded.recipe.task), tokenizer
+    ).model
+    assert model.config.is_decoder
+    assert "bert is an encoder; built as a decoder" in " ".join(capsys.readouterr().err.split())
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    changed = ids.clone()
+    changed[0, 4] = 10
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=changed).logits
+    assert torch.allclose(a[0, :4], b[0, :4]) and not torch.allclose(a[0, 4], b[0, 4])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config, load_dtype
@@ -146,9 +147,28 @@ def model_config(section: ModelSection, head: ModelHead, location: ModelLocation
     _override(config, section.config_overrides)
     for key, value in overrides.items():
         setattr(config, key, value)
+    if head.peft_task_type == "CAUSAL_LM" and getattr(config, "is_decoder", None) is False:
+        _as_decoder(config, section)
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     return config
+
+
+def _as_decoder(config, section: ModelSection) -> None:
+    """An encoder (BERT, RoBERTa, ...) trained as a causal LM must not see the tokens it predicts: built as a
+    decoder (each token attends only to those before it) unless the recipe says is_decoder itself."""
+    if "is_decoder" in section.config_overrides or "is_decoder" in (section.config or {}):
+        return
+    config.is_decoder = True
+    if config.model_type not in _SAID_DECODER and is_main_process():
+        _SAID_DECODER.add(config.model_type)
+        log(
+            f"[yellow]model: {config.model_type} is an encoder; built as a decoder for a causal LM (is_decoder: "
+            "true, each token sees only those before it)[/]"
+        )
+
+
+_SAID_DECODER: set[str] = set()
 
 
 def _config_from_settings(settings: dict[str, Any]):
