@@ -151,15 +151,25 @@ def check_space_values(loaded: LoadedRecipe, recipe) -> None:
     if recipe.tune is None:
         return
     for key, dimension in recipe.tune.space.items():
-        section = key.split(".")[0]
-        if section not in _DATA_SECTIONS + _MODEL_SECTIONS:
+        if not touches_data_or_model(key):
             continue
         for value in dimension.edge_values():
-            variant = with_values(recipe, {key: value})
             try:
-                if section in _DATA_SECTIONS and variant.data is not None:
-                    check_data(variant.data, task_for(variant.task), loaded.search_dirs)
-                if section in _MODEL_SECTIONS:
-                    check_model(replace(loaded, recipe=variant), task_for(variant.task))
+                check_variant(replace(loaded, recipe=with_values(recipe, {key: value})), [key])
             except FtlError as exc:
                 raise FtlError(f"tune.space.{key}: with {value!r}, {exc}") from None
+
+
+def touches_data_or_model(key: str) -> bool:
+    return key.split(".")[0] in _DATA_SECTIONS + _MODEL_SECTIONS
+
+
+def check_variant(loaded: LoadedRecipe, keys: list[str]) -> None:
+    """A variant of a recipe (a search value, a bench cell) against its data and model, as far as `keys` (the
+    dotted recipe keys it changed) can change them."""
+    recipe = loaded.recipe
+    sections = {key.split(".")[0] for key in keys}
+    if sections & set(_DATA_SECTIONS) and recipe.data is not None:
+        check_data(recipe.data, task_for(recipe.task), loaded.search_dirs)
+    if sections & set(_MODEL_SECTIONS):
+        check_model(loaded, task_for(recipe.task))

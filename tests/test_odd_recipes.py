@@ -272,3 +272,73 @@ def test_an_unknown_multitask_subtask_names_the_tasks(tmp_path):
         load_recipe(path, ["task.tasks.sentiment.loss_weight=2"]).recipe.task.tasks["sentiment"].loss_weight
         == 2
     )
+
+
+# ---- 9. staged recipes where a whole-recipe command cannot take them; multitask names; loss bounds -------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cv", "{recipe}", "--folds", "2"], "ftl cv: a staged recipe cannot be cross-validated as a whole"),
+        (
+            ["bench", "{recipe}", "--steps", "1"],
+            "ftl bench: a staged recipe cannot be benchmarked as a whole",
+        ),
+    ],
+)
+def test_commands_that_cannot_take_a_staged_recipe_say_so(capsys, tmp_path, argv, message):
+    recipe = _staged(tmp_path)
+    argv = [a.replace("{recipe}", str(recipe)) for a in argv]
+    assert message in fails(capsys, [*argv, "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_cells_are_checked_against_the_model_before_any_cell_runs(
+    capsys, tmp_path, classification_recipe
+):
+    argv = [
+        "bench",
+        str(classification_recipe),
+        "--matrix",
+        "model.config.num_attention_heads=2,3",
+        "--steps",
+        "1",
+    ]
+    message = fails(capsys, [*argv, "--output", str(tmp_path / "b")])
+    assert (
+        "--matrix cell-02 of 2 (model.config.num_attention_heads=3): model.config: cannot build the model"
+        in message
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_multitask_sub_task_named_like_a_module_attribute_is_one_line(tmp_path, capsys):
+    from tests.test_multitask import _recipe
+
+    path = _recipe(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["task"]["tasks"] = {
+        "eval": recipe["task"]["tasks"]["sentiment"],
+        "ner": recipe["task"]["tasks"]["ner"],
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert "task.tasks.eval: 'eval' cannot name a sub-task" in fails(capsys, ["check", str(path)])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("task.beta=1e-300", "task.beta"),
+        ("task.beta=1e30", "task.beta"),
+        ("task.simpo_gamma=1e30", "task.simpo_gamma"),
+    ],
+)
+def test_preference_loss_settings_past_any_use_are_refused(override, key, tmp_path, chat_tokenizer_dir):
+    from tests.conftest import write_preference_recipe
+
+    path = write_preference_recipe(tmp_path, chat_tokenizer_dir)
+    with pytest.raises(FtlError, match=rf"{key}: Input should be"):
+        load_recipe(path, [override])
+    with pytest.raises(FtlError, match=r"task.label_smoothing: Input should be less than or equal to 0.45"):
+        load_recipe(path, ["task.loss=robust", "task.label_smoothing=0.4999999999"])

@@ -51,7 +51,7 @@ def _staged(tmp_path: Path, **changes) -> Path:
 
 
 @pytest.mark.slow
-def test_the_classifier_stage_starts_from_the_masked_lm_stage_encoder(tmp_path):
+def test_the_classifier_stage_starts_from_the_masked_lm_stage_encoder(tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -76,6 +76,14 @@ def test_the_classifier_stage_starts_from_the_masked_lm_stage_encoder(tmp_path):
     finished = (out / "mlm" / "metrics.json").stat().st_mtime_ns
     assert main(["run", str(_staged(tmp_path)), "--output", str(out), "--resume"]) == 0
     assert (out / "mlm" / "metrics.json").stat().st_mtime_ns == finished  # finished stages are kept
+    changed = yaml.safe_load(_staged(tmp_path).read_text())
+    changed["stages"][0]["train"]["lr"] = 0.5  # a finished stage's recipe changed: not kept as if it had not
+    (tmp_path / "tapt.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "tapt.yaml"), "--output", str(out), "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--resume: the recipe differs from" in err and "recipe.resolved.yaml at train.lr" in err
+    assert (out / "mlm" / "metrics.json").stat().st_mtime_ns == finished
 
 
 @pytest.mark.parametrize(
@@ -92,6 +100,15 @@ def test_the_classifier_stage_starts_from_the_masked_lm_stage_encoder(tmp_path):
             r"unknown key 'labls' in task",
         ),
         ({"train": {"lr": -1}}, r"tapt.yaml:\d+: train.lr: Input should be greater than 0"),
+        (
+            {"model": {"tokenizer": "other"}},
+            r"tapt.yaml:\d+: stages\[1\].model.tokenizer: this stage starts from stage 'mlm''s model "
+            r"\(init_from: previous\), so it would be ignored; set stages\[1\].init_from: base",
+        ),
+        (
+            {"init_from": "mlm", "model": {"config": {"model_type": "bert", "hidden_size": 64}}},
+            r"stages\[1\].model.config: this stage starts from stage 'mlm''s model \(init_from: mlm\)",
+        ),
     ],
 )
 def test_stage_mistakes_are_one_line_naming_the_stage_key(tmp_path, change, message):
@@ -102,6 +119,20 @@ def test_stage_mistakes_are_one_line_naming_the_stage_key(tmp_path, change, mess
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     with pytest.raises(FtlError, match=message):
         load_recipe(path)
+
+
+def test_a_stage_cannot_start_from_a_stage_that_trains_lora_adapters(tmp_path):
+    path = _staged(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["stages"][0]["lora"] = {"r": 4, "target_modules": ["query", "value"]}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with pytest.raises(
+        FtlError, match=r"stages\[1\].init_from: stage 'mlm' trains LoRA adapters, not a whole"
+    ):
+        load_recipe(path)  # ftl check says it, not the run after training the first stage
+    recipe["stages"][1]["init_from"] = "base"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert len(load_recipe(path).stages) == 2
 
 
 def test_a_stage_without_a_task_needs_the_recipe_task(tmp_path):

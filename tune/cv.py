@@ -55,6 +55,10 @@ def run_cv(
     address: str | None = None,
 ) -> dict[str, Any]:
     recipe = loaded.recipe
+    if loaded.stages:
+        raise FtlError(
+            "ftl cv: a staged recipe cannot be cross-validated as a whole; cross-validate one stage's recipe"
+        )
     if recipe.data.validation is not None:
         raise FtlError(
             "ftl cv: folds split the training data into train and validation; remove data.validation from the recipe"

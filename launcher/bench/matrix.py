@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftl.launcher.check import check_variant, touches_data_or_model
 from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.recipe.keypaths import key_path_problem
 from ftl.launcher.recipe.loader import LoadedRecipe, load_recipe
@@ -155,6 +156,10 @@ def validate(
 ) -> dict[str, LoadedRecipe]:
     """Load the recipe once per cell (overrides, then the cell's values, then `fixed`); cell name -> recipe."""
     base = load_recipe(recipe, overrides)
+    if base.stages:
+        raise FtlError(
+            "ftl bench: a staged recipe cannot be benchmarked as a whole; bench one stage's recipe"
+        )
     raw = base.recipe.model_dump(mode="json")
     given = {o.partition("=")[0] for o in overrides}
     for dimension in dimensions:
@@ -167,6 +172,9 @@ def validate(
     for cell in cells:
         try:
             loaded[cell.name] = load_recipe(recipe, [*overrides, *cell.overrides, *fixed])
+            changed = [d.key for d in dimensions if touches_data_or_model(d.key)]
+            if changed:  # values the recipe rules accept may still meet the data or model badly
+                check_variant(loaded[cell.name], changed)
         except FtlError as exc:
             where = f"{cell.name} of {len(cells)} ({cell.label(', ', full=True)})"
             raise FtlError(f"--matrix {where}: {exc}") from None

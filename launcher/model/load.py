@@ -88,6 +88,9 @@ def quiet_transformers(level: str = "info") -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
+_FEWEST_TOKENS = 16  # a byte-level vocabulary alone has 256
+
+
 def load_tokenizer(section: ModelSection, dirs, location: ModelLocation | None = None):
     """The tokenizer of `model:` (model.tokenizer, else the model's own; `location` when already found)."""
     from transformers import AutoTokenizer
@@ -104,6 +107,14 @@ def load_tokenizer(section: ModelSection, dirs, location: ModelLocation | None =
             revision=section.revision,
             trust_remote_code=section.trust_remote_code,
             **location.hf_kwargs(),
+        )
+    words = len(tokenizer) - len(set(tokenizer.all_special_ids))
+    if words < _FEWEST_TOKENS:  # transformers builds an empty vocabulary when a folder has no tokenizer files
+        key = "model.tokenizer" if section.tokenizer else "model.name_or_path"
+        raise FtlError(
+            f"{key}: the tokenizer at {location} knows {max(words, 0)} token(s) besides its special ones: the folder "
+            "has no tokenizer files (tokenizer.json, vocab.txt, tokenizer.model, ...); set model.tokenizer to a "
+            "folder or hub id that has them"
         )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

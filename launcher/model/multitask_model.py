@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from ftl.launcher.errors import FtlError
 from ftl.launcher.token_labels import IGNORE_INDEX
 
 
@@ -54,6 +55,13 @@ class MultiTaskModel(PreTrainedModel):
         hidden = self.encoder.config.hidden_size
         self.task_names = list(config.heads)
         self.dropout = torch.nn.Dropout(config.head_dropout)
+        reserved = [name for name in config.heads if hasattr(torch.nn.ModuleDict, name)]
+        if reserved:
+            raise FtlError(
+                f"task.tasks.{reserved[0]}: '{reserved[0]}' cannot name a sub-task (torch keeps the heads in a "
+                "ModuleDict, which has an attribute of that name); rename it, e.g. to "
+                f"'{reserved[0]}_task'"
+            )
         self.heads = torch.nn.ModuleDict(
             {name: torch.nn.Linear(hidden, len(spec["labels"])) for name, spec in config.heads.items()}
         )

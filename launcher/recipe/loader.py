@@ -165,8 +165,41 @@ def _stages(
             )
         stage_recipe = validate(stage_data_, stage_origins_, path)
         _check_rules(stage_recipe, stage_origins_, path)
+        _check_starting_model(plans, index, data["stages"][index], stage.init_from, origins, path)
         plans.append(StagePlan(stage, LoadedRecipe(stage_recipe, path, stage_origins_, overrides)))
     return plans
+
+
+# the model keys a stage that starts from an earlier stage's model does not read (launcher/train/stages.py)
+STARTING_MODEL_KEYS = ("name_or_path", "local_copies", "gguf_file", "config", "tokenizer", "revision")
+
+
+def _check_starting_model(
+    plans: list[StagePlan], index: int, raw_stage: dict[str, Any], init_from: str, origins, path: Path
+) -> None:
+    """A stage that starts from an earlier stage's model: that stage must leave a whole model (not LoRA
+    adapters), and the stage's own model section must not name another model (it would be ignored)."""
+    if init_from == "base" or (init_from == "previous" and index == 0):
+        return
+    source = (
+        plans[index - 1] if init_from == "previous" else next(p for p in plans if p.stage.name == init_from)
+    )
+    name = source.stage.name
+    if source.loaded.recipe.lora is not None:
+        raise FtlError(
+            f"{where(origins, ('stages', index, 'init_from'), path)}: stages[{index}].init_from: stage '{name}' "
+            f"trains LoRA adapters, not a whole model; start this stage from base, or train stage '{name}' "
+            "without lora"
+        )
+    own = raw_stage.get("model") if isinstance(raw_stage.get("model"), dict) else {}
+    named = [key for key in STARTING_MODEL_KEYS if own.get(key) not in (None, [])]
+    if named:
+        key_path = ("stages", index, "model", named[0])
+        raise FtlError(
+            f"{where(origins, key_path, path)}: stages[{index}].model.{named[0]}: this stage starts from stage "
+            f"'{name}''s model (init_from: {init_from}), so it would be ignored; set stages[{index}].init_from: "
+            f"base to train this model, or remove it"
+        )
 
 
 def _refuse_secrets(data: dict[str, Any], origins: dict[KeyPath, Origin], path: Path) -> None:

@@ -327,16 +327,19 @@ class PreferenceTask(Section):
     )
     beta: float = Field(
         0.1,
-        gt=0,
+        ge=1e-4,  # below, every reward rounds to 0 and reward accuracy reads 0
+        le=100,
         description="DPO's beta (how far from the reference the policy may move; 0.1 is usual); IPO's tau; "
         "SimPO's reward scale (about 2 in its paper); ORPO's lambda, the weight of its odds-ratio term (0.1 in "
         "its paper and TRL).",
     )
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma (loss: simpo).")
+    simpo_gamma: float = Field(
+        0.5, ge=0, le=100, description="SimPO's target reward margin gamma (loss: simpo)."
+    )
     label_smoothing: float = Field(
         0.0,
         ge=0,
-        lt=0.5,
+        le=0.45,  # the robust loss divides by 1 - 2 * label_smoothing
         description="loss robust: the assumed probability that a pair's preference label is flipped (noisy "
         "human labels; 0.1 in the robust DPO paper and TRL's docs); 0 is DPO.",
     )

@@ -18,6 +18,7 @@ from typing import Any
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
 from ftl.launcher.recipe.loader import LoadedRecipe, StagePlan
+from ftl.launcher.train.resume import check_same_recipe
 from ftl.launcher.train.rundir import RunDir
 
 
@@ -32,6 +33,7 @@ def run_stages(
         folder = rundir.root / plan.stage.name
         stage = _starting_from(plan, index, loaded, finished)
         if resume and RunDir(folder).finished():
+            check_same_recipe(RunDir(folder), stage)  # kept only if the recipe still says what it trained
             log(f"[bold]stage {plan.stage.name}[/]: finished before; kept")
             metrics = RunDir(folder).read_json("metrics.json")
         else:
