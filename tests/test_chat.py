@@ -3,6 +3,7 @@ ftl check's masking preview, and a tiny run whose ftl generate/predict render wi
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -136,6 +137,13 @@ def test_every_format_reads_to_the_same_messages(tmp_path):
             read, task = _read(path, format=setting)
             assert read == [conversation], (fmt, setting)
             assert task._format == fmt
+    as_json_text = jsonl_rows(
+        tmp_path / "j.jsonl", [{"messages": json.dumps(conversation)}]
+    )  # json.dumps'd lists
+    assert _read(as_json_text)[0] == [conversation]
+    with (tmp_path / "c.csv").open("w", newline="") as handle:  # a list column exported to CSV
+        csv.writer(handle).writerows([["messages"], [json.dumps(conversation)]])
+    assert _read(tmp_path / "c.csv")[0] == [conversation]
     text_pair = jsonl_rows(tmp_path / "t.jsonl", [{"question": "Hi there", "answer": "Hello!"}])
     read, _ = _read(text_pair, prompt_column="question", completion_column="answer", system_prompt="Be kind.")
     assert read == [[{"role": "system", "content": "Be kind."}, *CONVERSATION[:2]]]

@@ -4,6 +4,7 @@ bad rows as one line, and tiny runs through ftl's Run (metrics at every evaluati
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -215,6 +216,21 @@ def test_conversational_and_plain_pairs_read_and_encode_the_same(tmp_path, token
     conversational, task = _read(jsonl_rows(tmp_path / "c.jsonl", pair_rows(3)))
     plain, _ = _read(jsonl_rows(tmp_path / "p.jsonl", pair_rows(3, plain=True)))
     assert conversational.to_list() == plain.to_list()
+    with (tmp_path / "j.csv").open("w", newline="") as handle:  # list columns exported to CSV as JSON text
+        rows = pair_rows(3)
+        csv.writer(handle).writerows(
+            [
+                list(rows[0]),
+                *([json.dumps(v) if isinstance(v, list) else v for v in r.values()] for r in rows),
+            ]
+        )
+    assert _read(tmp_path / "j.csv")[0].to_list() == conversational.to_list()
+    text_pair = [
+        {**r, "prompt": "[INST] a prompt in brackets ]"} for r in pair_rows(1)
+    ]  # text that only looks so
+    assert _read(jsonl_rows(tmp_path / "t.jsonl", text_pair))[0][0]["prompt"][0]["content"].startswith(
+        "[INST]"
+    )
     assert conversational[1]["prompt"] == [{"role": "user", "content": "Where is trip 1?"}]
     assert conversational[1]["chosen"] == "Trip 1 goes to rome."
     encoded = task.tokenize(conversational, tokenizer, "train")
@@ -285,6 +301,10 @@ def test_pairs_whose_replies_differ_only_past_the_cut_are_dropped_and_counted(tm
         ({"prompt": "Hi?", "chosen": "Hello.", "rejected": "  "}, "'rejected' is empty"),
         ({"prompt": "Hi?", "chosen": None, "rejected": "Go away."}, "no 'chosen'"),
         ({"prompt": "Hi?", "chosen": [], "rejected": "Go away."}, "'chosen' is an empty list"),
+        (
+            {"prompt": "Hi?", "chosen": 42, "rejected": "Go away."},
+            "'chosen' holds int (42); give a text, or a list",
+        ),
         (
             {
                 "prompt": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes?"}],

@@ -10,6 +10,7 @@ only first), or, for training, a conversation that does not end with an assistan
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -88,8 +89,35 @@ def row_messages(values: dict[str, Any], fmt: str, settings, roles: dict[str, st
     return prompt + completion
 
 
+def json_messages(value: Any) -> list | None:
+    """A list of messages written as JSON text (a list column exported to CSV, or json.dumps of the list in a
+    JSON Lines file), else None: text that is not such a list stays text."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return None
+    if (
+        isinstance(decoded, list)
+        and decoded
+        and all(isinstance(m, dict) and ("role" in m or "from" in m) for m in decoded)
+    ):
+        return decoded
+    return None
+
+
 def side_messages(value: Any, role: str, where: str, roles: dict[str, str], column: str) -> list[dict]:
-    """A prompt or completion: a text (one message of `role`) or a list of messages."""
+    """A prompt or completion: a text (one message of `role`) or a list of messages (also as JSON text)."""
+    value = json_messages(value) or value
+    if not isinstance(value, (str, list, type(None))):
+        raise FtlError(
+            f"{where}: {column} holds {type(value).__name__} ({str(value)[:40]}); give a text, or a list of "
+            "messages ({role, content} objects)"
+        )
     if isinstance(value, str):
         if not value.strip():
             raise FtlError(f"{where}: {column} is empty; give the row text there, or drop it")
@@ -119,6 +147,7 @@ def transcript_messages(text: str, where: str, column: str) -> list[dict] | None
 
 
 def _message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
+    value = json_messages(value) or value
     if value is None or (isinstance(value, list) and not value):
         raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
     if not isinstance(value, list):
