@@ -17,6 +17,7 @@ from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config, load_dtype
 from ftl.launcher.model.attention import attention_kwargs
+from ftl.launcher.model.config_values import check_config_values
 from ftl.launcher.model.integrity import broken_file
 from ftl.launcher.model.locate import ModelLocation, locate_model, locate_path
 from ftl.launcher.recipe.scaling import LoraSection, QuantizationSection
@@ -160,6 +161,7 @@ def model_config(section: ModelSection, head: ModelHead, location: ModelLocation
         setattr(config, key, value)
     if head.peft_task_type == "CAUSAL_LM" and getattr(config, "is_decoder", None) is False:
         _as_decoder(config, section)
+    check_config_values(config, section)
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     return config
