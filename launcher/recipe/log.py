@@ -11,11 +11,27 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ftl.launcher.errors import did_you_mean
 from ftl.launcher.recipe.section import Section
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 TrackerName = Literal["tensorboard", "mlflow", "wandb"]
 # a path, file: URI or sqlite URL that is not absolute means something else in every Ray worker (another cwd)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# where MLflow keeps runs: servers, files, SQLAlchemy databases (dialect+driver), Databricks and Azure ML
+MLFLOW_SCHEMES = (
+    "http",
+    "https",
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "uc",
+    "azureml",
+)
+_WANDB_PROJECT_FORBIDS = "/\\#?%:"
 _RELATIVE = re.compile(r"^(sqlite:///(?!/)|file:(?!/)|(?![A-Za-z][A-Za-z0-9+.-]*:)(?!/)(?!databricks))")
 
 
@@ -51,6 +67,14 @@ class MlflowSettings(Section):
                 "absolute one (sqlite:////abs/path/mlflow.db) or a server (http://host:5000), or leave it unset "
                 "for a store in the output folder"
             )
+        scheme = _SCHEME.match(uri or "")
+        if scheme and scheme.group(1).lower().split("+")[0] not in MLFLOW_SCHEMES:
+            name = scheme.group(1)
+            raise ValueError(
+                f"'{uri}' starts with '{name}:', a scheme MLflow does not store runs at"
+                f"{did_you_mean(name.lower(), MLFLOW_SCHEMES)}; give http(s)://host:port, "
+                "sqlite:////abs/path/mlflow.db, file:///abs/path or a database URL (postgresql://...)"
+            )
         return uri
 
 
@@ -69,6 +93,16 @@ class WandbSettings(Section):
         False, description="Upload the final model directory as an artifact (large for big models)."
     )
     tags: list[str] = Field(default_factory=list, description="Extra tags on every run.")
+
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, project: str | None) -> str | None:
+        bad = sorted({ch for ch in project or "" if ch in _WANDB_PROJECT_FORBIDS})
+        if bad:
+            raise ValueError(
+                f"'{project}' holds {' '.join(bad)}, which W&B project names cannot; use letters, digits, - _ ."
+            )
+        return project
 
 
 class LogSection(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,19 @@ def preflight(log_section: LogSection) -> None:
     check_installed(log_section)
     if "wandb" in external_trackers(log_section) and wandb_mode(log_section.wandb) == "online":
         check_login()
+    if "mlflow" in external_trackers(log_section):
+        _check_sqlite_store(log_section.mlflow.tracking_uri)
+
+
+def _check_sqlite_store(uri: str | None) -> None:
+    """An sqlite store that is a folder can never be opened, and MLflow retries it for minutes."""
+    key = "log.mlflow.tracking_uri" if uri else "$MLFLOW_TRACKING_URI"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_dir():
+        raise FtlError(
+            f"{key}: {uri.removeprefix('sqlite:///')} is a folder, not a database file; name a file in it "
+            f"({uri.rstrip('/')}/mlflow.db)"
+        )
 
 
 class Tracking:
