@@ -79,11 +79,20 @@ class RunDir:
         make_dir(root.parent, "--output")
         occupied = root.exists() and any(root.iterdir())
         if resume:
-            if not occupied or not run.recipe_file.exists():
+            if not occupied:
                 raise FtlError(f"--resume: {root} holds no run to resume; start it without --resume")
+            if not run.recipe_file.exists():
+                raise FtlError(
+                    f"--resume: {root} holds files but no run ({_some_entries(root)}); choose another --output"
+                )
         elif occupied:
+            if not run.recipe_file.exists():
+                raise FtlError(
+                    f"--output: {root} already holds files that are not a run ({_some_entries(root)}); choose "
+                    "another --output"
+                )
             raise FtlError(
-                f"--output: {root} already holds files; pass --resume to continue that run, or choose another --output"
+                f"--output: {root} already holds a run; pass --resume to continue it, or choose another --output"
             )
         make_dir(root, "--output")
         return run
@@ -219,3 +228,8 @@ def git_sha() -> str | None:
         check=False,
     ).stdout.strip()
     return sha + ("-dirty" if dirty else "")
+
+
+def _some_entries(folder: Path) -> str:
+    names = sorted(entry.name for entry in folder.iterdir())
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
