@@ -14,6 +14,7 @@ import typer
 from ftl.launcher.bench.runner import run_bench
 from ftl.launcher.check import check_recipe
 from ftl.launcher.export import export_run
+from ftl.launcher.locations import check_cache_environment
 from ftl.launcher.plan import parse_memory
 from ftl.launcher.plan_report import plan_recipe
 from ftl.launcher.recipe import load_recipe
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # library progress bars (e.g. GGUF de-quantization); ftl shows its own
     quiet_library_notices()
     try:
+        check_cache_environment()
         code = app(args=argv, prog_name="ftl", standalone_mode=False)  # typer.Exit(n) comes back as n
     except FtlError as exc:
         _fail(str(exc))

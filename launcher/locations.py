@@ -17,6 +17,8 @@ import os
 from itertools import zip_longest
 from pathlib import Path
 
+from ftl.launcher.errors import FtlError
+
 DATA_HOME_ENV = "FTL_DATA_HOME"
 
 
@@ -113,3 +115,22 @@ def glob_matches(path: Path) -> list[Path]:
 
 def _hidden(name: str) -> bool:
     return name.startswith((".", "__"))
+
+
+# the libraries' own folders: one that is a file fails deep inside them, blamed on whatever they were reading
+_CACHE_ENV = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "TRANSFORMERS_CACHE",
+    "FTL_CACHE",
+    "TORCH_EXTENSIONS_DIR",
+)
+
+
+def check_cache_environment() -> None:
+    """Each cache folder the environment names is a folder (or does not exist yet)."""
+    for name in _CACHE_ENV:
+        value = os.environ.get(name, "")
+        if value and Path(value).expanduser().is_file():
+            raise FtlError(f"${name}={value} is a file; point {name} at a folder, or unset it")
