@@ -342,3 +342,14 @@ def test_preference_loss_settings_past_any_use_are_refused(override, key, tmp_pa
         load_recipe(path, [override])
     with pytest.raises(FtlError, match=r"task.label_smoothing: Input should be less than or equal to 0.45"):
         load_recipe(path, ["task.loss=robust", "task.label_smoothing=0.4999999999"])
+
+
+def test_a_metric_computed_only_after_training_is_named_as_such():
+    from ftl.launcher.recipe.catalogue import not_produced
+    from ftl.launcher.recipe.tasks import ChatTask, SequenceClassificationTask
+
+    message = not_produced(ChatTask(type="chat"), "rouge1")
+    assert message.startswith("task chat computes 'rouge1' once, after training, from its task.generate_rows")
+    assert message.endswith("use perplexity, loss")
+    classifier = SequenceClassificationTask(type="sequence_classification")
+    assert "does not produce 'acuracy' (did you mean 'accuracy'?)" in not_produced(classifier, "acuracy")

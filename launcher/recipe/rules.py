@@ -6,8 +6,7 @@ catalogue and the search section's (search_rules.py).
 
 from __future__ import annotations
 
-from ftl.launcher.errors import did_you_mean, one_of
-from ftl.launcher.recipe.catalogue import Catalogue, Violation
+from ftl.launcher.recipe.catalogue import Catalogue, Violation, not_produced
 from ftl.launcher.recipe.schema import Recipe
 
 rule = Catalogue("recipe")
@@ -24,10 +23,7 @@ def eval_metric_is_produced_by_the_task(recipe: Recipe) -> Violation | None:
     valid = recipe.task.metrics
     name = metric.removeprefix("eval_")
     if name not in valid:
-        return ("eval", "metric"), (
-            f"task {recipe.task.type} does not produce '{metric}'{did_you_mean(name, valid)}; "
-            f"it reports {one_of(valid)}"
-        )
+        return ("eval", "metric"), not_produced(recipe.task, metric)
     return None
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ftl.launcher.errors import did_you_mean, one_of
-from ftl.launcher.recipe.catalogue import Catalogue, Violation
+from ftl.launcher.errors import one_of
+from ftl.launcher.recipe.catalogue import Catalogue, Violation, not_produced
 from ftl.launcher.recipe.keypaths import key_path_problem
 from ftl.launcher.recipe.schema import Recipe
 
@@ -45,10 +45,7 @@ def search_metric_is_produced_by_the_task(recipe: Recipe) -> Violation | None:
     valid = recipe.task.metrics
     name = tune.metric.removeprefix("eval_")
     if name not in valid:
-        return ("tune", "metric"), (
-            f"task {recipe.task.type} does not produce '{tune.metric}'{did_you_mean(name, valid)}; "
-            f"it reports {one_of(valid)}"
-        )
+        return ("tune", "metric"), not_produced(recipe.task, tune.metric)
     return None
 
 

@@ -112,6 +112,7 @@ class CausalLMTask(Section):
 
     type: Literal["causal_lm"]
     metrics: ClassVar[dict[str, str]] = {"perplexity": "min", "loss": "min"}
+    after_training: ClassVar[tuple[str, ...]] = tuple(ROUGE_METRICS)  # of task.generate_rows generations
     main_metric: ClassVar[str] = "perplexity"
     text_column: str = Field("text", description="Column holding the text.")
     max_length: int = Field(512, gt=1, description="Block size in tokens for training sequences.")
@@ -197,6 +198,7 @@ class ChatTask(Section):
 
     type: Literal["chat"]
     metrics: ClassVar[dict[str, str]] = {"perplexity": "min", "loss": "min"}
+    after_training: ClassVar[tuple[str, ...]] = tuple(ROUGE_METRICS)  # of task.generate_rows generations
     main_metric: ClassVar[str] = "perplexity"
     format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = Field(
         "auto",
