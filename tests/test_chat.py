@@ -109,6 +109,25 @@ def test_truncation_keeps_masks_aligned_and_drops_rows_without_a_reply(tokenizer
         task.tokenize(datasets.Dataset.from_dict({"messages": [long]}), tokenizer, "validation")
 
 
+def test_a_template_that_cannot_train_or_generate_is_named(tokenizer):
+    from ftl.launcher.tasks import chat_template
+
+    for name in chat_template.BUILT_IN:  # the built-ins, and the tokenizer's own ChatML, are sound
+        chat_template.use_template(tokenizer, chat_template.BUILT_IN[name])
+        assert chat_template.template_problems(tokenizer) == [], name
+    chat_template.use_template(
+        tokenizer, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    )
+    problems = chat_template.template_problems(tokenizer)
+    assert len(problems) == 2
+    assert "ignores add_generation_prompt" in problems[0] and "does not learn to stop" in problems[1]
+    chat_template.use_template(
+        tokenizer, "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    with pytest.raises(FtlError, match="the template does not render the assistant's messages"):
+        chat_template.template_problems(tokenizer)
+
+
 # ---- formats --------------------------------------------------------------------------------------------------
 def _read(path: Path, **settings):
     from ftl.launcher.data.sources import load_file

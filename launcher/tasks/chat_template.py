@@ -77,6 +77,42 @@ def resolve_template(setting: str | None, tokenizer, dirs: list[Path]) -> str:
     )
 
 
+_PROBE = [
+    {"role": "user", "content": "ftl probe question"},
+    {"role": "assistant", "content": "ftl probe reply"},
+]
+
+
+def template_problems(tokenizer) -> list[str]:
+    """What the tokenizer's (just set) template does wrong for training and generation, found by rendering a
+    probe conversation: a template that drops the assistant's content is refused (nothing could be trained);
+    one without a generation prompt, or with nothing that ends an assistant turn, is returned as warnings."""
+    reply = _PROBE[1]["content"]
+    try:
+        text = render(tokenizer, _PROBE)
+    except FtlError:  # a template that wants other roles (a system turn first): the data's rows will tell
+        return []
+    if reply not in text:
+        raise FtlError(
+            "task.chat_template: the template does not render the assistant's messages (a probe reply is missing "
+            "from the rendered conversation), so no reply could be trained; fix the template"
+        )
+    problems = []
+    if render(tokenizer, _PROBE[:1], generation_prompt=True) == render(tokenizer, _PROBE[:1]):
+        problems.append(
+            "task.chat_template: the template ignores add_generation_prompt, so generation (the run's generations, "
+            "ftl generate, ftl predict) does not start an assistant turn"
+        )
+    tail = text[text.index(reply) + len(reply) :]
+    ends = [*_KNOWN_ENDS, *([tokenizer.eos_token] if tokenizer.eos_token else [])]
+    if not any(end in tail for end in ends):
+        problems.append(
+            "task.chat_template: nothing ends an assistant turn (no end-of-turn marker or eos token after the "
+            "reply), so the model does not learn to stop; see the built-in chatml"
+        )
+    return problems
+
+
 def use_template(tokenizer, template: str) -> None:
     """Render with `template` from now on (and save it with the tokenizer)."""
     tokenizer.chat_template = template

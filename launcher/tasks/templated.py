@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from ftl.launcher.data.prepare import PreparedData
+from ftl.launcher.console import log
+from ftl.launcher.data.prepare import SAID_BY_DRIVER, PreparedData
 from ftl.launcher.recipe.data import DataSection
 from ftl.launcher.tasks import chat_template
 from ftl.launcher.tasks.base import Task
@@ -21,9 +23,14 @@ class TemplatedTask(Task):
     def setup_template(self, tokenizer, dirs: list[Path]) -> str:
         """Resolve task.chat_template (or the tokenizer's; a .jinja file relative to `dirs`) and set it on the
         tokenizer."""
-        if self._template is None:
+        first = self._template is None
+        if first:
             self._template = chat_template.resolve_template(self.config.chat_template, tokenizer, dirs)
         chat_template.use_template(tokenizer, self._template)
+        if first:
+            problems = chat_template.template_problems(tokenizer)
+            for problem in problems if not os.environ.get(SAID_BY_DRIVER) else ():
+                log(f"[yellow]{problem}[/]")
         self._tokenizer = tokenizer
         return self._template
 
