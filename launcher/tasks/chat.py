@@ -124,15 +124,17 @@ class Chat(TemplatedTask):
         encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
         dropped = len(dataset) - len(encoded)
         self.dropped[split] = dropped
+        replies = "last assistant reply" if c.train_on == "last_assistant_turn" else "assistant replies"
         if len(encoded) == 0:
             raise FtlError(
-                f"{split} data: every conversation's assistant replies start after task.max_length={c.max_length} "
-                "tokens, so nothing is left to train on; raise task.max_length"
+                f"{split} data: every conversation's {replies} start{'s' * (c.train_on == 'last_assistant_turn')} "
+                f"after task.max_length={c.max_length} tokens, so nothing is left to train on; raise "
+                "task.max_length"
             )
         if dropped:
             log(
-                f"[yellow]{split}: dropped {dropped} of {len(dataset)} conversations with no assistant token within "
-                f"task.max_length={c.max_length}[/]"
+                f"[yellow]{split}: dropped {dropped} of {len(dataset)} conversations with no token of their "
+                f"{replies} within task.max_length={c.max_length}[/]"
             )
         return pack_examples(encoded, c.max_length) if c.packing else encoded
 
