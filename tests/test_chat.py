@@ -70,6 +70,21 @@ def test_last_assistant_turn_only(tokenizer):
     assert trained == f"Paris, of course.{IM_END}"
 
 
+def test_a_reply_of_weight_0_is_not_trained(tmp_path, tokenizer):
+    """axolotl's per-message weight: 0 keeps a turn out of the loss; 1 (or no weight) trains it."""
+    weighted = [{**m, "weight": 0} if m["content"] == "Hello!" else m for m in CONVERSATION]
+    path = jsonl_rows(tmp_path / "w.jsonl", [{"messages": weighted}, {"messages": CONVERSATION}])
+    read, _ = _read(path)
+    trained, untrained = trained_text(tokenizer, read[0])
+    assert trained == f"Paris, of course.{IM_END}" and "Hello!" in untrained
+    assert trained_text(tokenizer, read[1])[0] == f"Hello!{IM_END}Paris, of course.{IM_END}"
+    bad = [{**CONVERSATION[0], "weight": 0.5}, CONVERSATION[1]]
+    with pytest.raises(
+        FtlError, match=r"w2.jsonl:1: message 1 \(user\) in 'messages' has weight 0.5; a weight"
+    ):
+        _read(jsonl_rows(tmp_path / "w2.jsonl", [{"messages": bad}]))
+
+
 def test_a_template_given_as_jinja_text(tokenizer):
     template = (
         "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"

@@ -184,7 +184,18 @@ def _message_list(value: Any, where: str, roles: dict[str, str], column: str) ->
             raise FtlError(
                 f"{where}: message {n} ({role}) in {column} has {what}; give it text, or drop the row"
             )
-        messages.append({"role": role, "content": content})
+        if message.get("weight") is None:
+            messages.append({"role": role, "content": content})
+            continue
+        weight = message["weight"]
+        if isinstance(weight, str) or weight not in (0, 1):
+            raise FtlError(
+                f"{where}: message {n} ({role}) in {column} has weight {weight!r}; a weight is 0 (not trained) or "
+                "1 (trained, as assistant turns are by default)"
+            )
+        messages.append({"role": role, "content": content, "weight": int(weight)})
+    if any("weight" in m for m in messages):  # one schema for every message of the row (Arrow needs it)
+        messages = [{**m, "weight": m.get("weight", 1)} for m in messages]
     return messages
 
 

@@ -146,7 +146,12 @@ def render(tokenizer, messages: list[dict], *, generation_prompt: bool = False) 
 def trained_spans(tokenizer, messages: list[dict], train_on: str) -> tuple[str, list[Span]]:
     """The rendered conversation and the character spans of the assistant replies in the loss."""
     text = render(tokenizer, messages)
-    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    replies = [
+        i
+        for i, m in enumerate(messages)
+        if m["role"] == "assistant"
+        and m.get("weight") != 0  # weight 0: a turn kept out of the loss (axolotl's)
+    ]
     if train_on == "last_assistant_turn":
         replies = replies[-1:]
     spans = []
