@@ -45,7 +45,10 @@ def check_recipe(loaded: LoadedRecipe, *, print_recipe: bool = True) -> None:
             header = (
                 f"[bold]stage {plan.stage.name}[/] ({plan.loaded.recipe.task.type}), starting from {source}"
             )
-            reports.append((header, _check_one(plan.loaded)))
+            try:
+                reports.append((header, _check_one(plan.loaded)))
+            except FtlError as exc:
+                raise FtlError(f"stage {plan.stage.name}: {exc}") from None
     else:
         reports.append((None, _check_one(loaded)))
     if print_recipe:

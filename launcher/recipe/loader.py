@@ -163,11 +163,20 @@ def _stages(
                 f"{where(origins, ('tune',), path)}: tune: a staged recipe cannot be searched as a whole; "
                 "search one stage's recipe instead"
             )
-        stage_recipe = validate(stage_data_, stage_origins_, path)
-        _check_rules(stage_recipe, stage_origins_, path)
+        try:
+            stage_recipe = validate(stage_data_, stage_origins_, path)
+            _check_rules(stage_recipe, stage_origins_, path)
+        except FtlError as exc:
+            if "stages[" in str(exc):
+                raise
+            at, _, said = str(exc).partition(": ") if _LOCATED.match(str(exc)) else ("", "", str(exc))
+            raise FtlError(f"{at + ': ' if at else ''}stages[{index}] ({stage.name}): {said}") from None
         _check_starting_model(plans, index, data["stages"][index], stage.init_from, origins, path)
         plans.append(StagePlan(stage, LoadedRecipe(stage_recipe, path, stage_origins_, overrides)))
     return plans
+
+
+_LOCATED = re.compile(r"^[^:]+\.ya?ml(:\d+)?: ")  # a message that starts with the recipe's file[:line]
 
 
 # the model keys a stage that starts from an earlier stage's model does not read (launcher/train/stages.py)

@@ -41,7 +41,10 @@ def run_stages(
                 f"[bold]stage {index + 1}/{len(loaded.stages)}: {plan.stage.name}[/] ({stage.recipe.task.type})"
             )
             again = resume and (folder / "recipe.resolved.yaml").exists()
-            metrics = run(stage, folder, resume=again)
+            try:
+                metrics = run(stage, folder, resume=again)
+            except FtlError as exc:
+                raise FtlError(f"stage {plan.stage.name}: {exc}") from None
         finished[plan.stage.name] = folder
         summary.append({"stage": plan.stage.name, "run_dir": str(folder), "metrics": metrics})
         rundir.write_json("stages.json", {"stages": summary})
