@@ -135,7 +135,9 @@ def remote_code_warning(section: ModelSection) -> str | None:
     )
 
 
-def model_config(section: ModelSection, head: ModelHead, location: ModelLocation, tokenizer=None):
+def model_config(
+    section: ModelSection, head: ModelHead, location: ModelLocation, tokenizer=None, *, announce: bool = True
+):
     """The model's config (from `location`, or built from model.config) with the recipe's and the task's
     settings applied."""
     from transformers import AutoConfig
@@ -160,20 +162,20 @@ def model_config(section: ModelSection, head: ModelHead, location: ModelLocation
     for key, value in overrides.items():
         setattr(config, key, value)
     if head.peft_task_type == "CAUSAL_LM" and getattr(config, "is_decoder", None) is False:
-        _as_decoder(config, section)
+        _as_decoder(config, section, announce=announce)
     check_config_values(config, section)
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     return config
 
 
-def _as_decoder(config, section: ModelSection) -> None:
+def _as_decoder(config, section: ModelSection, *, announce: bool) -> None:
     """An encoder (BERT, RoBERTa, ...) trained as a causal LM must not see the tokens it predicts: built as a
     decoder (each token attends only to those before it) unless the recipe says is_decoder itself."""
     if "is_decoder" in section.config_overrides or "is_decoder" in (section.config or {}):
         return
     config.is_decoder = True
-    if config.model_type not in _SAID_DECODER and is_main_process():
+    if announce and config.model_type not in _SAID_DECODER and is_main_process():
         _SAID_DECODER.add(config.model_type)
         log(
             f"[yellow]model: {config.model_type} is an encoder; built as a decoder for a causal LM (is_decoder: "
@@ -276,7 +278,7 @@ def load_model(
 
     section = spec.section
     location = locate_model(section, list(spec.dirs))
-    config = model_config(section, head, location, tokenizer)
+    config = model_config(section, head, location, tokenizer, announce=not meta)  # (ftl check: no warnings)
     auto = head.model_class()
     if meta:
         with torch.device("meta"), building(section, location):
