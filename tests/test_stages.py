@@ -99,7 +99,10 @@ def test_the_classifier_stage_starts_from_the_masked_lm_stage_encoder(tmp_path, 
             {"task": {"type": "sequence_classification", "text_column": "sentence", "labls": []}},
             r"unknown key 'labls' in task",
         ),
-        ({"train": {"lr": -1}}, r"tapt.yaml:\d+: stages\[1\] \(classify\): train.lr: Input should be greater than 0"),
+        (
+            {"train": {"lr": -1}},
+            r"tapt.yaml:\d+: stages\[1\] \(classify\): train.lr: Input should be greater than 0",
+        ),
         (
             {"model": {"tokenizer": "other"}},
             r"tapt.yaml:\d+: stages\[1\].model.tokenizer: this stage starts from stage 'mlm''s model "

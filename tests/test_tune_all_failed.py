@@ -123,3 +123,26 @@ def test_other_values_another_invocation_or_another_error_train_again(tmp_path):
         with pytest.raises(RuntimeError):
             _attempt(fresh, setup, {}, crash)
     assert not (fresh / "ftl-error.json").exists()
+
+
+def test_a_trial_does_not_report_its_last_save_so_a_scheduler_cannot_stop_it_before_its_model_is_written(
+    tmp_path,
+):
+    """ASHA deciding at the last evaluation stopped the trial before it wrote its model (listed 'stopped early');
+    the trial's final report, after the model is written, carries the last evaluation instead."""
+    from types import SimpleNamespace
+
+    from ftl.launcher.distributed.storage_reporter import RayStorageReporter
+
+    reported = []
+    reporter = RayStorageReporter(lambda metrics, folder: reported.append(folder), final_report_follows=True)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    for step, stop in ((5, False), (10, False), (7, True)):  # (7, True): early stopping ends the run
+        state = SimpleNamespace(global_step=step, max_steps=10, log_history=[], best_metric=None, epoch=1.0)
+        reporter.on_save(args, state, SimpleNamespace(should_training_stop=stop))
+    assert len(reported) == 1
+    plain = RayStorageReporter(lambda metrics, folder: reported.append(folder))  # Ray Train: every save
+    plain.on_save(
+        args, SimpleNamespace(global_step=10, max_steps=10, log_history=[], best_metric=None, epoch=1.0), None
+    )
+    assert len(reported) == 2

@@ -85,7 +85,7 @@ def _train(loaded: LoadedRecipe, rundir_path: Path, *, pbt: bool) -> dict[str, A
         tune.report({**metrics, "run_dir": str(rundir_path)}, checkpoint=checkpoint)
 
     best_of = f"eval_{recipe.eval.metric}" if recipe.eval.select_best else None
-    callbacks: list[Any] = [RayStorageReporter(report, best_of=best_of)]
+    callbacks: list[Any] = [RayStorageReporter(report, best_of=best_of, final_report_follows=True)]
     if pbt:
         callbacks.append(OptimizerSettingsRefresh(recipe.train.lr, recipe.train.weight_decay))
     return execute(loaded, rundir, announce_resume=True, callbacks=callbacks)
