@@ -49,6 +49,14 @@ def _with_tune(path, **tune):
             {"data.fold": [{"folds": 2, "index": 0}]},
             "tune.space.data.fold: cannot be searched: folds are set by tune.cv or ftl cv",
         ),
+        (
+            {"lora.r": [4, 8]},
+            "tune.space.lora.r: the recipe has no lora section, so every trial would train LoRA adapters instead",
+        ),
+        (
+            {"task.type": ["sequence_classification", "masked_lm"]},
+            "tune.space.task.type: cannot be searched: each task type has its own keys; search whole tasks",
+        ),
     ],
 )
 def test_bad_space_is_one_line_before_any_trial(capsys, tmp_path, classification_recipe, space, expected):

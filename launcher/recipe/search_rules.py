@@ -16,6 +16,8 @@ _NOT_SEARCHABLE = {
     "extends": "extends is resolved before the search",
     "tune": "the search cannot search itself",
     "data.fold": "folds are set by tune.cv or ftl cv",
+    "task.type": "each task type has its own keys; search whole tasks instead: tune.space.task: {choice: "
+    "[{type: ..., ...}, {type: ..., ...}]}",
 }
 # What PBT may change in a running trial: optimizer settings applied to the restored optimizer.
 PBT_MUTABLE_KEYS = ("train.lr", "train.weight_decay", "train.max_grad_norm")
@@ -34,6 +36,27 @@ def search_space_keys_are_recipe_keys(recipe: Recipe) -> Violation | None:
         problem = key_path_problem(Recipe, tuple(key.split(".")), data)
         if problem is not None:
             return ("tune", "space", key), f"not a recipe key: {problem}"
+    return None
+
+
+_SWITCHES = {
+    "lora": "train LoRA adapters instead of the whole model",
+    "quantization": "load a quantized model",
+}
+
+
+@rule
+def search_keys_do_not_switch_on_a_section(recipe: Recipe) -> Violation | None:
+    """A key of a section the recipe leaves off (lora.r with no lora:) would switch it on in every trial."""
+    if recipe.tune is None:
+        return None
+    for key in recipe.tune.space:
+        section = key.split(".")[0]
+        if section in _SWITCHES and "." in key and getattr(recipe, section) is None:
+            return ("tune", "space", key), (
+                f"the recipe has no {section} section, so every trial would {_SWITCHES[section]}; add {section}: "
+                f"to the recipe, or search the section whole (tune.space.{section}: {{choice: [null, {{...}}]}})"
+            )
     return None
 
 
