@@ -174,7 +174,9 @@ def bench(
     peak_tflops: Annotated[
         float | None,
         typer.Option(
-            "--peak-tflops", min=0.0, help="Peak TFLOPS per device for MFU (default: GPU table, CPU probe)."
+            "--peak-tflops",
+            min=0.0,
+            help="Peak TFLOPS per device for MFU (default: GPU table, CPU probe).",
         ),
     ] = None,
     probe_seconds: Annotated[
@@ -185,6 +187,10 @@ def bench(
     ] = None,
 ):
     """Throughput of a recipe over a matrix of settings: tokens/s, step times, memory, MFU; CSV, Markdown, PNG."""
+    if peak_tflops == 0:
+        raise FtlError(
+            "--peak-tflops: 0 gives no MFU; give the device's peak (e.g. 312 for an A100 in bf16), or leave it out"
+        )
     run_bench(
         recipe,
         arguments or [],

@@ -268,4 +268,6 @@ def parse_memory(text: str) -> float:
     if not match:
         raise FtlError(f"--gpu-mem: '{text}' is not a size like 80GB, 24GiB or 512MB")
     scale = {"K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}[match.group(2).upper()]
+    if float(match.group(1)) == 0:
+        raise FtlError(f"--gpu-mem: '{text}' is no memory at all; give the device's size, like 80GB")
     return float(match.group(1)) * scale
