@@ -14,6 +14,13 @@ class FtlError(Exception):
     """A user-caused error: one line that names what and where, and what would fix it."""
 
     exit_code = 2
+    transient = False  # the same command may work again by itself (a full disk freed, the hub back online)
+
+
+class TransientFtlError(FtlError):
+    """An FtlError whose cause may pass without a change to the recipe or data: a search retries its trial."""
+
+    transient = True
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:

@@ -130,6 +130,12 @@ def test_a_template_that_cannot_train_or_generate_is_named(tokenizer):
     for name in chat_template.BUILT_IN:  # the built-ins, and the tokenizer's own ChatML, are sound
         chat_template.use_template(tokenizer, chat_template.BUILT_IN[name])
         assert chat_template.template_problems(tokenizer) == [], name
+    mistral = (  # the reply follows [/INST] directly: no generation prompt is needed
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"
+        "{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    chat_template.use_template(tokenizer, mistral)
+    assert chat_template.template_problems(tokenizer) == []
     chat_template.use_template(
         tokenizer, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
     )

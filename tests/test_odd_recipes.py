@@ -294,25 +294,6 @@ def test_commands_that_cannot_take_a_staged_recipe_say_so(capsys, tmp_path, argv
     assert not (tmp_path / "out").exists()
 
 
-def test_bench_cells_are_checked_against_the_model_before_any_cell_runs(
-    capsys, tmp_path, classification_recipe
-):
-    argv = [
-        "bench",
-        str(classification_recipe),
-        "--matrix",
-        "model.config.num_attention_heads=2,3",
-        "--steps",
-        "1",
-    ]
-    message = fails(capsys, [*argv, "--output", str(tmp_path / "b")])
-    assert (
-        "--matrix cell-02 of 2 (model.config.num_attention_heads=3): model.config: cannot build the model"
-        in message
-    )
-    assert not (tmp_path / "b").exists()
-
-
 def test_a_multitask_sub_task_named_like_a_module_attribute_is_one_line(tmp_path, capsys):
     from tests.test_multitask import _recipe
 
@@ -353,3 +334,24 @@ def test_a_metric_computed_only_after_training_is_named_as_such():
     assert message.endswith("use perplexity, loss")
     classifier = SequenceClassificationTask(type="sequence_classification")
     assert "does not produce 'acuracy' (did you mean 'accuracy'?)" in not_produced(classifier, "acuracy")
+
+
+def test_legitimate_zeros_and_tracker_uris_stay_accepted():
+    """Token ids of 0 and a sliding window of 0 are not sizes; MLflow's databricks-uc and SageMaker ARNs are
+    stores it reads (the checks above must not refuse what real configs and trackers use)."""
+    from transformers import LlamaConfig
+
+    from ftl.launcher.model.config_values import check_config_values
+    from ftl.launcher.recipe.log import MlflowSettings
+    from ftl.launcher.recipe.schema import ModelSection
+
+    settings = {"model_type": "llama", "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    check_config_values(
+        LlamaConfig(**{k: v for k, v in settings.items() if k != "model_type"}), ModelSection(config=settings)
+    )
+    for uri in (
+        "databricks-uc://profile",
+        "arn:aws:sagemaker:eu-west-1:123:mlflow-tracking-server/x",
+        "http://h:5000",
+    ):
+        assert MlflowSettings(tracking_uri=uri).tracking_uri == uri

@@ -202,3 +202,13 @@ def test_optuna_space_round_trips_every_kind_of_value(classification_recipe):
         tune={"space": {"train.lr": {"grid": [1e-3, 1e-2]}, "freeze.bottom_layers": {"int": [0, 2]}}},
     )
     assert grid_size(load_recipe(grid).recipe.tune) == 6
+
+
+def test_a_whole_task_of_another_type_replaces_the_task(classification_recipe):
+    """tune.space.task: {choice: [{type: ...}, ...]} (what the task.type refusal advises) compares task types; a
+    task of the same type (or without one) still merges into the recipe's."""
+    base = load_recipe(classification_recipe).recipe
+    other = with_values(base, {"task": {"type": "masked_lm", "text_column": "sentence", "max_length": 16}})
+    assert other.task.type == "masked_lm" and other.task.max_length == 16
+    same = with_values(base, {"task": {"max_length": 16}})
+    assert same.task.type == "sequence_classification" and same.task.labels == ["negative", "positive"]

@@ -146,3 +146,17 @@ def test_a_trial_does_not_report_its_last_save_so_a_scheduler_cannot_stop_it_bef
         args, SimpleNamespace(global_step=10, max_steps=10, log_history=[], best_metric=None, epoch=1.0), None
     )
     assert len(reported) == 2
+
+
+def test_a_transient_ftl_error_is_retried_as_a_crash_is(tmp_path):
+    from ftl.launcher.errors import TransientFtlError
+    from ftl.tune.trial_runs import TrialSetup
+
+    def full_disk():
+        raise TransientFtlError("no space left on the device while writing checkpoint-4")
+
+    setup = TrialSetup(base=None, trials_dir=str(tmp_path))
+    for _ in range(2):
+        with pytest.raises(TransientFtlError, match="no space left"):
+            _attempt(tmp_path, setup, {}, full_disk)
+    assert not (tmp_path / "ftl-error.json").exists()

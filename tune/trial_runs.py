@@ -89,7 +89,7 @@ _FAILURE = "ftl-error.json"
 def not_retrying_ftl_errors(rundir_path: Path, setup: TrialSetup, values: dict[str, Any]):
     """An ftl error (the recipe, data or model refused) fails the same way every time: Ray Tune's retry of such a
     trial re-raises it at once instead of training again `tune.max_failures` times. Only within one invocation:
-    `ftl tune --resume` after a fix tries the trial again."""
+    `ftl tune --resume` after a fix tries the trial again; a transient one (a full disk, the hub) is retried."""
     marker = rundir_path / _FAILURE
     attempt = {"session": setup.session, "values": json.dumps(values, sort_keys=True, default=str)}
     try:
@@ -102,6 +102,8 @@ def not_retrying_ftl_errors(rundir_path: Path, setup: TrialSetup, values: dict[s
         yield
     except FtlError as exc:
         cause = getattr(exc, "cause", None)  # a fold's error arrives as Ray's RayTaskError(FtlError)
+        if exc.transient or getattr(cause, "transient", False):  # a full disk, the hub: retried as any crash
+            raise
         error = str(cause) if isinstance(cause, FtlError) else first_line(exc)
         atomic_write(marker, json.dumps({**attempt, "error": error}) + "\n")
         raise

@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftl.launcher.check import check_variant, touches_data_or_model
 from ftl.launcher.errors import FtlError, did_you_mean
 from ftl.launcher.recipe.keypaths import key_path_problem
 from ftl.launcher.recipe.loader import LoadedRecipe, load_recipe
@@ -172,9 +171,6 @@ def validate(
     for cell in cells:
         try:
             loaded[cell.name] = load_recipe(recipe, [*overrides, *cell.overrides, *fixed])
-            changed = [d.key for d in dimensions if touches_data_or_model(d.key)]
-            if changed:  # values the recipe rules accept may still meet the data or model badly
-                check_variant(loaded[cell.name], changed)
         except FtlError as exc:
             where = f"{cell.name} of {len(cells)} ({cell.label(', ', full=True)})"
             raise FtlError(f"--matrix {where}: {exc}") from None

@@ -89,9 +89,10 @@ def row_messages(values: dict[str, Any], fmt: str, settings, roles: dict[str, st
     return prompt + completion
 
 
-def json_messages(value: Any) -> list | None:
+def json_messages(value: Any, roles: dict[str, str]) -> list | None:
     """A list of messages written as JSON text (a list column exported to CSV, or json.dumps of the list in a
-    JSON Lines file), else None: text that is not such a list stays text."""
+    JSON Lines file), else None: text that is not such a list stays text (a reply that is JSON of records with
+    a 'role' field, '[{"name": "Alice", "role": "CEO"}]', is text: its roles are no speakers)."""
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -101,18 +102,22 @@ def json_messages(value: Any) -> list | None:
         decoded = json.loads(text)
     except ValueError:
         return None
-    if (
-        isinstance(decoded, list)
-        and decoded
-        and all(isinstance(m, dict) and ("role" in m or "from" in m) for m in decoded)
-    ):
+    if isinstance(decoded, list) and decoded and all(_is_message(m, roles) for m in decoded):
         return decoded
     return None
 
 
+def _is_message(item: Any, roles: dict[str, str]) -> bool:
+    if not isinstance(item, dict):
+        return False
+    speaker, said = ("role", "content") if "role" in item else ("from", "value")
+    name = str(item.get(speaker))
+    return said in item and (name in roles or name.lower() in roles)
+
+
 def side_messages(value: Any, role: str, where: str, roles: dict[str, str], column: str) -> list[dict]:
     """A prompt or completion: a text (one message of `role`) or a list of messages (also as JSON text)."""
-    value = json_messages(value) or value
+    value = json_messages(value, roles) or value
     if not isinstance(value, (str, list, type(None))):
         raise FtlError(
             f"{where}: {column} holds {type(value).__name__} ({str(value)[:40]}); give a text, or a list of "
@@ -147,7 +152,7 @@ def transcript_messages(text: str, where: str, column: str) -> list[dict] | None
 
 
 def _message_list(value: Any, where: str, roles: dict[str, str], column: str) -> list[dict]:
-    value = json_messages(value) or value
+    value = json_messages(value, roles) or value
     if value is None or (isinstance(value, list) and not value):
         raise FtlError(f"{where}: empty conversation in {column}; give it messages, or drop the row")
     if not isinstance(value, list):

@@ -47,14 +47,24 @@ def check_config_values(config, section: ModelSection) -> None:
         )
 
 
+# sizes of tables and widths a model cannot have 0 (or fewer) of; layer counts may be 0 (an embeddings-only model),
+# and ids (bos_token_id: 0) or windows (sliding_window: 0) are not sizes
+_SIZES = frozenset(
+    {
+        "vocab_size", "hidden_size", "n_embd", "d_model", "dim", "intermediate_size", "d_ff", "ffn_dim",
+        "hidden_dim", "n_inner", "num_attention_heads", "n_head", "n_heads", "num_heads", "num_key_value_heads",
+        "head_dim", "d_kv", "max_position_embeddings", "n_positions", "type_vocab_size", "embedding_size",
+    }
+)  # fmt: skip
+
+
 def _check_size(name: str, key: str, value: Any, default: Any) -> None:
-    """A count the default makes positive (a vocabulary, a width, a number of heads) must stay positive; layer
-    counts may be 0 (an embeddings-only model)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not isinstance(default, int):
+    if key not in _SIZES or isinstance(value, bool) or not isinstance(value, int) or value > 0:
         return
-    if isinstance(default, bool) or default <= 0 or value > 0 or "layer" in key:
-        return
-    raise FtlError(f"{name}: {value} must be at least 1 (the default is {default})")
+    shown = (
+        f" (the default is {default})" if isinstance(default, int) and not isinstance(default, bool) else ""
+    )
+    raise FtlError(f"{name}: {value} must be at least 1{shown}")
 
 
 def _check_activation(name: str, value: Any) -> None:

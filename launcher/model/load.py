@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ftl.launcher.console import log
-from ftl.launcher.errors import FtlError, did_you_mean
+from ftl.launcher.errors import FtlError, TransientFtlError, did_you_mean
 from ftl.launcher.files import is_main_process
 from ftl.launcher.model.adapters import add_lora, bitsandbytes_config, load_dtype
 from ftl.launcher.model.attention import attention_kwargs
@@ -89,9 +89,6 @@ def quiet_transformers(level: str = "info") -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
-_FEWEST_TOKENS = 16  # a byte-level vocabulary alone has 256
-
-
 def load_tokenizer(section: ModelSection, dirs, location: ModelLocation | None = None):
     """The tokenizer of `model:` (model.tokenizer, else the model's own; `location` when already found)."""
     from transformers import AutoTokenizer
@@ -110,10 +107,10 @@ def load_tokenizer(section: ModelSection, dirs, location: ModelLocation | None =
             **location.hf_kwargs(),
         )
     words = len(tokenizer) - len(set(tokenizer.all_special_ids))
-    if words < _FEWEST_TOKENS:  # transformers builds an empty vocabulary when a folder has no tokenizer files
+    if words <= 0:  # transformers builds an empty vocabulary when a folder has no tokenizer files
         key = "model.tokenizer" if section.tokenizer else "model.name_or_path"
         raise FtlError(
-            f"{key}: the tokenizer at {location} knows {max(words, 0)} token(s) besides its special ones: the folder "
+            f"{key}: the tokenizer at {location} knows no token besides its special ones: the folder "
             "has no tokenizer files (tokenizer.json, vocab.txt, tokenizer.model, ...); set model.tokenizer to a "
             "folder or hub id that has them"
         )
@@ -161,7 +158,8 @@ def model_config(
     _override(config, section.config_overrides)
     for key, value in overrides.items():
         setattr(config, key, value)
-    if head.peft_task_type == "CAUSAL_LM" and getattr(config, "is_decoder", None) is False:
+    encoder_family = hasattr(config, "add_cross_attention")  # BERT, RoBERTa, ELECTRA, ...: not GPT-NeoX or T5
+    if head.peft_task_type == "CAUSAL_LM" and getattr(config, "is_decoder", None) is False and encoder_family:
         _as_decoder(config, section, announce=announce)
     check_config_values(config, section)
     if tokenizer is not None and getattr(config, "pad_token_id", None) is None:
@@ -488,4 +486,5 @@ def _hub_errors(location: ModelLocation, what: str):
             hint = (
                 " (offline? add a local copy under model.local_copies, or set HF_HUB_OFFLINE=0 with network)"
             )
-        raise FtlError(f"model: cannot load the {what} from {location}: {reason}{hint}") from None
+        kind = TransientFtlError if location.kind == "hub" else FtlError  # the network may come back
+        raise kind(f"model: cannot load the {what} from {location}: {reason}{hint}") from None

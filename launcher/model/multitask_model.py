@@ -55,7 +55,8 @@ class MultiTaskModel(PreTrainedModel):
         hidden = self.encoder.config.hidden_size
         self.task_names = list(config.heads)
         self.dropout = torch.nn.Dropout(config.head_dropout)
-        reserved = [name for name in config.heads if hasattr(torch.nn.ModuleDict, name)]
+        taken = torch.nn.ModuleDict()  # its methods and attributes (training, ...) cannot be keys
+        reserved = [name for name in config.heads if hasattr(taken, name)]
         if reserved:
             raise FtlError(
                 f"task.tasks.{reserved[0]}: '{reserved[0]}' cannot name a sub-task (torch keeps the heads in a "

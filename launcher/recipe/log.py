@@ -28,11 +28,20 @@ MLFLOW_SCHEMES = (
     "mysql",
     "mssql",
     "databricks",
+    "databricks-uc",
     "uc",
     "azureml",
+    "arn",  # SageMaker's managed MLflow
 )
 _WANDB_PROJECT_FORBIDS = "/\\#?%:"
 _RELATIVE = re.compile(r"^(sqlite:///(?!/)|file:(?!/)|(?![A-Za-z][A-Za-z0-9+.-]*:)(?!/)(?!databricks))")
+
+
+def _plugin_schemes() -> list[str]:
+    """Schemes MLflow plugins installed here add (the mlflow.tracking_store entry points)."""
+    from importlib.metadata import entry_points
+
+    return [entry.name.lower() for entry in entry_points(group="mlflow.tracking_store")]
 
 
 def is_relative_local(uri: str) -> bool:
@@ -68,7 +77,7 @@ class MlflowSettings(Section):
                 "for a store in the output folder"
             )
         scheme = _SCHEME.match(uri or "")
-        if scheme and scheme.group(1).lower().split("+")[0] not in MLFLOW_SCHEMES:
+        if scheme and scheme.group(1).lower().split("+")[0] not in (*MLFLOW_SCHEMES, *_plugin_schemes()):
             name = scheme.group(1)
             raise ValueError(
                 f"'{uri}' starts with '{name}:', a scheme MLflow does not store runs at"

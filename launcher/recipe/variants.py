@@ -76,8 +76,13 @@ def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
             child = target[key] = {}
         target = child
     leaf = path[-1]
-    if isinstance(value, dict) and isinstance(target.get(leaf), dict):
-        target[leaf] = merge(target[leaf], copy.deepcopy(value))
+    another_task = (
+        path == ["task"]
+        and isinstance(value, dict)
+        and value.get("type") not in (None, (target.get(leaf) or {}).get("type"))
+    )
+    if isinstance(value, dict) and isinstance(target.get(leaf), dict) and not another_task:
+        target[leaf] = merge(target[leaf], copy.deepcopy(value))  # (a task of another type replaces the task)
     else:
         target[leaf] = copy.deepcopy(value)
 

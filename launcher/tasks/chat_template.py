@@ -90,6 +90,8 @@ def template_problems(tokenizer) -> list[str]:
     reply = _PROBE[1]["content"]
     try:
         text = render(tokenizer, _PROBE)
+        asked = render(tokenizer, _PROBE[:1])
+        prompted = render(tokenizer, _PROBE[:1], generation_prompt=True)
     except FtlError:  # a template that wants other roles (a system turn first): the data's rows will tell
         return []
     if reply not in text:
@@ -98,12 +100,14 @@ def template_problems(tokenizer) -> list[str]:
             "from the rendered conversation), so no reply could be trained; fix the template"
         )
     problems = []
-    if render(tokenizer, _PROBE[:1], generation_prompt=True) == render(tokenizer, _PROBE[:1]):
+    start = text.index(reply)
+    header = text[len(asked) : start] if text.startswith(asked) else ""
+    if header.strip() and prompted == asked:  # an assistant header that generation would go without
         problems.append(
             "task.chat_template: the template ignores add_generation_prompt, so generation (the run's generations, "
-            "ftl generate, ftl predict) does not start an assistant turn"
+            f"ftl generate, ftl predict) does not start an assistant turn ({header.strip()!r})"
         )
-    tail = text[text.index(reply) + len(reply) :]
+    tail = text[start + len(reply) :]
     ends = [*_KNOWN_ENDS, *([tokenizer.eos_token] if tokenizer.eos_token else [])]
     if not any(end in tail for end in ends):
         problems.append(
@@ -146,14 +150,10 @@ def render(tokenizer, messages: list[dict], *, generation_prompt: bool = False) 
 def trained_spans(tokenizer, messages: list[dict], train_on: str) -> tuple[str, list[Span]]:
     """The rendered conversation and the character spans of the assistant replies in the loss."""
     text = render(tokenizer, messages)
-    replies = [
-        i
-        for i, m in enumerate(messages)
-        if m["role"] == "assistant"
-        and m.get("weight") != 0  # weight 0: a turn kept out of the loss (axolotl's)
-    ]
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last_assistant_turn":
         replies = replies[-1:]
+    replies = [i for i in replies if messages[i].get("weight") != 0]  # weight 0: out of the loss (axolotl's)
     spans = []
     for i in replies:
         before = render(tokenizer, messages[:i], generation_prompt=True)

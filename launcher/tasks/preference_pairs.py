@@ -123,7 +123,7 @@ def _whole_conversation(
     value: Any, columns: dict[str, str], side: str, roles: dict[str, str], where: str, hint: str
 ) -> list[dict]:
     column = f"'{columns[side]}'"
-    value = json_messages(value) or value
+    value = json_messages(value, roles) or value
     if not (isinstance(value, str) and value.strip()):  # a list of messages; None or an empty text is refused
         return side_messages(value, "assistant", where, roles, column)
     messages = transcript_messages(value, where, column)

@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ftl.launcher.errors import FtlError
+from ftl.launcher.errors import TransientFtlError
 from ftl.launcher.files import current_umask, honour_umask
 
 STAGING = ".staging"
@@ -98,7 +98,7 @@ def save_failed(exc: OSError, name: str, checkpoints: Path, last: Path | None) -
     if exc.errno not in _DISK_FULL:
         return exc
     kept = f"the previous checkpoint {last.name} is intact" if last else "no earlier checkpoint exists"
-    return FtlError(
+    return TransientFtlError(
         f"no space left on the device while writing {name} in {checkpoints} ({exc.strerror or 'disk full'}); "
         f"{kept}: free some space (or lower train.keep_checkpoints), then continue with the same command plus --resume"
     )

@@ -33,7 +33,9 @@ def run_stages(
         folder = rundir.root / plan.stage.name
         stage = _starting_from(plan, index, loaded, finished)
         if resume and RunDir(folder).finished():
-            check_same_recipe(RunDir(folder), stage)  # kept only if the recipe still says what it trained
+            check_same_recipe(
+                RunDir(folder), _as_stored(stage, folder)
+            )  # kept only if the recipe is unchanged
             log(f"[bold]stage {plan.stage.name}[/]: finished before; kept")
             metrics = RunDir(folder).read_json("metrics.json")
         else:
@@ -79,3 +81,18 @@ def _starting_from(
     )
     recipe = stage_recipe.model_copy(update={"model": model})
     return LoadedRecipe(recipe, plan.loaded.path, plan.loaded.origins, plan.loaded.overrides)
+
+
+def _as_stored(stage: LoadedRecipe, folder: Path) -> LoadedRecipe:
+    """The stage's recipe with the earlier stage's model named as the finished stage recorded it: the same
+    <stage>/model of this run, at another absolute path when the run folder was moved since."""
+    stored = RunDir(folder).read_recipe().model.name_or_path
+    current = stage.recipe.model.name_or_path
+    if not (stored and current) or Path(stored).parts[-2:] != Path(current).parts[-2:]:
+        return stage
+    if Path(current).parent.parent.resolve() != folder.parent.resolve():
+        return stage
+    model = stage.recipe.model.model_copy(update={"name_or_path": stored})
+    return LoadedRecipe(
+        stage.recipe.model_copy(update={"model": model}), stage.path, stage.origins, stage.overrides
+    )
