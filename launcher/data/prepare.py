@@ -173,7 +173,8 @@ def prepare_data(
             log(f"[yellow]{line}[/]")
         train = task.tokenize(train_rows, tokenizer, "train")
         validation = task.tokenize(val_rows, tokenizer, "validation")
-    warnings = [line for line in said if line.startswith("[yellow]") and line[8:-3] not in row_notes]
+    said_of_rows = {f"[yellow]{line}[/]" for line in row_notes}  # replayed from the stats already
+    warnings = [line for line in said if line.startswith("[yellow]") and line not in said_of_rows]
     stats = {
         "train": task.dataset_stats(train, tokenizer),
         "validation": task.dataset_stats(validation, tokenizer),

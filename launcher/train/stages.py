@@ -17,7 +17,7 @@ from typing import Any
 
 from ftl.launcher.console import log
 from ftl.launcher.errors import FtlError
-from ftl.launcher.recipe.loader import LoadedRecipe, StagePlan
+from ftl.launcher.recipe.loader import STARTING_MODEL_KEYS, LoadedRecipe, StagePlan
 from ftl.launcher.train.resume import check_same_recipe
 from ftl.launcher.train.rundir import RunDir
 
@@ -33,9 +33,8 @@ def run_stages(
         folder = rundir.root / plan.stage.name
         stage = _starting_from(plan, index, loaded, finished)
         if resume and RunDir(folder).finished():
-            check_same_recipe(
-                RunDir(folder), _as_stored(stage, folder)
-            )  # kept only if the recipe is unchanged
+            # kept only if the recipe still says what it trained
+            check_same_recipe(RunDir(folder), _as_stored(stage, folder))
             log(f"[bold]stage {plan.stage.name}[/]: finished before; kept")
             metrics = RunDir(folder).read_json("metrics.json")
         else:
@@ -62,22 +61,11 @@ def _starting_from(
     if source == "base" or (source == "previous" and index == 0):
         return plan.loaded
     name = loaded.stages[index - 1].stage.name if source == "previous" else source
-    model_dir = finished[name] / "model"
-    if (model_dir / "adapter_config.json").exists():
-        raise FtlError(
-            f"stages[{index}].init_from: stage '{name}' trained LoRA adapters; start this stage from base, or "
-            f"train stage '{name}' without lora"
-        )
+    model_dir = finished[name] / "model"  # whole, not LoRA adapters: the loader refuses a start from those
     stage_recipe = plan.loaded.recipe
+    unread = {key: None for key in STARTING_MODEL_KEYS}  # the keys the loader refuses in such a stage's model
     model = stage_recipe.model.model_copy(
-        update={
-            "name_or_path": str(model_dir.resolve()),
-            "local_copies": [],
-            "gguf_file": None,
-            "config": None,
-            "tokenizer": None,
-            "revision": None,
-        }
+        update={**unread, "name_or_path": str(model_dir.resolve()), "local_copies": []}
     )
     recipe = stage_recipe.model_copy(update={"model": model})
     return LoadedRecipe(recipe, plan.loaded.path, plan.loaded.origins, plan.loaded.overrides)
