@@ -21,12 +21,8 @@ def check_config_values(config, section: ModelSection) -> None:
     }
     if not given:
         return
-    try:
-        defaults = type(config)().to_dict()
-    except Exception:  # noqa: BLE001 - a config with required arguments: no defaults to compare sizes with
-        defaults = {}
     for key, value in given.items():
-        _check_size(f"{key_of[key]}.{key}", key, value, defaults.get(key))
+        _check_size(f"{key_of[key]}.{key}", key, value, type(config))
         if key in _ACTIVATION_KEYS:
             _check_activation(f"{key_of[key]}.{key}", value)
     heads, kv_heads = (
@@ -58,9 +54,13 @@ _SIZES = frozenset(
 )  # fmt: skip
 
 
-def _check_size(name: str, key: str, value: Any, default: Any) -> None:
+def _check_size(name: str, key: str, value: Any, config_class) -> None:
     if key not in _SIZES or isinstance(value, bool) or not isinstance(value, int) or value > 0:
         return
+    try:  # the class default, for the message only
+        default = getattr(config_class(), key, None)
+    except Exception:  # noqa: BLE001 - a config class with required arguments has no defaults to show
+        default = None
     shown = (
         f" (the default is {default})" if isinstance(default, int) and not isinstance(default, bool) else ""
     )
